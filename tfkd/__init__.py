@@ -1,0 +1,15 @@
+"""tfkd: knowledge distillation for TensorFlow and Keras.
+
+Keras 3 by default; tf_keras with `TF_USE_LEGACY_KERAS=1` (needed for TFMOT
+quantization-aware training). See `tfkd._keras`.
+"""
+
+from tfkd import losses
+from tfkd.distiller import Distiller
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Distiller",
+    "losses",
+]
