@@ -17,68 +17,82 @@ SHARED_DATA = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
 
 @pytest.fixture(autouse=True)
 def _seed_and_clear():
-  keras.backend.clear_session()
-  keras.utils.set_random_seed(0)
-  yield
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    yield
 
 
 @pytest.fixture
 def legacy():
-  return _keras.IS_LEGACY
+    return _keras.IS_LEGACY
 
 
 def make_mlp(width, *, classes=3, features=8, name="mlp", seed=0):
-  """A Functional MLP `features -> width -> classes` that outputs logits."""
-  inputs = keras.Input((features,))
-  hidden = keras.layers.Dense(
-      width, activation="relu", name="hidden",
-      kernel_initializer=keras.initializers.GlorotUniform(seed=seed))(inputs)
-  logits = keras.layers.Dense(
-      classes, name="logits",
-      kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 1))(
-          hidden)
-  return keras.Model(inputs, logits, name=name)
+    """A Functional MLP `features -> width -> classes` that outputs logits."""
+    inputs = keras.Input((features,))
+    hidden = keras.layers.Dense(
+        width,
+        activation="relu",
+        name="hidden",
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
+    )(inputs)
+    logits = keras.layers.Dense(
+        classes,
+        name="logits",
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 1),
+    )(hidden)
+    return keras.Model(inputs, logits, name=name)
 
 
-def make_cnn(filters, *, classes=3, size=8, channels=1, name="cnn", seed=0,
-             batch_norm=False):
-  """A small Functional CNN on NHWC images; taps: "features", "embedding"."""
-  init = lambda s: keras.initializers.GlorotUniform(seed=seed + s)
-  inputs = keras.Input((size, size, channels))
-  x = keras.layers.Conv2D(filters, 3, padding="same", kernel_initializer=init(0),
-                          name="conv")(inputs)
-  if batch_norm:
-    x = keras.layers.BatchNormalization(name="bn")(x)
-  x = keras.layers.ReLU(name="features")(x)
-  x = keras.layers.GlobalAveragePooling2D(name="embedding")(x)
-  logits = keras.layers.Dense(classes, kernel_initializer=init(1),
-                              name="logits")(x)
-  return keras.Model(inputs, logits, name=name)
+def make_cnn(
+    filters,
+    *,
+    classes=3,
+    size=8,
+    channels=1,
+    name="cnn",
+    seed=0,
+    batch_norm=False,
+):
+    """A small Functional CNN on NHWC images; taps: "features", "embedding"."""
+    init = lambda s: keras.initializers.GlorotUniform(seed=seed + s)
+    inputs = keras.Input((size, size, channels))
+    x = keras.layers.Conv2D(
+        filters, 3, padding="same", kernel_initializer=init(0), name="conv"
+    )(inputs)
+    if batch_norm:
+        x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU(name="features")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="embedding")(x)
+    logits = keras.layers.Dense(
+        classes, kernel_initializer=init(1), name="logits"
+    )(x)
+    return keras.Model(inputs, logits, name=name)
 
 
 def toy_classification(n=128, features=8, classes=3, seed=0):
-  """A learnable problem: the label is the argmax of a fixed projection."""
-  rng = np.random.default_rng(seed)
-  x = rng.normal(size=(n, features)).astype("float32")
-  projection = rng.normal(size=(features, classes)).astype("float32")
-  y = np.argmax(x @ projection, axis=1).astype("int32")
-  return x, y
+    """A learnable problem: the label is the argmax of a fixed projection."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, features)).astype("float32")
+    projection = rng.normal(size=(features, classes)).astype("float32")
+    y = np.argmax(x @ projection, axis=1).astype("int32")
+    return x, y
 
 
 def toy_images(n=64, size=8, channels=1, classes=3, seed=0):
-  rng = np.random.default_rng(seed)
-  y = rng.integers(0, classes, size=n).astype("int32")
-  x = rng.normal(size=(n, size, size, channels)).astype("float32") * 0.3
-  for c in range(classes):  # a class-dependent bright square
-    x[y == c, c:c + 3, c:c + 3, :] += 1.0
-  return x, y
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, size=n).astype("int32")
+    x = rng.normal(size=(n, size, size, channels)).astype("float32") * 0.3
+    for c in range(classes):  # a class-dependent bright square
+        x[y == c, c : c + 3, c : c + 3, :] += 1.0
+    return x, y
 
 
 def sparse_ce():
-  return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 def relative_difference(a, b):
-  a = np.concatenate([np.ravel(v) for v in a])
-  b = np.concatenate([np.ravel(v) for v in b])
-  return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
+    a = np.concatenate([np.ravel(v) for v in a])
+    b = np.concatenate([np.ravel(v) for v in b])
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))

@@ -13,63 +13,66 @@ import tensorflow as tf
 
 
 def _legacy_requested() -> bool:
-  value = os.environ.get("TF_USE_LEGACY_KERAS", "0")
-  return value.strip().lower() in ("1", "true", "yes")
+    value = os.environ.get("TF_USE_LEGACY_KERAS", "0")
+    return value.strip().lower() in ("1", "true", "yes")
 
 
 IS_LEGACY = _legacy_requested()
 
 if IS_LEGACY:
-  try:
-    import tf_keras as keras  # noqa: F401
-  except ImportError as error:  # pragma: no cover - depends on the install
-    raise ImportError(
-        "TF_USE_LEGACY_KERAS=1 asks for tf_keras, which is not installed. "
-        "Install it with `pip install tfkd[qat]` (or `pip install tf-keras`), "
-        "or unset TF_USE_LEGACY_KERAS to use Keras 3.") from error
+    try:
+        import tf_keras as keras  # noqa: F401
+    except ImportError as error:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "TF_USE_LEGACY_KERAS=1 asks for tf_keras, which is not installed. "
+            "Install it with `pip install tfkd[qat]` (or `pip install tf-keras`), "
+            "or unset TF_USE_LEGACY_KERAS to use Keras 3."
+        ) from error
 else:
-  import keras  # noqa: F401
+    import keras  # noqa: F401
 
-  if not keras.__version__.startswith("3."):  # pragma: no cover
-    raise ImportError(
-        f"tfkd needs Keras 3 (or tf_keras with TF_USE_LEGACY_KERAS=1); "
-        f"found keras {keras.__version__}. Run `pip install -U keras`.")
-  if keras.config.backend() != "tensorflow":
-    raise ImportError(
-        "tfkd is a TensorFlow library and needs the Keras 3 TensorFlow "
-        f"backend; KERAS_BACKEND is {keras.config.backend()!r}. Set "
-        "KERAS_BACKEND=tensorflow before importing keras.")
+    if not keras.__version__.startswith("3."):  # pragma: no cover
+        raise ImportError(
+            f"tfkd needs Keras 3 (or tf_keras with TF_USE_LEGACY_KERAS=1); "
+            f"found keras {keras.__version__}. Run `pip install -U keras`."
+        )
+    if keras.config.backend() != "tensorflow":
+        raise ImportError(
+            "tfkd is a TensorFlow library and needs the Keras 3 TensorFlow "
+            f"backend; KERAS_BACKEND is {keras.config.backend()!r}. Set "
+            "KERAS_BACKEND=tensorflow before importing keras."
+        )
 
 KERAS_NAME = "tf_keras" if IS_LEGACY else "keras"
 
 
 def unpack_x_y_sample_weight(data):
-  return keras.utils.unpack_x_y_sample_weight(data)
+    return keras.utils.unpack_x_y_sample_weight(data)
 
 
 def register_serializable(cls):
-  """Registers `cls` under the package name "tfkd" in the Keras in use."""
-  return keras.utils.register_keras_serializable(package="tfkd")(cls)
+    """Registers `cls` under the package name "tfkd" in the Keras in use."""
+    return keras.utils.register_keras_serializable(package="tfkd")(cls)
 
 
 def scale_loss_for_optimizer(optimizer, loss):
-  """Applies the optimizer's loss scaling (mixed float16), if it has one."""
-  if IS_LEGACY:
-    if hasattr(optimizer, "get_scaled_loss"):
-      return optimizer.get_scaled_loss(loss)
-    return loss
-  return optimizer.scale_loss(loss)
+    """Applies the optimizer's loss scaling (mixed float16), if it has one."""
+    if IS_LEGACY:
+        if hasattr(optimizer, "get_scaled_loss"):
+            return optimizer.get_scaled_loss(loss)
+        return loss
+    return optimizer.scale_loss(loss)
 
 
 def unscale_gradients(optimizer, gradients):
-  """Undoes `scale_loss_for_optimizer` on gradients (tf_keras only).
+    """Undoes `scale_loss_for_optimizer` on gradients (tf_keras only).
 
-  Keras 3's `LossScaleOptimizer.apply_gradients` unscales by itself.
-  """
-  if IS_LEGACY and hasattr(optimizer, "get_unscaled_gradients"):
-    return optimizer.get_unscaled_gradients(gradients)
-  return gradients
+    Keras 3's `LossScaleOptimizer.apply_gradients` unscales by itself.
+    """
+    if IS_LEGACY and hasattr(optimizer, "get_unscaled_gradients"):
+        return optimizer.get_unscaled_gradients(gradients)
+    return gradients
 
 
 def num_replicas_in_sync() -> int:
-  return tf.distribute.get_strategy().num_replicas_in_sync
+    return tf.distribute.get_strategy().num_replicas_in_sync

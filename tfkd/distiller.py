@@ -16,477 +16,582 @@ INPUTS_KEY = "inputs"
 TEACHER_OUTPUTS_KEY = "tfkd_teacher_outputs"
 
 _STUDENT_LOSSES = {
-    "sparse_categorical_crossentropy":
-        lambda: keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    "categorical_crossentropy":
-        lambda: keras.losses.CategoricalCrossentropy(from_logits=True),
-    "binary_crossentropy":
-        lambda: keras.losses.BinaryCrossentropy(from_logits=True),
+    "sparse_categorical_crossentropy": lambda: keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True
+    ),
+    "categorical_crossentropy": lambda: keras.losses.CategoricalCrossentropy(
+        from_logits=True
+    ),
+    "binary_crossentropy": lambda: keras.losses.BinaryCrossentropy(
+        from_logits=True
+    ),
 }
 
 
 def _resolve_student_loss(loss):
-  """Returns a per-example callable `(y_true, logits) -> (batch, ...)`."""
-  if loss is None:
-    return None
-  if isinstance(loss, str):
-    if loss not in _STUDENT_LOSSES:
-      raise ValueError(
-          f"Unknown student loss {loss!r}. The student outputs logits; pass "
-          f"one of {sorted(_STUDENT_LOSSES)} (each with from_logits=True) or "
-          f"a `keras.losses.Loss` instance. Received: loss={loss!r}")
-    loss = _STUDENT_LOSSES[loss]()
-  if isinstance(loss, keras.losses.Loss):
-    from_logits = getattr(loss, "_fn_kwargs", {}).get(
-        "from_logits", getattr(loss, "from_logits", None))
-    if from_logits is False:
-      raise ValueError(
-          f"The student loss {type(loss).__name__} has from_logits=False, but "
-          "the Distiller's student outputs logits. Pass "
-          f"`keras.losses.{type(loss).__name__}(from_logits=True)`.")
-    return loss.call
-  if callable(loss):
-    return loss
-  raise TypeError(
-      "`loss` must be a `keras.losses.Loss`, a callable "
-      f"`(y_true, y_pred) -> per-example loss` or one of "
-      f"{sorted(_STUDENT_LOSSES)}. Received: loss={loss!r}")
+    """Returns a per-example callable `(y_true, logits) -> (batch, ...)`."""
+    if loss is None:
+        return None
+    if isinstance(loss, str):
+        if loss not in _STUDENT_LOSSES:
+            raise ValueError(
+                f"Unknown student loss {loss!r}. The student outputs logits; pass "
+                f"one of {sorted(_STUDENT_LOSSES)} (each with from_logits=True) or "
+                f"a `keras.losses.Loss` instance. Received: loss={loss!r}"
+            )
+        loss = _STUDENT_LOSSES[loss]()
+    if isinstance(loss, keras.losses.Loss):
+        from_logits = getattr(loss, "_fn_kwargs", {}).get(
+            "from_logits", getattr(loss, "from_logits", None)
+        )
+        if from_logits is False:
+            raise ValueError(
+                f"The student loss {type(loss).__name__} has from_logits=False, but "
+                "the Distiller's student outputs logits. Pass "
+                f"`keras.losses.{type(loss).__name__}(from_logits=True)`."
+            )
+        return loss.call
+    if callable(loss):
+        return loss
+    raise TypeError(
+        "`loss` must be a `keras.losses.Loss`, a callable "
+        f"`(y_true, y_pred) -> per-example loss` or one of "
+        f"{sorted(_STUDENT_LOSSES)}. Received: loss={loss!r}"
+    )
 
 
 def _resolve_distillation_losses(distillation_loss, temperature):
-  """Returns `[(DistillationLoss, weight), ...]`."""
-  if distillation_loss is None:
-    return [(KD(temperature=4.0 if temperature is None else temperature), 1.0)]
-  if temperature is not None:
-    raise ValueError(
-        "`temperature` configures the default KD loss only. With "
-        "`distillation_loss=...`, set the temperature on the method itself, "
-        "e.g. `tfkd.losses.KD(temperature=4.0)`. Received: "
-        f"temperature={temperature!r}")
-  entries = (distillation_loss if isinstance(distillation_loss, (list, tuple))
-             else [distillation_loss])
-  if not entries:
-    raise ValueError("`distillation_loss` is an empty list: pass at least one "
-                     "`tfkd.losses` method, or None for Hinton KD.")
-  resolved = []
-  for entry in entries:
-    loss, weight = entry if isinstance(entry, tuple) else (entry, 1.0)
-    if not isinstance(loss, DistillationLoss):
-      raise TypeError(
-          "Each `distillation_loss` entry must be a `tfkd.losses` method "
-          "(e.g. `tfkd.losses.KD()`) or a `(method, weight)` tuple. "
-          f"Received: {entry!r}")
-    resolved.append((loss, check_positive("loss weight", weight,
-                                          allow_zero=True)))
-  return resolved
+    """Returns `[(DistillationLoss, weight), ...]`."""
+    if distillation_loss is None:
+        return [
+            (KD(temperature=4.0 if temperature is None else temperature), 1.0)
+        ]
+    if temperature is not None:
+        raise ValueError(
+            "`temperature` configures the default KD loss only. With "
+            "`distillation_loss=...`, set the temperature on the method itself, "
+            "e.g. `tfkd.losses.KD(temperature=4.0)`. Received: "
+            f"temperature={temperature!r}"
+        )
+    entries = (
+        distillation_loss
+        if isinstance(distillation_loss, (list, tuple))
+        else [distillation_loss]
+    )
+    if not entries:
+        raise ValueError(
+            "`distillation_loss` is an empty list: pass at least one "
+            "`tfkd.losses` method, or None for Hinton KD."
+        )
+    resolved = []
+    for entry in entries:
+        loss, weight = entry if isinstance(entry, tuple) else (entry, 1.0)
+        if not isinstance(loss, DistillationLoss):
+            raise TypeError(
+                "Each `distillation_loss` entry must be a `tfkd.losses` method "
+                "(e.g. `tfkd.losses.KD()`) or a `(method, weight)` tuple. "
+                f"Received: {entry!r}"
+            )
+        resolved.append(
+            (loss, check_positive("loss weight", weight, allow_zero=True))
+        )
+    return resolved
 
 
 def _is_softmax(layer):
-  if type(layer).__name__ == "Softmax":
-    return True
-  activation = getattr(layer, "activation", None)
-  return getattr(activation, "__name__", None) == "softmax"
+    if type(layer).__name__ == "Softmax":
+        return True
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", None) == "softmax"
 
 
 def _check_outputs_logits(model, role):
-  layers = getattr(model, "layers", None)
-  if layers and _is_softmax(layers[-1]):
-    raise ValueError(
-        f"The {role} model {model.name!r} ends in a softmax, so it outputs "
-        "probabilities, but distillation needs logits (the temperature "
-        f"divides logits). Rebuild the {role} with `activation=None` on its "
-        "last layer (keep the softmax for inference with "
-        "`keras.Sequential([model, keras.layers.Softmax()])`).")
+    layers = getattr(model, "layers", None)
+    if layers and _is_softmax(layers[-1]):
+        raise ValueError(
+            f"The {role} model {model.name!r} ends in a softmax, so it outputs "
+            "probabilities, but distillation needs logits (the temperature "
+            f"divides logits). Rebuild the {role} with `activation=None` on its "
+            "last layer (keep the softmax for inference with "
+            "`keras.Sequential([model, keras.layers.Softmax()])`)."
+        )
 
 
 def _tapped_model(model, layer_names, role):
-  """A model that returns `[logits, *features]` from one forward pass."""
-  if not layer_names:
-    return None
-  inputs = getattr(model, "inputs", None)
-  if not inputs:
-    raise ValueError(
-        f"Feature distillation taps layers {layer_names} of the {role} "
-        f"{model.name!r}, which needs a Functional or Sequential model with "
-        f"known inputs; {type(model).__name__} is subclassed or not built. "
-        "Rebuild it as a Functional model, or build it on an `keras.Input`.")
-  available = [layer.name for layer in model.layers]
-  features = []
-  for name in layer_names:
-    if name not in available:
-      raise ValueError(
-          f"The {role} {model.name!r} has no layer named {name!r}. Its layers "
-          f"are: {available}")
-    features.append(model.get_layer(name).output)
-  return keras.Model(inputs, [model.outputs[0]] + features,
-                     name=f"{model.name}_tapped")
+    """A model that returns `[logits, *features]` from one forward pass."""
+    if not layer_names:
+        return None
+    inputs = getattr(model, "inputs", None)
+    if not inputs:
+        raise ValueError(
+            f"Feature distillation taps layers {layer_names} of the {role} "
+            f"{model.name!r}, which needs a Functional or Sequential model with "
+            f"known inputs; {type(model).__name__} is subclassed or not built. "
+            "Rebuild it as a Functional model, or build it on an `keras.Input`."
+        )
+    available = [layer.name for layer in model.layers]
+    features = []
+    for name in layer_names:
+        if name not in available:
+            raise ValueError(
+                f"The {role} {model.name!r} has no layer named {name!r}. Its layers "
+                f"are: {available}"
+            )
+        features.append(model.get_layer(name).output)
+    return keras.Model(
+        inputs, [model.outputs[0]] + features, name=f"{model.name}_tapped"
+    )
 
 
 def _flatten_sample_weight(sample_weight):
-  if sample_weight is None:
-    return None
-  return tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
+    if sample_weight is None:
+        return None
+    return tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
 
 
 def _per_example(values):
-  """Reduces a loss of shape `(batch, ...)` to `(batch,)` by the mean."""
-  values = tf.cast(values, tf.float32)
-  if values.shape.rank is not None and values.shape.rank > 1:
-    values = tf.reduce_mean(values, axis=list(range(1, values.shape.rank)))
-  return values
+    """Reduces a loss of shape `(batch, ...)` to `(batch,)` by the mean."""
+    values = tf.cast(values, tf.float32)
+    if values.shape.rank is not None and values.shape.rank > 1:
+        values = tf.reduce_mean(values, axis=list(range(1, values.shape.rank)))
+    return values
 
 
 class Distiller(keras.Model):
-  """Trains a student to match a frozen teacher, with `compile` and `fit`.
+    """Trains a student to match a frozen teacher, with `compile` and `fit`.
 
-  ```
-  loss = alpha * student_loss(y, s) + (1 - alpha) * distillation_loss(t, s)
-  ```
+    ```
+    loss = alpha * student_loss(y, s) + (1 - alpha) * distillation_loss(t, s)
+    ```
 
-  where `student_loss` is the hard-label loss given to `compile(loss=...)`
-  and `distillation_loss` defaults to Hinton KD,
-  `T^2 * KL(softmax(t/T) || softmax(s/T))`, computed from log-softmax.
+    where `student_loss` is the hard-label loss given to `compile(loss=...)`
+    and `distillation_loss` defaults to Hinton KD,
+    `T^2 * KL(softmax(t/T) || softmax(s/T))`, computed from log-softmax.
 
-  The teacher is frozen: it is called with `training=False`, its weights are
-  not trainable and `fit` changes neither them nor its BatchNorm statistics.
-  Both models output logits (no final softmax). `call` and `predict` are the
-  student's, and `distiller.student` is a plain Keras model to save or export.
+    The teacher is frozen: it is called with `training=False`, its weights are
+    not trainable and `fit` changes neither them nor its BatchNorm statistics.
+    Both models output logits (no final softmax). `call` and `predict` are the
+    student's, and `distiller.student` is a plain Keras model to save or export.
 
-  Data may be `(x, y)`, `(x, y, sample_weight)` or `x` alone (an unlabelled
-  transfer set: compile without `loss`, `alpha=0`). Sample weights weigh both
-  terms. Losses are summed per replica and divided by the global batch size,
-  so under `tf.distribute` N replicas train like one device with the same
-  global batch; all loss maths runs in float32 under mixed precision.
-
-  Args:
-    teacher: the trained teacher, a Keras model that outputs logits.
-    student: the student, a Keras model with the teacher's output shape.
-    distillation_loss: a `tfkd.losses` method, or a list of methods or
-      `(method, weight)` tuples whose weighted sum is the distillation term.
-      Defaults to `tfkd.losses.KD(temperature=temperature)`.
-    alpha: weight of the student's hard-label loss, in `[0, 1]`. Defaults to
-      `0.1`. A variable: `tfkd.callbacks` can schedule it.
-    temperature: temperature of the default KD loss. Defaults to `4.0`. Set it
-      on the method itself when passing `distillation_loss`.
-    **kwargs: forwarded to `keras.Model` (e.g. `name`).
-
-  Example:
-    >>> distiller = tfkd.Distiller(teacher=teacher, student=student,
-    ...                            temperature=4.0, alpha=0.1)
-    >>> distiller.compile(
-    ...     optimizer="adam",
-    ...     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    ...     metrics=["accuracy"])
-    >>> distiller.fit(train_data, validation_data=val_data, epochs=10)
-    >>> distiller.student.save("student.keras")
-
-  References:
-    Hinton, Vinyals, Dean. "Distilling the Knowledge in a Neural Network",
-    2015. arXiv:1503.02531.
-  """
-
-  def __init__(self, teacher, student, distillation_loss=None, *, alpha=0.1,
-               temperature=None, **kwargs):
-    kwargs.setdefault("name", "distiller")
-    super().__init__(**kwargs)
-    for role, model in (("teacher", teacher), ("student", student)):
-      if not isinstance(model, keras.Model):
-        raise TypeError(
-            f"`{role}` must be a `{_keras.KERAS_NAME}.Model`. Received: "
-            f"{role}={model!r} of type {type(model).__name__}. (Models built "
-            "with the other Keras cannot be mixed: tfkd uses "
-            f"{_keras.KERAS_NAME}, see TF_USE_LEGACY_KERAS.)")
-    alpha = check_positive("alpha", alpha, allow_zero=True)
-    if alpha > 1:
-      raise ValueError(f"`alpha` must be in [0, 1]. Received: alpha={alpha}")
-    if temperature is not None:
-      check_positive("temperature", temperature)
-    self._loss_entries = _resolve_distillation_losses(distillation_loss,
-                                                      temperature)
-    _check_outputs_logits(teacher, "teacher")
-    _check_outputs_logits(student, "student")
-
-    self.teacher = teacher
-    self.student = student
-    self.teacher.trainable = False
-    self.alpha = self._scalar_weight("alpha", alpha)
-    self.distillation_losses = [loss for loss, _ in self._loss_entries]
-    self.loss_weights = [self._scalar_weight(f"loss_weight_{i}", weight)
-                         for i, (_, weight) in enumerate(self._loss_entries)]
-
-    self._teacher_taps = sorted({loss.teacher_layer
-                                 for loss in self.distillation_losses
-                                 if loss.teacher_layer is not None})
-    self._student_taps = sorted({loss.student_layer
-                                 for loss in self.distillation_losses
-                                 if loss.student_layer is not None})
-    self._teacher_tapped = _tapped_model(teacher, self._teacher_taps,
-                                         "teacher")
-    self._student_tapped = _tapped_model(student, self._student_taps,
-                                         "student")
-    self._check_output_shapes()
-    self.adapters = self._make_adapters()
-
-    self._loss_tracker_total = keras.metrics.Mean(name="loss")
-    self._student_loss_tracker = keras.metrics.Mean(name="student_loss")
-    self._distillation_loss_tracker = keras.metrics.Mean(
-        name="distillation_loss")
-    self._student_loss_fn = None
-
-  # Construction helpers.
-
-  def _scalar_weight(self, name, value):
-    weight = self.add_weight(name=name, shape=(), trainable=False,
-                             initializer="zeros", dtype="float32")
-    weight.assign(value)
-    return weight
-
-  def _check_output_shapes(self):
-    shapes = []
-    for model in (self.teacher, self.student):
-      outputs = getattr(model, "outputs", None)
-      if outputs and len(outputs) > 1:
-        raise ValueError(
-            f"{model.name!r} has {len(outputs)} outputs; the Distiller needs "
-            "one logits output per model. Wrap the model to return only its "
-            "logits.")
-      shapes.append(tuple(outputs[0].shape) if outputs else None)
-    if None not in shapes:
-      self._check_logits_shapes(*shapes)
-
-  def _check_logits_shapes(self, teacher_shape, student_shape):
-    if tuple(teacher_shape)[1:] != tuple(student_shape)[1:]:
-      raise ValueError(
-          f"Teacher {self.teacher.name!r} outputs shape {tuple(teacher_shape)} "
-          f"but student {self.student.name!r} outputs shape "
-          f"{tuple(student_shape)}. Distillation compares them class by "
-          "class: give the student the teacher's number of outputs.")
-
-  def _feature_shape(self, model, layer_name):
-    return tuple(model.get_layer(layer_name).output.shape)
-
-  def _make_adapters(self):
-    """One learnable adapter per term whose feature widths differ."""
-    adapters = []
-    for i, loss in enumerate(self.distillation_losses):
-      adapter = None
-      if loss.requires_matching_width and loss.student_layer is not None:
-        t_shape = self._feature_shape(self.teacher, loss.teacher_layer)
-        s_shape = self._feature_shape(self.student, loss.student_layer)
-        if len(t_shape) != len(s_shape):
-          raise ValueError(
-              f"{type(loss).__name__} compares teacher layer "
-              f"{loss.teacher_layer!r} of shape {t_shape} with student layer "
-              f"{loss.student_layer!r} of shape {s_shape}: their ranks differ. "
-              "Tap layers of the same kind (both NHWC maps or both vectors).")
-        if t_shape[1:-1] != s_shape[1:-1]:
-          raise ValueError(
-              f"{type(loss).__name__} needs the same spatial size: teacher "
-              f"layer {loss.teacher_layer!r} is {t_shape}, student layer "
-              f"{loss.student_layer!r} is {s_shape}.")
-        if t_shape[-1] != s_shape[-1]:
-          width = t_shape[-1]
-          if len(s_shape) == 4:
-            adapter = keras.layers.Conv2D(width, 1, name=f"adapter_{i}")
-          else:
-            adapter = keras.layers.Dense(width, name=f"adapter_{i}")
-          adapter.build(s_shape)
-      adapters.append(adapter)
-    return adapters
-
-  # Keras API.
-
-  def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
-    """Configures training; `loss` is the student's hard-label loss.
+    Data may be `(x, y)`, `(x, y, sample_weight)` or `x` alone (an unlabelled
+    transfer set: compile without `loss`, `alpha=0`). Sample weights weigh both
+    terms. Losses are summed per replica and divided by the global batch size,
+    so under `tf.distribute` N replicas train like one device with the same
+    global batch; all loss maths runs in float32 under mixed precision.
 
     Args:
-      optimizer: as in `keras.Model.compile`.
-      loss: the student's hard-label loss on logits: a `keras.losses.Loss`
-        with `from_logits=True`, a per-example callable, or one of
-        `"sparse_categorical_crossentropy"`, `"categorical_crossentropy"`,
-        `"binary_crossentropy"` (taken with `from_logits=True`). May be
-        `None` only with `alpha=0` (pure distillation, unlabelled data).
-      metrics: metrics of the student's logits against the labels.
-      **kwargs: forwarded to `keras.Model.compile` (`jit_compile`,
-        `steps_per_execution`, `weighted_metrics`, ...).
+        teacher: the trained teacher, a Keras model that outputs logits; or
+            several, as a list (logits averaged) or a `{model: weight}` dict
+            (weighted average), see `tfkd.teachers.ensemble`.
+        student: the student, a Keras model with the teacher's output shape.
+        distillation_loss: a `tfkd.losses` method, or a list of methods or
+            `(method, weight)` tuples whose weighted sum is the distillation term.
+            Defaults to `tfkd.losses.KD(temperature=temperature)`.
+        alpha: weight of the student's hard-label loss, in `[0, 1]`. Defaults to
+            `0.1`. A variable: `tfkd.callbacks` can schedule it.
+        temperature: temperature of the default KD loss. Defaults to `4.0`. Set it
+            on the method itself when passing `distillation_loss`.
+        **kwargs: forwarded to `keras.Model` (e.g. `name`).
+
+    Example:
+        >>> distiller = tfkd.Distiller(teacher=teacher, student=student,
+        ...                            temperature=4.0, alpha=0.1)
+        >>> distiller.compile(
+        ...     optimizer="adam",
+        ...     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        ...     metrics=["accuracy"])
+        >>> distiller.fit(train_data, validation_data=val_data, epochs=10)
+        >>> distiller.student.save("student.keras")
+
+    References:
+        Hinton, Vinyals, Dean. "Distilling the Knowledge in a Neural Network",
+        2015. arXiv:1503.02531.
     """
-    if "loss_weights" in kwargs:
-      raise ValueError(
-          "`loss_weights` is not used by the Distiller: weigh the student "
-          "loss with `alpha` and the methods with `(method, weight)` tuples.")
-    self._student_loss_fn = _resolve_student_loss(loss)
-    if self._student_loss_fn is None and float(self.alpha.numpy()) > 0:
-      raise ValueError(
-          f"alpha={float(self.alpha.numpy()):g} weighs a hard-label student "
-          "loss, but `compile` got no `loss`. Pass e.g. "
-          "`loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)`"
-          ", or use `alpha=0.0` for pure distillation.")
-    super().compile(optimizer=optimizer, loss=None, metrics=metrics, **kwargs)
 
-  @property
-  def metrics(self):
-    trackers = [self._loss_tracker_total, self._student_loss_tracker,
-                self._distillation_loss_tracker]
-    if _keras.IS_LEGACY:
-      compiled = getattr(self, "compiled_metrics", None)
-      return trackers + (compiled.metrics if compiled is not None else [])
-    compiled = getattr(self, "_compile_metrics", None)
-    return trackers + ([compiled] if compiled is not None else [])
+    def __init__(
+        self,
+        teacher,
+        student,
+        distillation_loss=None,
+        *,
+        alpha=0.1,
+        temperature=None,
+        **kwargs,
+    ):
+        kwargs.setdefault("name", "distiller")
+        super().__init__(**kwargs)
+        if isinstance(teacher, (list, tuple, dict)):
+            from tfkd.teachers import ensemble
 
-  def call(self, inputs, training=False):
-    inputs, _ = self._split_inputs(inputs)
-    return self.student(inputs, training=training)
+            teacher = ensemble(teacher)
+        for role, model in (("teacher", teacher), ("student", student)):
+            if not isinstance(model, keras.Model):
+                raise TypeError(
+                    f"`{role}` must be a `{_keras.KERAS_NAME}.Model`. Received: "
+                    f"{role}={model!r} of type {type(model).__name__}. (Models built "
+                    "with the other Keras cannot be mixed: tfkd uses "
+                    f"{_keras.KERAS_NAME}, see TF_USE_LEGACY_KERAS.)"
+                )
+        alpha = check_positive("alpha", alpha, allow_zero=True)
+        if alpha > 1:
+            raise ValueError(
+                f"`alpha` must be in [0, 1]. Received: alpha={alpha}"
+            )
+        if temperature is not None:
+            check_positive("temperature", temperature)
+        self._loss_entries = _resolve_distillation_losses(
+            distillation_loss, temperature
+        )
+        _check_outputs_logits(teacher, "teacher")
+        _check_outputs_logits(student, "student")
 
-  def train_step(self, data):
-    x, y, sample_weight = _keras.unpack_x_y_sample_weight(data)
-    x, teacher_outputs = self._split_inputs(x)
-    if teacher_outputs is None:
-      teacher_outputs = self.teacher_outputs(x)
-    with tf.GradientTape() as tape:
-      student_outputs = self._forward(self.student, self._student_tapped, x,
-                                      training=True)
-      loss = self._compute_losses(y, sample_weight, teacher_outputs,
-                                  student_outputs, training=True)
-      scaled_loss = _keras.scale_loss_for_optimizer(self.optimizer, loss)
-    variables = self.trainable_variables
-    gradients = tape.gradient(scaled_loss, variables)
-    gradients = _keras.unscale_gradients(self.optimizer, gradients)
-    self.optimizer.apply_gradients(zip(gradients, variables))
-    return self._metrics_result(x, y, student_outputs[0], sample_weight)
+        self.teacher = teacher
+        self.student = student
+        self.teacher.trainable = False
+        self.alpha = self._scalar_weight("alpha", alpha)
+        self.distillation_losses = [loss for loss, _ in self._loss_entries]
+        self.loss_weights = [
+            self._scalar_weight(f"loss_weight_{i}", weight)
+            for i, (_, weight) in enumerate(self._loss_entries)
+        ]
 
-  def test_step(self, data):
-    x, y, sample_weight = _keras.unpack_x_y_sample_weight(data)
-    x, teacher_outputs = self._split_inputs(x)
-    if teacher_outputs is None:
-      teacher_outputs = self.teacher_outputs(x)
-    student_outputs = self._forward(self.student, self._student_tapped, x,
-                                    training=False)
-    self._compute_losses(y, sample_weight, teacher_outputs, student_outputs,
-                         training=False)
-    return self._metrics_result(x, y, student_outputs[0], sample_weight)
+        self._teacher_taps = sorted(
+            {
+                loss.teacher_layer
+                for loss in self.distillation_losses
+                if loss.teacher_layer is not None
+            }
+        )
+        self._student_taps = sorted(
+            {
+                loss.student_layer
+                for loss in self.distillation_losses
+                if loss.student_layer is not None
+            }
+        )
+        self._teacher_tapped = _tapped_model(
+            teacher, self._teacher_taps, "teacher"
+        )
+        self._student_tapped = _tapped_model(
+            student, self._student_taps, "student"
+        )
+        self._check_output_shapes()
+        self.adapters = self._make_adapters()
 
-  def teacher_outputs(self, x):
-    """The teacher's `(logits, {layer_name: features})` for inputs `x`.
+        self._loss_tracker_total = keras.metrics.Mean(name="loss")
+        self._student_loss_tracker = keras.metrics.Mean(name="student_loss")
+        self._distillation_loss_tracker = keras.metrics.Mean(
+            name="distillation_loss"
+        )
+        self._student_loss_fn = None
 
-    One forward pass in inference mode, with the gradient stopped. This is
-    what `tfkd.cache_teacher_outputs` stores.
-    """
-    logits, features = self._forward(self.teacher, self._teacher_tapped, x,
-                                     training=False)
-    return tf.nest.map_structure(tf.stop_gradient, (logits, features))
+    # Construction helpers.
 
-  # Internals.
+    def _scalar_weight(self, name, value):
+        weight = self.add_weight(
+            name=name,
+            shape=(),
+            trainable=False,
+            initializer="zeros",
+            dtype="float32",
+        )
+        weight.assign(value)
+        return weight
 
-  @staticmethod
-  def _split_inputs(x):
-    if isinstance(x, dict) and TEACHER_OUTPUTS_KEY in x:
-      return x[INPUTS_KEY], x[TEACHER_OUTPUTS_KEY]
-    return x, None
+    def _check_output_shapes(self):
+        shapes = []
+        for model in (self.teacher, self.student):
+            outputs = getattr(model, "outputs", None)
+            if outputs and len(outputs) > 1:
+                raise ValueError(
+                    f"{model.name!r} has {len(outputs)} outputs; the Distiller needs "
+                    "one logits output per model. Wrap the model to return only its "
+                    "logits."
+                )
+            shapes.append(tuple(outputs[0].shape) if outputs else None)
+        if None not in shapes:
+            self._check_logits_shapes(*shapes)
 
-  def _forward(self, model, tapped, x, training):
-    """Returns `(logits, {layer_name: features})` from ONE forward pass."""
-    if tapped is None:
-      return model(x, training=training), {}
-    outputs = tapped(x, training=training)
-    names = self._teacher_taps if model is self.teacher else self._student_taps
-    return outputs[0], dict(zip(names, outputs[1:]))
+    def _check_logits_shapes(self, teacher_shape, student_shape):
+        if tuple(teacher_shape)[1:] != tuple(student_shape)[1:]:
+            raise ValueError(
+                f"Teacher {self.teacher.name!r} outputs shape {tuple(teacher_shape)} "
+                f"but student {self.student.name!r} outputs shape "
+                f"{tuple(student_shape)}. Distillation compares them class by "
+                "class: give the student the teacher's number of outputs."
+            )
 
-  def _compute_losses(self, y, sample_weight, teacher_outputs,
-                      student_outputs, training):
-    """Returns this replica's share of the total loss; updates the trackers.
+    def _feature_shape(self, model, layer_name):
+        return tuple(model.get_layer(layer_name).output.shape)
 
-    Per-example terms are summed and divided by the global batch size
-    (`tf.nn.compute_average_loss`), so summing gradients over replicas, as
-    Keras optimizers do, gives exactly the single-device gradient.
-    """
-    t_logits, t_features = teacher_outputs
-    s_logits, s_features = student_outputs
-    self._check_logits_shapes(t_logits.shape, s_logits.shape)
-    replicas = _keras.num_replicas_in_sync()
-    local_batch = tf.shape(s_logits)[0]
-    global_batch = local_batch
-    if replicas > 1:
-      global_batch = tf.distribute.get_replica_context().all_reduce(
-          "sum", local_batch)
-    local_batch_f = tf.cast(local_batch, tf.float32)
-    global_batch_f = tf.cast(global_batch, tf.float32)
-    weights = _flatten_sample_weight(sample_weight)
+    def _make_adapters(self):
+        """One learnable adapter per term whose feature widths differ."""
+        adapters = []
+        for i, loss in enumerate(self.distillation_losses):
+            adapter = None
+            if loss.requires_matching_width and loss.student_layer is not None:
+                t_shape = self._feature_shape(self.teacher, loss.teacher_layer)
+                s_shape = self._feature_shape(self.student, loss.student_layer)
+                if len(t_shape) != len(s_shape):
+                    raise ValueError(
+                        f"{type(loss).__name__} compares teacher layer "
+                        f"{loss.teacher_layer!r} of shape {t_shape} with student layer "
+                        f"{loss.student_layer!r} of shape {s_shape}: their ranks differ. "
+                        "Tap layers of the same kind (both NHWC maps or both vectors)."
+                    )
+                if t_shape[1:-1] != s_shape[1:-1]:
+                    raise ValueError(
+                        f"{type(loss).__name__} needs the same spatial size: teacher "
+                        f"layer {loss.teacher_layer!r} is {t_shape}, student layer "
+                        f"{loss.student_layer!r} is {s_shape}."
+                    )
+                if t_shape[-1] != s_shape[-1]:
+                    width = t_shape[-1]
+                    if len(s_shape) == 4:
+                        adapter = keras.layers.Conv2D(
+                            width, 1, name=f"adapter_{i}"
+                        )
+                    else:
+                        adapter = keras.layers.Dense(width, name=f"adapter_{i}")
+                    adapter.build(s_shape)
+            adapters.append(adapter)
+        return adapters
 
-    def average(per_example):
-      """(share of the global mean, local mean) of a per-example loss."""
-      per_example = _per_example(per_example)
-      if weights is not None:
-        per_example = per_example * weights
-      total = tf.reduce_sum(per_example)
-      return total / global_batch_f, total / local_batch_f
+    # Keras API.
 
-    if self._student_loss_fn is not None:
-      if y is None:
-        raise ValueError(
-            "The data has no labels, but `compile(loss=...)` set a hard-label "
-            "student loss. Pass `(x, y)` data, or compile without `loss` and "
-            "with `alpha=0` for pure distillation on unlabelled data.")
-      student_share, student_mean = average(self._student_loss_fn(
-          tf.cast(y, tf.float32), tf.cast(s_logits, tf.float32)))
-    else:
-      student_share = student_mean = tf.constant(0.0)
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
+        """Configures training; `loss` is the student's hard-label loss.
 
-    distill_share = distill_mean = tf.constant(0.0)
-    for loss, weight, adapter in zip(self.distillation_losses,
-                                     self.loss_weights, self.adapters):
-      teacher = (t_logits if loss.teacher_layer is None
-                 else t_features[loss.teacher_layer])
-      student = (s_logits if loss.student_layer is None
-                 else s_features[loss.student_layer])
-      if adapter is not None:
-        student = adapter(student, training=training)
-      teacher = tf.cast(teacher, tf.float32)
-      student = tf.cast(student, tf.float32)
-      labels = None
-      if loss.requires_labels:
-        if y is None:
-          raise ValueError(
-              f"{type(loss).__name__} needs the labels, but the data has "
-              "none. Pass `(x, y)` data.")
-        labels = y
-      if loss.batch_relational:
-        if weights is not None:
-          warnings.warn(
-              f"{type(loss).__name__} relates the examples of a batch to each "
-              "other and ignores sample weights.", stacklevel=2)
+        Args:
+            optimizer: as in `keras.Model.compile`.
+            loss: the student's hard-label loss on logits: a `keras.losses.Loss`
+                with `from_logits=True`, a per-example callable, or one of
+                `"sparse_categorical_crossentropy"`, `"categorical_crossentropy"`,
+                `"binary_crossentropy"` (taken with `from_logits=True`). May be
+                `None` only with `alpha=0` (pure distillation, unlabelled data).
+            metrics: metrics of the student's logits against the labels.
+            **kwargs: forwarded to `keras.Model.compile` (`jit_compile`,
+                `steps_per_execution`, `weighted_metrics`, ...).
+        """
+        if "loss_weights" in kwargs:
+            raise ValueError(
+                "`loss_weights` is not used by the Distiller: weigh the student "
+                "loss with `alpha` and the methods with `(method, weight)` tuples."
+            )
+        self._student_loss_fn = _resolve_student_loss(loss)
+        if self._student_loss_fn is None and float(self.alpha.numpy()) > 0:
+            raise ValueError(
+                f"alpha={float(self.alpha.numpy()):g} weighs a hard-label student "
+                "loss, but `compile` got no `loss`. Pass e.g. "
+                "`loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)`"
+                ", or use `alpha=0.0` for pure distillation."
+            )
+        super().compile(
+            optimizer=optimizer, loss=None, metrics=metrics, **kwargs
+        )
+
+    @property
+    def metrics(self):
+        trackers = [
+            self._loss_tracker_total,
+            self._student_loss_tracker,
+            self._distillation_loss_tracker,
+        ]
+        if _keras.IS_LEGACY:
+            compiled = getattr(self, "compiled_metrics", None)
+            return trackers + (compiled.metrics if compiled is not None else [])
+        compiled = getattr(self, "_compile_metrics", None)
+        return trackers + ([compiled] if compiled is not None else [])
+
+    def call(self, inputs, training=False):
+        inputs, _ = self._split_inputs(inputs)
+        return self.student(inputs, training=training)
+
+    def train_step(self, data):
+        x, y, sample_weight = _keras.unpack_x_y_sample_weight(data)
+        x, teacher_outputs = self._split_inputs(x)
+        if teacher_outputs is None:
+            teacher_outputs = self.teacher_outputs(x)
+        with tf.GradientTape() as tape:
+            student_outputs = self._forward(
+                self.student, self._student_tapped, x, training=True
+            )
+            loss = self._compute_losses(
+                y,
+                sample_weight,
+                teacher_outputs,
+                student_outputs,
+                training=True,
+            )
+            scaled_loss = _keras.scale_loss_for_optimizer(self.optimizer, loss)
+        variables = self.trainable_variables
+        gradients = tape.gradient(scaled_loss, variables)
+        gradients = _keras.unscale_gradients(self.optimizer, gradients)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        return self._metrics_result(x, y, student_outputs[0], sample_weight)
+
+    def test_step(self, data):
+        x, y, sample_weight = _keras.unpack_x_y_sample_weight(data)
+        x, teacher_outputs = self._split_inputs(x)
+        if teacher_outputs is None:
+            teacher_outputs = self.teacher_outputs(x)
+        student_outputs = self._forward(
+            self.student, self._student_tapped, x, training=False
+        )
+        self._compute_losses(
+            y, sample_weight, teacher_outputs, student_outputs, training=False
+        )
+        return self._metrics_result(x, y, student_outputs[0], sample_weight)
+
+    def teacher_outputs(self, x):
+        """The teacher's `(logits, {layer_name: features})` for inputs `x`.
+
+        One forward pass in inference mode, with the gradient stopped. This is
+        what `tfkd.cache_teacher_outputs` stores.
+        """
+        logits, features = self._forward(
+            self.teacher, self._teacher_tapped, x, training=False
+        )
+        return tf.nest.map_structure(tf.stop_gradient, (logits, features))
+
+    # Internals.
+
+    @staticmethod
+    def _split_inputs(x):
+        if isinstance(x, dict) and TEACHER_OUTPUTS_KEY in x:
+            return x[INPUTS_KEY], x[TEACHER_OUTPUTS_KEY]
+        return x, None
+
+    def _forward(self, model, tapped, x, training):
+        """Returns `(logits, {layer_name: features})` from ONE forward pass."""
+        if tapped is None:
+            return model(x, training=training), {}
+        outputs = tapped(x, training=training)
+        names = (
+            self._teacher_taps if model is self.teacher else self._student_taps
+        )
+        return outputs[0], dict(zip(names, outputs[1:]))
+
+    def _compute_losses(
+        self, y, sample_weight, teacher_outputs, student_outputs, training
+    ):
+        """Returns this replica's share of the total loss; updates the trackers.
+
+        Per-example terms are summed and divided by the global batch size
+        (`tf.nn.compute_average_loss`), so summing gradients over replicas, as
+        Keras optimizers do, gives exactly the single-device gradient.
+        """
+        t_logits, t_features = teacher_outputs
+        s_logits, s_features = student_outputs
+        self._check_logits_shapes(t_logits.shape, s_logits.shape)
+        replicas = _keras.num_replicas_in_sync()
+        local_batch = tf.shape(s_logits)[0]
+        global_batch = local_batch
         if replicas > 1:
-          context = tf.distribute.get_replica_context()
-          teacher = context.all_gather(teacher, axis=0)
-          student = context.all_gather(student, axis=0)
-          if labels is not None:
-            labels = context.all_gather(labels, axis=0)
-        value = tf.cast(loss.compute(teacher, student, labels), tf.float32)
-        share, mean = value / replicas, value
-      else:
-        share, mean = average(loss.compute(teacher, student, labels))
-      distill_share += weight * share
-      distill_mean += weight * mean
+            global_batch = tf.distribute.get_replica_context().all_reduce(
+                "sum", local_batch
+            )
+        local_batch_f = tf.cast(local_batch, tf.float32)
+        global_batch_f = tf.cast(global_batch, tf.float32)
+        weights = _flatten_sample_weight(sample_weight)
 
-    alpha = self.alpha
-    total_share = alpha * student_share + (1.0 - alpha) * distill_share
-    total_mean = alpha * student_mean + (1.0 - alpha) * distill_mean
-    regularization = self.student.losses + [
-        loss for adapter in self.adapters if adapter is not None
-        for loss in adapter.losses]
-    if training and regularization:
-      reg = tf.add_n([tf.cast(r, tf.float32) for r in regularization])
-      total_share += reg / replicas
-      total_mean += reg
+        def average(per_example):
+            """(share of the global mean, local mean) of a per-example loss."""
+            per_example = _per_example(per_example)
+            if weights is not None:
+                per_example = per_example * weights
+            total = tf.reduce_sum(per_example)
+            return total / global_batch_f, total / local_batch_f
 
-    self._loss_tracker_total.update_state(total_mean,
-                                          sample_weight=local_batch_f)
-    self._student_loss_tracker.update_state(student_mean,
-                                            sample_weight=local_batch_f)
-    self._distillation_loss_tracker.update_state(distill_mean,
-                                                 sample_weight=local_batch_f)
-    return total_share
+        if self._student_loss_fn is not None:
+            if y is None:
+                raise ValueError(
+                    "The data has no labels, but `compile(loss=...)` set a hard-label "
+                    "student loss. Pass `(x, y)` data, or compile without `loss` and "
+                    "with `alpha=0` for pure distillation on unlabelled data."
+                )
+            student_share, student_mean = average(
+                self._student_loss_fn(
+                    tf.cast(y, tf.float32), tf.cast(s_logits, tf.float32)
+                )
+            )
+        else:
+            student_share = student_mean = tf.constant(0.0)
 
-  def _metrics_result(self, x, y, student_logits, sample_weight):
-    if y is not None:
-      return self.compute_metrics(x, y, student_logits, sample_weight)
-    return self.get_metrics_result()
+        distill_share = distill_mean = tf.constant(0.0)
+        for loss, weight, adapter in zip(
+            self.distillation_losses, self.loss_weights, self.adapters
+        ):
+            teacher = (
+                t_logits
+                if loss.teacher_layer is None
+                else t_features[loss.teacher_layer]
+            )
+            student = (
+                s_logits
+                if loss.student_layer is None
+                else s_features[loss.student_layer]
+            )
+            if adapter is not None:
+                student = adapter(student, training=training)
+            teacher = tf.cast(teacher, tf.float32)
+            student = tf.cast(student, tf.float32)
+            labels = None
+            if loss.requires_labels:
+                if y is None:
+                    raise ValueError(
+                        f"{type(loss).__name__} needs the labels, but the data has "
+                        "none. Pass `(x, y)` data."
+                    )
+                labels = y
+            if loss.batch_relational:
+                if weights is not None:
+                    warnings.warn(
+                        f"{type(loss).__name__} relates the examples of a batch to each "
+                        "other and ignores sample weights.",
+                        stacklevel=2,
+                    )
+                if replicas > 1:
+                    context = tf.distribute.get_replica_context()
+                    teacher = context.all_gather(teacher, axis=0)
+                    student = context.all_gather(student, axis=0)
+                    if labels is not None:
+                        labels = context.all_gather(labels, axis=0)
+                value = tf.cast(
+                    loss.compute(teacher, student, labels), tf.float32
+                )
+                share, mean = value / replicas, value
+            else:
+                share, mean = average(loss.compute(teacher, student, labels))
+            distill_share += weight * share
+            distill_mean += weight * mean
+
+        alpha = self.alpha
+        total_share = alpha * student_share + (1.0 - alpha) * distill_share
+        total_mean = alpha * student_mean + (1.0 - alpha) * distill_mean
+        regularization = self.student.losses + [
+            loss
+            for adapter in self.adapters
+            if adapter is not None
+            for loss in adapter.losses
+        ]
+        if training and regularization:
+            reg = tf.add_n([tf.cast(r, tf.float32) for r in regularization])
+            total_share += reg / replicas
+            total_mean += reg
+
+        self._loss_tracker_total.update_state(
+            total_mean, sample_weight=local_batch_f
+        )
+        self._student_loss_tracker.update_state(
+            student_mean, sample_weight=local_batch_f
+        )
+        self._distillation_loss_tracker.update_state(
+            distill_mean, sample_weight=local_batch_f
+        )
+        return total_share
+
+    def _metrics_result(self, x, y, student_logits, sample_weight):
+        if y is not None:
+            return self.compute_metrics(x, y, student_logits, sample_weight)
+        return self.get_metrics_result()
