@@ -157,6 +157,7 @@ def _per_example(values):
     return values
 
 
+@_keras.register_serializable
 class Distiller(keras.Model):
     """Trains a student to match a frozen teacher, with `compile` and `fit`.
 
@@ -284,6 +285,10 @@ class Distiller(keras.Model):
             name="distillation_loss"
         )
         self._student_loss_fn = None
+        # Nothing is left to build once both models are: mark the Distiller
+        # built so that weight checkpoints (BackupAndRestore) can save it.
+        if self.teacher.built and self.student.built:
+            self.built = True
 
     # Construction helpers.
 
@@ -453,6 +458,35 @@ class Distiller(keras.Model):
             self.teacher, self._teacher_tapped, x, training=False
         )
         return tf.nest.map_structure(tf.stop_gradient, (logits, features))
+
+    def get_config(self):
+        serialize = keras.saving.serialize_keras_object
+        return {
+            "name": self.name,
+            "teacher": serialize(self.teacher),
+            "student": serialize(self.student),
+            "distillation_loss": [
+                (serialize(loss), float(weight.numpy()))
+                for loss, weight in zip(
+                    self.distillation_losses, self.loss_weights
+                )
+            ],
+            "alpha": float(self.alpha.numpy()),
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        deserialize = keras.saving.deserialize_keras_object
+        for key in ("teacher", "student"):
+            config[key] = deserialize(
+                config[key], custom_objects=custom_objects
+            )
+        config["distillation_loss"] = [
+            (deserialize(loss, custom_objects=custom_objects), weight)
+            for loss, weight in config["distillation_loss"]
+        ]
+        return cls(**config)
 
     # Internals.
 
