@@ -11,6 +11,13 @@ import tensorflow as tf  # noqa: E402
 from tfkd import _keras  # noqa: E402
 from tfkd._keras import keras  # noqa: E402
 
+# Two logical CPU devices, set before any op, so MirroredStrategy tests can
+# run two replicas on one CPU (see tests/test_distribute.py).
+_cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    _cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+)
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
 
@@ -61,7 +68,11 @@ def make_cnn(
         filters, 3, padding="same", kernel_initializer=init(0), name="conv"
     )(inputs)
     if batch_norm:
-        x = keras.layers.BatchNormalization(name="bn")(x)
+        # synchronized=True: batch statistics over all replicas, so that a
+        # replicated run computes what one device computes.
+        x = keras.layers.BatchNormalization(
+            name="bn", synchronized=batch_norm == "sync"
+        )(x)
     x = keras.layers.ReLU(name="features")(x)
     x = keras.layers.GlobalAveragePooling2D(name="embedding")(x)
     logits = keras.layers.Dense(
