@@ -385,3 +385,13 @@ def test_unknown_tapped_layer_lists_the_layers():
     with pytest.raises(ValueError, match="no layer named 'nope'.*'features'"):
         tfkd.Distiller(teacher, make_cnn(4), distillation_loss=Probe(
             teacher_layer="nope", student_layer="features"))
+
+
+def test_student_is_compiled_to_evaluate_on_its_own():
+    distiller, x, y = _distiller()
+    distiller.fit(x, y, epochs=1, verbose=0)
+    own = distiller.evaluate(x, y, return_dict=True, verbose=0)
+    alone = distiller.student.evaluate(x, y, return_dict=True, verbose=0)
+    np.testing.assert_allclose(alone["accuracy"], own["accuracy"])
+    np.testing.assert_allclose(alone["loss"], own["student_loss"], rtol=1e-5)
+    assert distiller.student.optimizer is not distiller.optimizer

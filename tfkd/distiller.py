@@ -98,6 +98,12 @@ def _resolve_distillation_losses(distillation_loss, temperature):
     return resolved
 
 
+def _copy_metric(metric):
+    if isinstance(metric, str) or not hasattr(metric, "get_config"):
+        return metric
+    return type(metric).from_config(metric.get_config())
+
+
 def _is_softmax(layer):
     if type(layer).__name__ == "Softmax":
         return True
@@ -393,6 +399,28 @@ class Distiller(keras.Model):
             )
         super().compile(
             optimizer=optimizer, loss=None, metrics=metrics, **kwargs
+        )
+        self._compile_student(optimizer, loss, metrics)
+
+    def _compile_student(self, optimizer, loss, metrics):
+        """Compiles an uncompiled student so `student.evaluate` just works.
+
+        It gets the hard-label loss, its own copies of the metrics and a fresh
+        optimizer of the same configuration (never the Distiller's).
+        """
+        student = self.student
+        if getattr(
+            student, "compiled", getattr(student, "_is_compiled", False)
+        ):
+            return
+        if isinstance(loss, str):
+            loss = _STUDENT_LOSSES[loss]()
+        if not isinstance(optimizer, str):
+            optimizer = type(optimizer).from_config(optimizer.get_config())
+        student.compile(
+            optimizer=optimizer,
+            loss=loss,
+            metrics=[_copy_metric(metric) for metric in metrics or []],
         )
 
     @property
