@@ -13,10 +13,13 @@ from tfkd._keras import keras  # noqa: E402
 
 # Two logical CPU devices, set before any op, so MirroredStrategy tests can
 # run two replicas on one CPU (see tests/test_distribute.py).
-_cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(
-    _cpu, [tf.config.LogicalDeviceConfiguration()] * 2
-)
+try:
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0],
+        [tf.config.LogicalDeviceConfiguration()] * 2,
+    )
+except RuntimeError:  # TensorFlow already initialised by the importer.
+    pass
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")

@@ -149,6 +149,13 @@ def _tapped_model(model, layer_names, role):
     )
 
 
+def _multi_worker():
+    strategy = tf.distribute.get_strategy()
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    return strategy.extended._in_multi_worker_mode()
+
+
 def _flatten_sample_weight(sample_weight):
     if sample_weight is None:
         return None
@@ -516,6 +523,31 @@ class Distiller(keras.Model):
         ]
         return cls(**config)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras 3 only: builds metrics/optimizer from one replica's batch.
+
+        Keras 3.15 first reduces a distributed batch with
+        `strategy.reduce("MEAN", ...)`, which fails under
+        `MultiWorkerMirroredStrategy` ("unsupported type PerReplica"). Only the
+        shapes matter here, and one replica's batch has them.
+        """
+        strategy = getattr(self, "_distribute_strategy", None)
+        if strategy is not None and iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda value: (
+                        strategy.experimental_local_results(value)[0]
+                        if isinstance(value, tf.distribute.DistributedValues)
+                        else value
+                    ),
+                    next(batches),
+                )
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(
+            iterator=iterator, data_batch=data_batch
+        )
+
     # Internals.
 
     @staticmethod
@@ -655,5 +687,12 @@ class Distiller(keras.Model):
 
     def _metrics_result(self, x, y, student_logits, sample_weight):
         if y is not None:
-            return self.compute_metrics(x, y, student_logits, sample_weight)
-        return self.get_metrics_result()
+            logs = self.compute_metrics(x, y, student_logits, sample_weight)
+        else:
+            logs = self.get_metrics_result()
+        if not _keras.IS_LEGACY and _multi_worker():
+            # Keras 3.15 reduces step outputs across workers with
+            # `strategy.reduce("MEAN", value, axis=0)`, which rejects scalars.
+            # Epoch logs are recomputed from the (synchronised) metrics.
+            logs = {key: tf.reshape(value, [1]) for key, value in logs.items()}
+        return logs
