@@ -5,148 +5,15 @@ import warnings
 import tensorflow as tf
 
 from tfkd import _keras
+from tfkd import _taps
+from tfkd import _validation
 from tfkd._keras import keras
-from tfkd.losses._base import DistillationLoss
 from tfkd.losses._base import check_positive
-from tfkd.losses._wrappers import KD
 
 # Inputs of a dataset made by `tfkd.cache_teacher_outputs`: a dict with the
 # student's inputs and the teacher's precomputed outputs.
 INPUTS_KEY = "inputs"
 TEACHER_OUTPUTS_KEY = "tfkd_teacher_outputs"
-
-_STUDENT_LOSSES = {
-    "sparse_categorical_crossentropy": lambda: keras.losses.SparseCategoricalCrossentropy(
-        from_logits=True
-    ),
-    "categorical_crossentropy": lambda: keras.losses.CategoricalCrossentropy(
-        from_logits=True
-    ),
-    "binary_crossentropy": lambda: keras.losses.BinaryCrossentropy(
-        from_logits=True
-    ),
-}
-
-
-def _resolve_student_loss(loss):
-    """Returns a per-example callable `(y_true, logits) -> (batch, ...)`."""
-    if loss is None:
-        return None
-    if isinstance(loss, str):
-        if loss not in _STUDENT_LOSSES:
-            raise ValueError(
-                f"Unknown student loss {loss!r}. The student outputs logits; pass "
-                f"one of {sorted(_STUDENT_LOSSES)} (each with from_logits=True) or "
-                f"a `keras.losses.Loss` instance. Received: loss={loss!r}"
-            )
-        loss = _STUDENT_LOSSES[loss]()
-    if isinstance(loss, keras.losses.Loss):
-        from_logits = getattr(loss, "_fn_kwargs", {}).get(
-            "from_logits", getattr(loss, "from_logits", None)
-        )
-        if from_logits is False:
-            raise ValueError(
-                f"The student loss {type(loss).__name__} has from_logits=False, but "
-                "the Distiller's student outputs logits. Pass "
-                f"`keras.losses.{type(loss).__name__}(from_logits=True)`."
-            )
-        return loss.call
-    if callable(loss):
-        return loss
-    raise TypeError(
-        "`loss` must be a `keras.losses.Loss`, a callable "
-        f"`(y_true, y_pred) -> per-example loss` or one of "
-        f"{sorted(_STUDENT_LOSSES)}. Received: loss={loss!r}"
-    )
-
-
-def _resolve_distillation_losses(distillation_loss, temperature):
-    """Returns `[(DistillationLoss, weight), ...]`."""
-    if distillation_loss is None:
-        return [
-            (KD(temperature=4.0 if temperature is None else temperature), 1.0)
-        ]
-    if temperature is not None:
-        raise ValueError(
-            "`temperature` configures the default KD loss only. With "
-            "`distillation_loss=...`, set the temperature on the method itself, "
-            "e.g. `tfkd.losses.KD(temperature=4.0)`. Received: "
-            f"temperature={temperature!r}"
-        )
-    entries = (
-        distillation_loss
-        if isinstance(distillation_loss, (list, tuple))
-        else [distillation_loss]
-    )
-    if not entries:
-        raise ValueError(
-            "`distillation_loss` is an empty list: pass at least one "
-            "`tfkd.losses` method, or None for Hinton KD."
-        )
-    resolved = []
-    for entry in entries:
-        loss, weight = entry if isinstance(entry, tuple) else (entry, 1.0)
-        if not isinstance(loss, DistillationLoss):
-            raise TypeError(
-                "Each `distillation_loss` entry must be a `tfkd.losses` method "
-                "(e.g. `tfkd.losses.KD()`) or a `(method, weight)` tuple. "
-                f"Received: {entry!r}"
-            )
-        resolved.append(
-            (loss, check_positive("loss weight", weight, allow_zero=True))
-        )
-    return resolved
-
-
-def _copy_metric(metric):
-    if isinstance(metric, str) or not hasattr(metric, "get_config"):
-        return metric
-    return type(metric).from_config(metric.get_config())
-
-
-def _is_softmax(layer):
-    if type(layer).__name__ == "Softmax":
-        return True
-    activation = getattr(layer, "activation", None)
-    return getattr(activation, "__name__", None) == "softmax"
-
-
-def _check_outputs_logits(model, role):
-    layers = getattr(model, "layers", None)
-    if layers and _is_softmax(layers[-1]):
-        raise ValueError(
-            f"The {role} model {model.name!r} ends in a softmax, so it outputs "
-            "probabilities, but distillation needs logits (the temperature "
-            f"divides logits). Rebuild the {role} with `activation=None` on its "
-            "last layer (keep the softmax for inference with "
-            "`keras.Sequential([model, keras.layers.Softmax()])`)."
-        )
-
-
-def _tapped_model(model, layer_names, role):
-    """A model that returns `[logits, *features]` from one forward pass."""
-    if not layer_names:
-        return None
-    inputs = getattr(model, "inputs", None)
-    if not inputs:
-        raise ValueError(
-            f"Feature distillation taps layers {layer_names} of the {role} "
-            f"{model.name!r}, which needs a Functional or Sequential model with "
-            f"known inputs; {type(model).__name__} is subclassed or not built. "
-            "Rebuild it as a Functional model, or build it on an `keras.Input`."
-        )
-    available = [layer.name for layer in model.layers]
-    features = []
-    for name in layer_names:
-        if name not in available:
-            raise ValueError(
-                f"The {role} {model.name!r} has no layer named {name!r}. Its layers "
-                f"are: {available}"
-            )
-        features.append(model.get_layer(name).output)
-    return keras.Model(
-        inputs, [model.outputs[0]] + features, name=f"{model.name}_tapped"
-    )
 
 
 def _multi_worker():
@@ -253,11 +120,11 @@ class Distiller(keras.Model):
             )
         if temperature is not None:
             check_positive("temperature", temperature)
-        self._loss_entries = _resolve_distillation_losses(
+        self._loss_entries = _validation.resolve_distillation_losses(
             distillation_loss, temperature
         )
-        _check_outputs_logits(teacher, "teacher")
-        _check_outputs_logits(student, "student")
+        _validation.check_outputs_logits(teacher, "teacher")
+        _validation.check_outputs_logits(student, "student")
 
         self.teacher = teacher
         self.student = student
@@ -283,14 +150,16 @@ class Distiller(keras.Model):
                 if loss.student_layer is not None
             }
         )
-        self._teacher_tapped = _tapped_model(
+        self._teacher_tapped = _taps.tapped_model(
             teacher, self._teacher_taps, "teacher"
         )
-        self._student_tapped = _tapped_model(
+        self._student_tapped = _taps.tapped_model(
             student, self._student_taps, "student"
         )
         self._check_output_shapes()
-        self.adapters = self._make_adapters()
+        self.adapters = _taps.make_adapters(
+            teacher, student, self.distillation_losses
+        )
 
         self._loss_tracker_total = keras.metrics.Mean(name="loss")
         self._student_loss_tracker = keras.metrics.Mean(name="student_loss")
@@ -339,42 +208,6 @@ class Distiller(keras.Model):
                 "class: give the student the teacher's number of outputs."
             )
 
-    def _feature_shape(self, model, layer_name):
-        return tuple(model.get_layer(layer_name).output.shape)
-
-    def _make_adapters(self):
-        """One learnable adapter per term whose feature widths differ."""
-        adapters = []
-        for i, loss in enumerate(self.distillation_losses):
-            adapter = None
-            if loss.requires_matching_width and loss.student_layer is not None:
-                t_shape = self._feature_shape(self.teacher, loss.teacher_layer)
-                s_shape = self._feature_shape(self.student, loss.student_layer)
-                if len(t_shape) != len(s_shape):
-                    raise ValueError(
-                        f"{type(loss).__name__} compares teacher layer "
-                        f"{loss.teacher_layer!r} of shape {t_shape} with student layer "
-                        f"{loss.student_layer!r} of shape {s_shape}: their ranks differ. "
-                        "Tap layers of the same kind (both NHWC maps or both vectors)."
-                    )
-                if t_shape[1:-1] != s_shape[1:-1]:
-                    raise ValueError(
-                        f"{type(loss).__name__} needs the same spatial size: teacher "
-                        f"layer {loss.teacher_layer!r} is {t_shape}, student layer "
-                        f"{loss.student_layer!r} is {s_shape}."
-                    )
-                if t_shape[-1] != s_shape[-1]:
-                    width = t_shape[-1]
-                    if len(s_shape) == 4:
-                        adapter = keras.layers.Conv2D(
-                            width, 1, name=f"adapter_{i}"
-                        )
-                    else:
-                        adapter = keras.layers.Dense(width, name=f"adapter_{i}")
-                    adapter.build(s_shape)
-            adapters.append(adapter)
-        return adapters
-
     # Keras API.
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
@@ -396,7 +229,7 @@ class Distiller(keras.Model):
                 "`loss_weights` is not used by the Distiller: weigh the student "
                 "loss with `alpha` and the methods with `(method, weight)` tuples."
             )
-        self._student_loss_fn = _resolve_student_loss(loss)
+        self._student_loss_fn = _validation.resolve_student_loss(loss)
         if self._student_loss_fn is None and float(self.alpha.numpy()) > 0:
             raise ValueError(
                 f"alpha={float(self.alpha.numpy()):g} weighs a hard-label student "
@@ -421,13 +254,15 @@ class Distiller(keras.Model):
         ):
             return
         if isinstance(loss, str):
-            loss = _STUDENT_LOSSES[loss]()
+            loss = _validation.STUDENT_LOSSES[loss]()
         if not isinstance(optimizer, str):
             optimizer = type(optimizer).from_config(optimizer.get_config())
         student.compile(
             optimizer=optimizer,
             loss=loss,
-            metrics=[_copy_metric(metric) for metric in metrics or []],
+            metrics=[
+                _validation.copy_metric(metric) for metric in metrics or []
+            ],
         )
 
     @property
