@@ -1,0 +1,66 @@
+"""The package imports without its optional dependencies, and exports what
+it lists."""
+
+import os
+import subprocess
+import sys
+
+import tfkd
+
+_BLOCK_OPTIONAL = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ImportError("blocked for the test: " + name)
+sys.meta_path.insert(0, Block())
+import tfkd
+print(sorted(tfkd.__all__))
+print(sorted(m for m in {blocked!r} if m in sys.modules))
+"""
+
+
+def test_every_exported_name_resolves():
+    for name in tfkd.__all__:
+        assert getattr(tfkd, name) is not None, name
+    for name in tfkd.losses.__all__:
+        assert getattr(tfkd.losses, name) is not None, name
+
+
+def test_imports_without_optional_dependencies():
+    blocked = (
+        "tensorflow_model_optimization",
+        "ai_edge_litert",
+        "tensorflow_datasets",
+        "mlxtend",
+    )
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, "-c", _BLOCK_OPTIONAL.format(blocked=set(blocked))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    exported, imported = result.stdout.strip().splitlines()[-2:]
+    assert exported == str(sorted(tfkd.__all__))
+    assert imported == "[]"
+
+
+def test_import_does_not_switch_keras():
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    code = (
+        "import os, tfkd, tensorflow as tf; from tfkd import _keras;"
+        "print(_keras.IS_LEGACY, os.environ.get('TF_USE_LEGACY_KERAS'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-2:] == ["False", "None"]
