@@ -29,11 +29,16 @@ METHODS = {
     "kd_standardized": lambda: tfkd.losses.KD(standardize=True),
     "dkd": lambda: tfkd.losses.DKD(),
     "dist": lambda: tfkd.losses.DIST(),
-    "fitnets": lambda: tfkd.losses.FitNets("features", "features"),
-    "attention": lambda: tfkd.losses.AttentionTransfer("features", "features"),
-    "sp": lambda: tfkd.losses.SimilarityPreserving("features", "features"),
-    "rkd": lambda: tfkd.losses.RKD("embedding", "embedding"),
-    "pkt": lambda: tfkd.losses.PKT("embedding", "embedding"),
+    # Feature methods with their papers' weights (RepDistiller's defaults).
+    "fitnets": lambda: [(tfkd.losses.FitNets("features", "features"), 100.0)],
+    "attention": lambda: [
+        (tfkd.losses.AttentionTransfer("features", "features"), 1000.0)
+    ],
+    "sp": lambda: [
+        (tfkd.losses.SimilarityPreserving("features", "features"), 3000.0)
+    ],
+    "rkd": lambda: tfkd.losses.RKD("features", "features"),
+    "pkt": lambda: [(tfkd.losses.PKT("embedding", "embedding"), 30000.0)],
     "kd+fitnets": lambda: [
         tfkd.losses.KD(),
         (tfkd.losses.FitNets("features", "features"), 0.5),
@@ -54,7 +59,7 @@ def _data(weighted):
 
 def _build(method, alpha):
     teacher = make_cnn(8, name="teacher", seed=1, batch_norm=True)
-    student = make_cnn(4, name="student", seed=2, batch_norm="sync")
+    student = make_cnn(4, name="student", seed=2)
     distiller = tfkd.Distiller(
         teacher, student, distillation_loss=METHODS[method](), alpha=alpha
     )
@@ -77,6 +82,14 @@ def _train(method, alpha, weighted, strategy, initial_weights=None):
     return distiller, start, start_student, history.history
 
 
+def _mirrored():
+    # TensorFlow caches collective instances by key for the whole process;
+    # its own tests give each new strategy a fresh key range ("only set
+    # this in tests"), or a step with other shapes reuses a stale instance.
+    tf.distribute.MirroredStrategy._collective_key_base += 1000
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
 @pytest.mark.parametrize("alpha,weighted", [(0.0, False), (0.5, True)])
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_two_replicas_train_like_one_device(method, alpha, weighted):
@@ -84,13 +97,13 @@ def test_two_replicas_train_like_one_device(method, alpha, weighted):
     single, start, start_student, single_logs = _train(
         method, alpha, weighted, one
     )
-    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    mirrored = _mirrored()
     assert mirrored.num_replicas_in_sync == 2
     replicated, _, _, mirrored_logs = _train(
         method, alpha, weighted, mirrored, initial_weights=start
     )
     trained = single.student.get_weights()
-    assert relative_difference(trained, start_student) > 1e-3
+    assert relative_difference(trained, start_student) > 1e-4
     assert (
         relative_difference(replicated.student.get_weights(), trained) <= 1e-5
     )
@@ -104,7 +117,7 @@ def test_two_replicas_train_like_one_device(method, alpha, weighted):
             )
     for key in ("loss", "student_loss", "distillation_loss", "accuracy"):
         np.testing.assert_allclose(
-            mirrored_logs[key], single_logs[key], rtol=1e-4, atol=1e-6
+            mirrored_logs[key], single_logs[key], rtol=1e-4, atol=1e-5
         )
 
 

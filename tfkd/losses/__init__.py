@@ -1,11 +1,43 @@
-"""Distillation losses: pure TensorFlow functions and their Keras wrappers."""
+"""Distillation losses: pure TensorFlow functions and their Keras wrappers.
+
+Functions take the teacher's tensor first and return the batch mean in
+float32. The classes wrap them for `tfkd.Distiller`.
+"""
 
 from tfkd.losses._base import DistillationLoss
-from tfkd.losses._functional import kd_loss
+from tfkd.losses._features import attention_transfer_loss
+from tfkd.losses._features import hint_loss
+from tfkd.losses._features import pkt_loss
+from tfkd.losses._features import rkd_loss
+from tfkd.losses._features import similarity_preserving_loss
+from tfkd.losses._logits import dist_loss
+from tfkd.losses._logits import dkd_loss
+from tfkd.losses._logits import kd_loss
+from tfkd.losses._wrappers import DIST
+from tfkd.losses._wrappers import DKD
 from tfkd.losses._wrappers import KD
+from tfkd.losses._wrappers import PKT
+from tfkd.losses._wrappers import RKD
+from tfkd.losses._wrappers import AttentionTransfer
+from tfkd.losses._wrappers import FitNets
+from tfkd.losses._wrappers import SimilarityPreserving
 
 __all__ = [
+    "AttentionTransfer",
+    "DIST",
+    "DKD",
     "DistillationLoss",
+    "FitNets",
     "KD",
+    "PKT",
+    "RKD",
+    "SimilarityPreserving",
+    "attention_transfer_loss",
+    "dist_loss",
+    "dkd_loss",
+    "hint_loss",
     "kd_loss",
+    "pkt_loss",
+    "rkd_loss",
+    "similarity_preserving_loss",
 ]

@@ -1,0 +1,263 @@
+"""Feature distillation losses as pure TensorFlow functions.
+
+Same conventions as `_logits.py`. Feature maps are NHWC.
+"""
+
+import tensorflow as tf
+
+from tfkd.losses._common import float32 as _float32
+
+
+def _flatten(features):
+    return tf.reshape(features, [tf.shape(features)[0], -1])
+
+
+def hint_loss_per_example(teacher_features, student_features):
+    """Per-example mean squared error; see `hint_loss`."""
+    teacher, student = _float32(teacher_features, student_features)
+    return tf.reduce_mean(tf.square(_flatten(student - teacher)), axis=-1)
+
+
+def hint_loss(teacher_features, student_features):
+    """FitNets hint: mean squared error between feature maps.
+
+    ```
+    loss = mean((f_s - f_t)^2)          over batch and all feature elements
+    ```
+
+    Shapes must match: `tfkd.Distiller` inserts a learnable 1x1-conv (or
+    dense) regressor on the student's side when the widths differ.
+
+    Args:
+        teacher_features: `(batch, ...)` teacher features, e.g. NHWC maps.
+        student_features: student features of the same shape.
+
+    Returns:
+        Scalar float32 loss.
+
+    Example:
+        >>> tfkd.losses.hint_loss(teacher_maps, student_maps)
+
+    References:
+        Romero, Ballas, Kahou, Chassang, Gatta, Bengio. "FitNets: Hints for
+        Thin Deep Nets", ICLR 2015.
+    """
+    return tf.reduce_mean(
+        hint_loss_per_example(teacher_features, student_features)
+    )
+
+
+def _match_spatial(teacher, student):
+    """Average-pools the larger NHWC map down to the smaller one's size."""
+    t_size, s_size = teacher.shape[1], student.shape[1]
+    if t_size is None or s_size is None or t_size == s_size:
+        return teacher, student
+
+    def pool(maps, source, target):
+        if source % target == 0:
+            factor = source // target
+            return tf.nn.avg_pool2d(maps, factor, factor, "VALID")
+        return tf.image.resize(maps, [target, target], method="area")
+
+    if t_size > s_size:
+        return pool(teacher, t_size, s_size), student
+    return teacher, pool(student, s_size, t_size)
+
+
+def _attention_map(features, p):
+    """`normalize(mean_c(f^p))` over flattened positions, as RepDistiller."""
+    maps = tf.reduce_mean(tf.pow(features, p), axis=-1)
+    maps = tf.reshape(maps, [tf.shape(maps)[0], -1])
+    return tf.math.l2_normalize(maps, axis=-1, epsilon=1e-24)
+
+
+def attention_transfer_loss_per_example(
+    teacher_features, student_features, *, p=2
+):
+    """Per-example attention-transfer loss; see `attention_transfer_loss`."""
+    teacher, student = _float32(teacher_features, student_features)
+    teacher, student = _match_spatial(teacher, student)
+    difference = _attention_map(student, p) - _attention_map(teacher, p)
+    return tf.reduce_mean(tf.square(difference), axis=-1)
+
+
+def attention_transfer_loss(teacher_features, student_features, *, p=2):
+    """Attention transfer between NHWC feature maps.
+
+    ```
+    a(f) = normalize(mean_c f^p)     flattened over H*W, L2-normalised
+    loss = mean((a(f_s) - a(f_t))^2)           over batch and positions
+    ```
+
+    Channel counts may differ. Spatial sizes may differ too: the larger map
+    is average-pooled to the smaller size (RepDistiller's adaptive average
+    pooling; area resizing when the sizes do not divide). Matches
+    RepDistiller's `Attention.at_loss` for NHWC inputs.
+
+    Args:
+        teacher_features: `(batch, H, W, C_t)` teacher feature maps.
+        student_features: `(batch, H', W', C_s)` student feature maps.
+        p: power of the activations. Defaults to `2`.
+
+    Returns:
+        Scalar float32 loss.
+
+    Example:
+        >>> tfkd.losses.attention_transfer_loss(teacher_maps, student_maps)
+
+    References:
+        Zagoruyko, Komodakis. "Paying More Attention to Attention: Improving
+        the Performance of Convolutional Neural Networks via Attention
+        Transfer", ICLR 2017.
+    """
+    return tf.reduce_mean(
+        attention_transfer_loss_per_example(
+            teacher_features, student_features, p=p
+        )
+    )
+
+
+def similarity_preserving_loss(teacher_features, student_features):
+    """Similarity-preserving KD: match the batch's normalised Gram matrices.
+
+    ```
+    G = normalize_rows(F F^T)        F: (batch, features) flattened
+    loss = ||G_t - G_s||_F^2 / batch^2
+    ```
+
+    Batch-relational. Matches RepDistiller's `Similarity`.
+
+    Args:
+        teacher_features: `(batch, ...)` teacher features.
+        student_features: `(batch, ...)` student features (any width).
+
+    Returns:
+        Scalar float32 loss for the batch.
+
+    Example:
+        >>> tfkd.losses.similarity_preserving_loss(teacher_maps, student_maps)
+
+    References:
+        Tung, Mori. "Similarity-Preserving Knowledge Distillation", ICCV 2019.
+    """
+    teacher, student = _float32(teacher_features, student_features)
+    teacher, student = _flatten(teacher), _flatten(student)
+
+    def gram(f):
+        return tf.math.l2_normalize(
+            tf.matmul(f, f, transpose_b=True), axis=1, epsilon=1e-24
+        )
+
+    batch = tf.cast(tf.shape(teacher)[0], tf.float32)
+    difference = gram(teacher) - gram(student)
+    return tf.reduce_sum(tf.square(difference)) / (batch * batch)
+
+
+def _pairwise_distances(e, eps=1e-12):
+    squared = tf.reduce_sum(tf.square(e), axis=1)
+    product = tf.matmul(e, e, transpose_b=True)
+    distances = squared[:, None] + squared[None, :] - 2.0 * product
+    distances = tf.sqrt(tf.maximum(distances, eps))
+    return distances * (1.0 - tf.eye(tf.shape(e)[0]))
+
+
+def _smooth_l1(x):
+    """PyTorch's `smooth_l1_loss` with beta 1, before the mean."""
+    absolute = tf.abs(x)
+    return tf.where(absolute < 1.0, 0.5 * tf.square(x), absolute - 0.5)
+
+
+def rkd_loss(
+    teacher_features,
+    student_features,
+    *,
+    distance_weight=25.0,
+    angle_weight=50.0,
+):
+    """Relational KD: distances and angles between the batch's embeddings.
+
+    ```
+    d(i, j) = ||e_i - e_j|| / mean_{d > 0} d            (per network)
+    a(i, j, k) = <(e_i - e_j)/||.||, (e_k - e_j)/||.||>
+    loss = w_d * smooth_l1(d_s, d_t) + w_a * smooth_l1(a_s, a_t)
+    ```
+
+    Batch-relational; smooth L1 with beta 1 and mean reduction over all
+    pairs / triplets. Matches RepDistiller's `RKDLoss` (features flattened).
+
+    Args:
+        teacher_features: `(batch, ...)` teacher embeddings.
+        student_features: `(batch, ...)` student embeddings (any width).
+        distance_weight: `w_d`. Defaults to `25.0`.
+        angle_weight: `w_a`. Defaults to `50.0`.
+
+    Returns:
+        Scalar float32 loss for the batch.
+
+    Example:
+        >>> tfkd.losses.rkd_loss(teacher_embeddings, student_embeddings)
+
+    References:
+        Park, Kim, Lu, Cho. "Relational Knowledge Distillation", CVPR 2019.
+    """
+    teacher, student = _float32(teacher_features, student_features)
+    teacher = tf.stop_gradient(_flatten(teacher))
+    student = _flatten(student)
+
+    def distances(e):
+        d = _pairwise_distances(e)
+        positive = tf.cast(d > 0, tf.float32)
+        mean = tf.reduce_sum(d * positive) / tf.reduce_sum(positive)
+        return d / mean
+
+    def angles(e):
+        differences = e[None, :, :] - e[:, None, :]
+        unit = tf.math.l2_normalize(differences, axis=2, epsilon=1e-24)
+        return tf.reshape(tf.matmul(unit, unit, transpose_b=True), [-1])
+
+    distance_loss = tf.reduce_mean(
+        _smooth_l1(distances(student) - distances(teacher))
+    )
+    angle_loss = tf.reduce_mean(_smooth_l1(angles(student) - angles(teacher)))
+    return (
+        tf.cast(distance_weight, tf.float32) * distance_loss
+        + tf.cast(angle_weight, tf.float32) * angle_loss
+    )
+
+
+def pkt_loss(teacher_features, student_features, *, eps=1e-7):
+    """Probabilistic knowledge transfer: match cosine-kernel distributions.
+
+    ```
+    K(i, j) = (cos(f_i, f_j) + 1) / 2,   P = K / row sums     (per network)
+    loss = mean_{i,j} P_t(i, j) * log((P_t(i, j) + eps) / (P_s(i, j) + eps))
+    ```
+
+    Batch-relational. Matches RepDistiller's `PKT.cosine_similarity_loss`
+    (eps 1e-7; features flattened).
+
+    Args:
+        teacher_features: `(batch, ...)` teacher embeddings.
+        student_features: `(batch, ...)` student embeddings (any width).
+        eps: stabiliser. Defaults to `1e-7`.
+
+    Returns:
+        Scalar float32 loss for the batch.
+
+    Example:
+        >>> tfkd.losses.pkt_loss(teacher_embeddings, student_embeddings)
+
+    References:
+        Passalis, Tefas. "Learning Deep Representations with Probabilistic
+        Knowledge Transfer", ECCV 2018.
+    """
+    teacher, student = _float32(teacher_features, student_features)
+
+    def kernel(f):
+        f = _flatten(f)
+        f = f / (tf.norm(f, axis=1, keepdims=True) + eps)
+        similarity = (tf.matmul(f, f, transpose_b=True) + 1.0) / 2.0
+        return similarity / tf.reduce_sum(similarity, axis=1, keepdims=True)
+
+    p_t, p_s = kernel(teacher), kernel(student)
+    return tf.reduce_mean(p_t * tf.math.log((p_t + eps) / (p_s + eps)))
