@@ -1,0 +1,372 @@
+"""Loss values against NumPy transcriptions of the authors' official code.
+
+Each `_np_*` reference follows the official PyTorch implementation step by
+step (NCHW where the original is NCHW), in float64: mdistiller (KD, DKD),
+the logit-standardization repository, DIST_KD, and RepDistiller (FitNets,
+AT, SP, RKD, PKT).
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfkd
+from tfkd._keras import keras
+
+L = tfkd.losses
+
+
+def _softmax(z, axis=1):
+    z = z - z.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _log_softmax(z, axis=1):
+    z = z - z.max(axis=axis, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
+
+
+def _kl_div_sum(log_q, p):  # F.kl_div(log_q, p, reduction="sum")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+    return (plogp - p * log_q).sum()
+
+
+def _np_kd(t, s, temperature, standardize=False):
+    if standardize:  # logit-standardization repo: normalize(logit)
+        t = (t - t.mean(-1, keepdims=True)) / (
+            1e-7 + t.std(-1, ddof=1, keepdims=True)
+        )
+        s = (s - s.mean(-1, keepdims=True)) / (
+            1e-7 + s.std(-1, ddof=1, keepdims=True)
+        )
+    log_s = _log_softmax(s / temperature)
+    p_t = _softmax(t / temperature)
+    per_example = (p_t * (np.log(p_t) - log_s)).sum(1)
+    return per_example.mean() * temperature**2
+
+
+def _np_dkd(t, s, y, alpha, beta, temperature):
+    gt = np.zeros_like(s)
+    gt[np.arange(len(y)), y] = 1.0
+    other = 1.0 - gt
+
+    def cat_mask(p):
+        return np.stack([(p * gt).sum(1), (p * other).sum(1)], axis=1)
+
+    pred_s = cat_mask(_softmax(s / temperature))
+    pred_t = cat_mask(_softmax(t / temperature))
+    tckd = _kl_div_sum(np.log(pred_s), pred_t) * temperature**2 / len(y)
+    pred_t2 = _softmax(t / temperature - 1000.0 * gt)
+    log_s2 = _log_softmax(s / temperature - 1000.0 * gt)
+    nckd = _kl_div_sum(log_s2, pred_t2) * temperature**2 / len(y)
+    return alpha * tckd + beta * nckd
+
+
+def _np_pearson(a, b, eps=1e-8):
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    cos = (a * b).sum(1)
+    return cos / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + eps)
+
+
+def _np_dist(t, s, beta, gamma, tau):
+    y_s, y_t = _softmax(s / tau), _softmax(t / tau)
+    inter = 1 - _np_pearson(y_s, y_t).mean()
+    intra = 1 - _np_pearson(y_s.T, y_t.T).mean()
+    return beta * tau**2 * inter + gamma * tau**2 * intra
+
+
+def _nchw(f):
+    return np.transpose(f, (0, 3, 1, 2))
+
+
+def _normalize(x, axis=1, eps=1e-12):  # F.normalize
+    norm = np.linalg.norm(x, axis=axis, keepdims=True)
+    return x / np.maximum(norm, eps)
+
+
+def _np_at(f_t, f_s, p=2):
+    f_s, f_t = _nchw(f_s), _nchw(f_t)
+
+    def pool(f, size):  # adaptive_avg_pool2d with an integer factor
+        n, c, h, w = f.shape
+        k = h // size
+        return f.reshape(n, c, size, k, size, k).mean(axis=(3, 5))
+
+    s_h, t_h = f_s.shape[2], f_t.shape[2]
+    if s_h > t_h:
+        f_s = pool(f_s, t_h)
+    elif s_h < t_h:
+        f_t = pool(f_t, s_h)
+
+    def at(f):
+        return _normalize((f**p).mean(1).reshape(f.shape[0], -1))
+
+    return ((at(f_s) - at(f_t)) ** 2).mean()
+
+
+def _np_sp(f_t, f_s):
+    bsz = f_s.shape[0]
+    f_s = _nchw(f_s).reshape(bsz, -1) if f_s.ndim == 4 else f_s
+    f_t = _nchw(f_t).reshape(bsz, -1) if f_t.ndim == 4 else f_t
+    g_s = _normalize(f_s @ f_s.T)
+    g_t = _normalize(f_t @ f_t.T)
+    return ((g_t - g_s) ** 2).sum() / (bsz * bsz)
+
+
+def _np_pdist(e, eps=1e-12):
+    e_square = (e**2).sum(1)
+    res = e_square[:, None] + e_square[None, :] - 2 * e @ e.T
+    res = np.sqrt(np.maximum(res, eps))
+    np.fill_diagonal(res, 0)
+    return res
+
+
+def _np_smooth_l1(a, b):
+    d = np.abs(a - b)
+    return np.where(d < 1, 0.5 * d**2, d - 0.5).mean()
+
+
+def _np_rkd(f_t, f_s, w_d=25.0, w_a=50.0):
+    student = f_s.reshape(len(f_s), -1)
+    teacher = f_t.reshape(len(f_t), -1)
+    t_d = _np_pdist(teacher)
+    t_d = t_d / t_d[t_d > 0].mean()
+    d = _np_pdist(student)
+    d = d / d[d > 0].mean()
+    loss_d = _np_smooth_l1(d, t_d)
+
+    def angles(e):
+        diff = e[None, :, :] - e[:, None, :]
+        unit = _normalize(diff, axis=2)
+        return np.einsum("ijk,ilk->ijl", unit, unit).reshape(-1)
+
+    loss_a = _np_smooth_l1(angles(student), angles(teacher))
+    return w_d * loss_d + w_a * loss_a
+
+
+def _np_pkt(f_t, f_s, eps=1e-7):
+    def kernel(f):
+        f = f.reshape(len(f), -1)
+        f = f / (np.sqrt((f**2).sum(1, keepdims=True)) + eps)
+        sim = (f @ f.T + 1.0) / 2.0
+        return sim / sim.sum(1, keepdims=True)
+
+    p_s, p_t = kernel(f_s), kernel(f_t)
+    return np.mean(p_t * np.log((p_t + eps) / (p_s + eps)))
+
+
+def _logits(batch, classes, scale, seed):
+    rng = np.random.default_rng(seed)
+    t = rng.normal(size=(batch, classes)) * scale
+    s = rng.normal(size=(batch, classes)) * scale
+    y = rng.integers(0, classes, size=batch)
+    return t.astype("float32"), s.astype("float32"), y
+
+
+def _maps(batch, size, channels, seed):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(batch, size, size, channels)).astype("float32")
+
+
+LOGIT_CASES = [(2, 2, 1.0), (8, 10, 1.0), (32, 100, 5.0), (5, 3, 20.0)]
+
+
+@pytest.mark.parametrize("batch,classes,scale", LOGIT_CASES)
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_logit_losses_match_official_code(batch, classes, scale, temperature):
+    t, s, y = _logits(batch, classes, scale, seed=batch + classes)
+    t64, s64 = t.astype("float64"), s.astype("float64")
+    np.testing.assert_allclose(
+        L.kd_loss(t, s, temperature=temperature),
+        _np_kd(t64, s64, temperature),
+        rtol=1e-4,
+        atol=1e-7,
+    )
+    np.testing.assert_allclose(
+        L.kd_loss(t, s, temperature=temperature, standardize=True),
+        _np_kd(t64, s64, temperature, standardize=True),
+        rtol=1e-4,
+        atol=1e-7,
+    )
+    np.testing.assert_allclose(
+        L.dkd_loss(t, s, y, alpha=1.0, beta=8.0, temperature=temperature),
+        _np_dkd(t64, s64, y, 1.0, 8.0, temperature),
+        rtol=1e-4,
+        atol=1e-7,
+    )
+    if batch > 2:
+        np.testing.assert_allclose(
+            L.dist_loss(t, s, beta=1.0, gamma=2.0, temperature=temperature),
+            _np_dist(t64, s64, 1.0, 2.0, temperature),
+            rtol=1e-4,
+            atol=1e-7,
+        )
+
+
+@pytest.mark.parametrize(
+    "batch,t_shape,s_shape",
+    [(4, (8, 8), (8, 4)), (6, (4, 16), (8, 8)), (3, (8, 2), (4, 6))],
+)
+def test_feature_losses_match_official_code(batch, t_shape, s_shape):
+    f_t = _maps(batch, t_shape[0], t_shape[1], seed=1)
+    f_s = _maps(batch, s_shape[0], s_shape[1], seed=2)
+    t64, s64 = f_t.astype("float64"), f_s.astype("float64")
+    np.testing.assert_allclose(
+        L.attention_transfer_loss(f_t, f_s), _np_at(t64, s64), rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        L.similarity_preserving_loss(f_t, f_s), _np_sp(t64, s64), rtol=1e-4
+    )
+    e_t, e_s = f_t.mean(axis=(1, 2)), f_s.mean(axis=(1, 2))
+    np.testing.assert_allclose(
+        L.rkd_loss(e_t, e_s),
+        _np_rkd(e_t.astype("float64"), e_s.astype("float64")),
+        rtol=1e-4,
+    )
+    np.testing.assert_allclose(
+        L.pkt_loss(e_t, e_s),
+        _np_pkt(e_t.astype("float64"), e_s.astype("float64")),
+        rtol=1e-4,
+    )
+    if t_shape == s_shape or t_shape[0] == s_shape[0]:
+        same = f_s[..., :1] * np.ones_like(f_t)
+        np.testing.assert_allclose(
+            L.hint_loss(f_t, same), ((same - f_t) ** 2).mean(), rtol=1e-5
+        )
+
+
+def test_hand_checked_values():
+    # KD, T=1: p_t = [1/4, 3/4], p_s = [1/2, 1/2]:
+    # 0.25 ln(0.5) + 0.75 ln(1.5) = 0.1308120...
+    t = np.array([[0.0, np.log(3.0)]], "float32")
+    s = np.zeros((1, 2), "float32")
+    np.testing.assert_allclose(
+        L.kd_loss(t, s, temperature=1.0), 0.130812, rtol=1e-5
+    )
+    # At T=2 the same probabilities come from doubled logits, times T^2 = 4.
+    np.testing.assert_allclose(
+        L.kd_loss(2 * t, s, temperature=2.0), 4 * 0.130812, rtol=1e-5
+    )
+    # DKD with two classes: the non-target part has one class, so NCKD = 0
+    # and TCKD is the binary KL above, for label 1.
+    np.testing.assert_allclose(
+        L.dkd_loss(t, s, [1], alpha=1.0, beta=8.0, temperature=1.0),
+        0.130812,
+        rtol=1e-5,
+    )
+    # FitNets: mean of squared differences.
+    np.testing.assert_allclose(
+        L.hint_loss(np.ones((2, 3)), np.zeros((2, 3))), 1.0
+    )
+    # Identical teacher and student: every method gives 0.
+    f = _maps(4, 4, 3, seed=0)
+    e = f.mean(axis=(1, 2))
+    logits, _, y = _logits(4, 5, 2.0, seed=0)
+    zero = [
+        L.kd_loss(logits, logits),
+        L.dkd_loss(logits, logits, y),
+        L.dist_loss(logits, logits),
+        L.hint_loss(f, f),
+        L.attention_transfer_loss(f, f),
+        L.similarity_preserving_loss(f, f),
+        L.rkd_loss(e, e),
+        L.pkt_loss(e, e),
+    ]
+    np.testing.assert_allclose(zero, 0.0, atol=1e-6)
+
+
+METHODS = {
+    "KD": (lambda: L.KD(temperature=4.0), "logits"),
+    "KD_standardized": (lambda: L.KD(standardize=True), "logits"),
+    "DKD": (lambda: L.DKD(temperature=4.0), "logits"),
+    "DIST": (lambda: L.DIST(temperature=4.0), "logits"),
+    "FitNets": (lambda: L.FitNets("t", "s"), "maps"),
+    "AttentionTransfer": (lambda: L.AttentionTransfer("t", "s"), "maps"),
+    "SimilarityPreserving": (lambda: L.SimilarityPreserving("t", "s"), "maps"),
+    "RKD": (lambda: L.RKD("t", "s"), "vectors"),
+    "PKT": (lambda: L.PKT("t", "s"), "vectors"),
+}
+
+
+def _inputs(kind, dtype="float32", scale=1.0):
+    if kind == "logits":
+        t, s, y = _logits(8, 10, scale, seed=3)
+    elif kind == "maps":
+        t, s, y = _maps(8, 4, 6, 3), _maps(8, 4, 6, 4), None
+    else:
+        t, s, y = _maps(8, 1, 6, 3)[:, 0, 0], _maps(8, 1, 6, 4)[:, 0, 0], None
+    return tf.constant(t, dtype), tf.constant(s, dtype), y
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_wrappers_jit_gradients_and_extremes(name):
+    factory, kind = METHODS[name]
+    loss = factory()
+    t, s, y = _inputs(kind)
+    value = loss.compute(t, s, y)
+    expected_shape = () if loss.batch_relational else (8,)
+    assert tuple(value.shape) == expected_shape
+
+    @tf.function(jit_compile=True)
+    def jitted(t, s):
+        return loss.compute(t, s, y)
+
+    np.testing.assert_allclose(jitted(t, s), value, rtol=1e-5, atol=1e-7)
+    with tf.GradientTape() as tape:
+        tape.watch(s)
+        total = tf.reduce_sum(loss.compute(t, s, y))
+    assert np.all(np.isfinite(tape.gradient(total, s)))
+    # Logits of magnitude 50 at temperature 20, in float16: finite.
+    if hasattr(loss, "temperature"):
+        loss.temperature.assign(20.0)
+    t16, s16, y = _inputs(kind, dtype="float16", scale=50.0)
+    with tf.GradientTape() as tape:
+        tape.watch(s16)
+        total = tf.reduce_sum(loss.compute(t16, s16, y))
+    assert total.dtype == tf.float32 and np.isfinite(total.numpy())
+    assert np.all(np.isfinite(tape.gradient(total, s16).numpy()))
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_get_config_round_trip(name):
+    factory, _ = METHODS[name]
+    loss = factory()
+    config = loss.get_config()
+    clone = type(loss).from_config(config)
+    assert clone.get_config() == config
+    restored = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(loss)
+    )
+    assert type(restored) is type(loss)
+    assert restored.get_config() == config
+
+
+def test_keras_loss_interface_for_standalone_use():
+    t, s, _ = _inputs("logits")
+    np.testing.assert_allclose(
+        L.KD(temperature=4.0)(t, s),
+        L.kd_loss(t, s, temperature=4.0),
+        rtol=1e-6,
+    )
+    with pytest.raises(ValueError, match="DKD needs the labels"):
+        L.DKD()(t, s)
+
+
+@pytest.mark.parametrize(
+    "make,argument",
+    [
+        (lambda: L.KD(temperature=0.0), "temperature"),
+        (lambda: L.KD(temperature=float("inf")), "temperature"),
+        (lambda: L.DKD(beta=-1.0), "beta"),
+        (lambda: L.DIST(temperature=-2.0), "temperature"),
+        (lambda: L.RKD("a", "b", angle_weight=float("nan")), "angle_weight"),
+        (lambda: L.AttentionTransfer("a", "b", p=0), "p"),
+        (lambda: L.FitNets("a", None), "student_layer"),
+    ],
+)
+def test_invalid_hyperparameters_name_the_argument(make, argument):
+    with pytest.raises(ValueError, match=argument):
+        make()
