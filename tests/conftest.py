@@ -8,6 +8,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import tfkd  # noqa: E402
 from tfkd import _keras  # noqa: E402
 from tfkd._keras import keras  # noqa: E402
 
@@ -110,3 +111,27 @@ def relative_difference(a, b):
     a = np.concatenate([np.ravel(v) for v in a])
     b = np.concatenate([np.ravel(v) for v in b])
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
+
+
+# Every built-in method; feature methods tap conftest.make_cnn's layers:
+# "features" (NHWC maps, 8 teacher vs 4 student channels) and "embedding".
+METHODS = {
+    "kd": lambda: tfkd.losses.KD(temperature=4.0),
+    "kd_standardized": lambda: tfkd.losses.KD(standardize=True),
+    "dkd": lambda: tfkd.losses.DKD(),
+    "dist": lambda: tfkd.losses.DIST(),
+    # Feature methods with their papers' weights (RepDistiller's defaults).
+    "fitnets": lambda: [(tfkd.losses.FitNets("features", "features"), 100.0)],
+    "attention": lambda: [
+        (tfkd.losses.AttentionTransfer("features", "features"), 1000.0)
+    ],
+    "sp": lambda: [
+        (tfkd.losses.SimilarityPreserving("features", "features"), 3000.0)
+    ],
+    "rkd": lambda: tfkd.losses.RKD("features", "features"),
+    "pkt": lambda: [(tfkd.losses.PKT("embedding", "embedding"), 30000.0)],
+    "kd+fitnets": lambda: [
+        tfkd.losses.KD(),
+        (tfkd.losses.FitNets("features", "features"), 0.5),
+    ],
+}

@@ -63,7 +63,9 @@ def _weights(model):
 
 def test_evaluate_matches_numpy_formula():
     distiller, x, y = _distiller(alpha=0.3, temperature=3.0)
-    result = distiller.evaluate(x, y, batch_size=32, return_dict=True, verbose=0)
+    result = distiller.evaluate(
+        x, y, batch_size=32, return_dict=True, verbose=0
+    )
     t = distiller.teacher.predict(x, verbose=0)
     s = distiller.student.predict(x, verbose=0)
     ce, kd = _np_losses(t, s, y, temperature=3.0)
@@ -96,7 +98,11 @@ def test_sample_weights_weigh_both_terms():
     distiller, x, y = _distiller(alpha=0.5, temperature=2.0)
     weights = np.random.default_rng(1).uniform(0, 2, size=len(x))
     result = distiller.evaluate(
-        x, y, sample_weight=weights, batch_size=len(x), return_dict=True,
+        x,
+        y,
+        sample_weight=weights,
+        batch_size=len(x),
+        return_dict=True,
         verbose=0,
     )
     t = distiller.teacher.predict(x, verbose=0)
@@ -117,11 +123,24 @@ def test_zero_sample_weights_remove_examples_from_training():
         distiller = tfkd.Distiller(teacher, student, alpha=0.5)
         distiller.compile(keras.optimizers.SGD(0.1), loss=sparse_ce())
         if keep_all:  # the kept half alone, with the loss halved
-            distiller.fit(x[::2], y[::2], batch_size=32, epochs=1,
-                          sample_weight=np.full(32, 0.5), verbose=0)
+            distiller.fit(
+                x[::2],
+                y[::2],
+                batch_size=32,
+                epochs=1,
+                sample_weight=np.full(32, 0.5),
+                verbose=0,
+            )
         else:
-            distiller.fit(x, y, sample_weight=weights, batch_size=64,
-                          epochs=1, shuffle=False, verbose=0)
+            distiller.fit(
+                x,
+                y,
+                sample_weight=weights,
+                batch_size=64,
+                epochs=1,
+                shuffle=False,
+                verbose=0,
+            )
         runs.append(_weights(student))
     assert relative_difference(runs[0], runs[1]) < 1e-6
 
@@ -166,8 +185,9 @@ def test_tf_data_and_numpy_give_the_same_result():
             data = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
             distiller.fit(data, epochs=1, verbose=0)
         else:
-            distiller.fit(x, y, batch_size=32, epochs=1, shuffle=False,
-                          verbose=0)
+            distiller.fit(
+                x, y, batch_size=32, epochs=1, shuffle=False, verbose=0
+            )
         results.append(_weights(distiller.student))
     assert relative_difference(results[0], results[1]) < 1e-6
 
@@ -190,8 +210,9 @@ def test_unlabelled_transfer_set_pure_distillation():
 def test_labels_missing_is_a_clear_error():
     distiller, x, _ = _distiller()
     with pytest.raises(ValueError, match="no labels"):
-        distiller.fit(tf.data.Dataset.from_tensor_slices(x).batch(32),
-                      epochs=1, verbose=0)
+        distiller.fit(
+            tf.data.Dataset.from_tensor_slices(x).batch(32), epochs=1, verbose=0
+        )
 
 
 def test_alpha_without_loss_is_a_clear_error():
@@ -204,8 +225,9 @@ def test_alpha_without_loss_is_a_clear_error():
 @pytest.mark.parametrize("temperature", [0.0, -1.0, float("inf"), float("nan")])
 def test_invalid_temperature(temperature):
     with pytest.raises(ValueError, match="temperature"):
-        tfkd.Distiller(make_mlp(8, name="t"), make_mlp(4),
-                       temperature=temperature)
+        tfkd.Distiller(
+            make_mlp(8, name="t"), make_mlp(4), temperature=temperature
+        )
 
 
 @pytest.mark.parametrize("alpha", [-0.1, 1.5, float("nan")])
@@ -217,7 +239,9 @@ def test_invalid_alpha(alpha):
 def test_output_shape_mismatch_names_both_models():
     teacher = make_mlp(8, classes=5, name="big_teacher")
     student = make_mlp(4, classes=3, name="small_student")
-    with pytest.raises(ValueError, match=r"big_teacher.*5\).*small_student.*3\)"):
+    with pytest.raises(
+        ValueError, match=r"big_teacher.*5\).*small_student.*3\)"
+    ):
         tfkd.Distiller(teacher, student)
 
 
@@ -257,8 +281,12 @@ def test_string_student_loss_is_taken_from_logits():
 
 def test_temperature_belongs_to_the_method_when_one_is_given():
     with pytest.raises(ValueError, match="KD\\(temperature=4.0\\)"):
-        tfkd.Distiller(make_mlp(8, name="t"), make_mlp(4),
-                       distillation_loss=tfkd.losses.KD(), temperature=2.0)
+        tfkd.Distiller(
+            make_mlp(8, name="t"),
+            make_mlp(4),
+            distillation_loss=tfkd.losses.KD(),
+            temperature=2.0,
+        )
 
 
 def test_models_of_the_wrong_type_are_refused():
@@ -270,8 +298,9 @@ def test_jit_compile_matches_graph_mode():
     results = []
     for jit in (False, True):
         distiller, x, y = _distiller()
-        distiller.compile(keras.optimizers.SGD(0.1), loss=sparse_ce(),
-                          jit_compile=jit)
+        distiller.compile(
+            keras.optimizers.SGD(0.1), loss=sparse_ce(), jit_compile=jit
+        )
         distiller.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
         results.append(_weights(distiller.student))
     assert relative_difference(results[1], results[0]) < 1e-5
@@ -317,8 +346,15 @@ def test_backup_and_restore_resumes_to_the_same_student(tmp_path):
         keras.utils.set_random_seed(0)
         distiller, x, y = _distiller()
         distiller.compile(keras.optimizers.Adam(0.01), loss=sparse_ce())
-        distiller.fit(x, y, batch_size=32, epochs=4, shuffle=False,
-                      callbacks=callbacks, verbose=0)
+        distiller.fit(
+            x,
+            y,
+            batch_size=32,
+            epochs=4,
+            shuffle=False,
+            callbacks=callbacks,
+            verbose=0,
+        )
         return _weights(distiller.student)
 
     uninterrupted = run([])
@@ -338,7 +374,8 @@ def test_whole_distiller_saves_and_loads(tmp_path):
     assert isinstance(restored, tfkd.Distiller)
     np.testing.assert_allclose(float(restored.alpha.numpy()), 0.3)
     np.testing.assert_allclose(
-        restored.predict(x, verbose=0), distiller.predict(x, verbose=0),
+        restored.predict(x, verbose=0),
+        distiller.predict(x, verbose=0),
         rtol=1e-6,
     )
 
@@ -355,10 +392,12 @@ def test_feature_taps_build_one_forward_model():
             return tf.reduce_mean(tf.square(teacher - student), axis=[1, 2, 3])
 
     distiller = tfkd.Distiller(
-        teacher, student,
-        distillation_loss=[tfkd.losses.KD(),
-                           (Probe(teacher_layer="features",
-                                  student_layer="features"), 0.5)],
+        teacher,
+        student,
+        distillation_loss=[
+            tfkd.losses.KD(),
+            (Probe(teacher_layer="features", student_layer="features"), 0.5),
+        ],
     )
     adapter = distiller.adapters[1]
     assert distiller.adapters[0] is None
@@ -383,8 +422,13 @@ def test_unknown_tapped_layer_lists_the_layers():
             return tf.zeros(tf.shape(teacher)[:1])
 
     with pytest.raises(ValueError, match="no layer named 'nope'.*'features'"):
-        tfkd.Distiller(teacher, make_cnn(4), distillation_loss=Probe(
-            teacher_layer="nope", student_layer="features"))
+        tfkd.Distiller(
+            teacher,
+            make_cnn(4),
+            distillation_loss=Probe(
+                teacher_layer="nope", student_layer="features"
+            ),
+        )
 
 
 def test_student_is_compiled_to_evaluate_on_its_own():

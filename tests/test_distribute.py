@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import METHODS
 from conftest import make_cnn
 from conftest import relative_difference
 from conftest import sparse_ce
@@ -22,28 +23,6 @@ from tfkd._keras import keras
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
-# Every built-in method; feature methods tap conftest.make_cnn's layers:
-# "features" (NHWC maps, 8 teacher vs 4 student channels) and "embedding".
-METHODS = {
-    "kd": lambda: tfkd.losses.KD(temperature=4.0),
-    "kd_standardized": lambda: tfkd.losses.KD(standardize=True),
-    "dkd": lambda: tfkd.losses.DKD(),
-    "dist": lambda: tfkd.losses.DIST(),
-    # Feature methods with their papers' weights (RepDistiller's defaults).
-    "fitnets": lambda: [(tfkd.losses.FitNets("features", "features"), 100.0)],
-    "attention": lambda: [
-        (tfkd.losses.AttentionTransfer("features", "features"), 1000.0)
-    ],
-    "sp": lambda: [
-        (tfkd.losses.SimilarityPreserving("features", "features"), 3000.0)
-    ],
-    "rkd": lambda: tfkd.losses.RKD("features", "features"),
-    "pkt": lambda: [(tfkd.losses.PKT("embedding", "embedding"), 30000.0)],
-    "kd+fitnets": lambda: [
-        tfkd.losses.KD(),
-        (tfkd.losses.FitNets("features", "features"), 0.5),
-    ],
-}
 GLOBAL_BATCH = 16
 STEPS = 3
 

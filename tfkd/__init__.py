@@ -4,6 +4,7 @@ Keras 3 by default; tf_keras with `TF_USE_LEGACY_KERAS=1` (needed for TFMOT
 quantization-aware training). See `tfkd._keras`.
 """
 
+from tfkd import callbacks
 from tfkd import losses
 from tfkd.distiller import Distiller
 
@@ -11,5 +12,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Distiller",
+    "callbacks",
     "losses",
 ]

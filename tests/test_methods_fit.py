@@ -1,0 +1,120 @@
+"""Every method in a real `fit`: it learns, under XLA, in one forward pass."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import METHODS
+from conftest import make_cnn
+from conftest import sparse_ce
+from conftest import toy_images
+
+import tfkd
+from tfkd._keras import keras
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_method_trains_under_xla_and_its_loss_goes_down(method):
+    x, y = toy_images(n=64, size=8)
+    teacher = make_cnn(8, name="teacher", seed=1)
+    teacher.compile("adam", sparse_ce())
+    teacher.fit(x, y, epochs=5, verbose=0)
+    student = make_cnn(4, name="student", seed=2)
+    distiller = tfkd.Distiller(
+        teacher, student, distillation_loss=METHODS[method](), alpha=0.5
+    )
+    distiller.compile(
+        keras.optimizers.Adam(0.01),
+        loss=sparse_ce(),
+        metrics=["accuracy"],
+        jit_compile=True,
+    )
+    before = distiller.evaluate(x, y, return_dict=True, verbose=0)
+    history = distiller.fit(x, y, epochs=6, batch_size=16, verbose=0)
+    after = distiller.evaluate(x, y, return_dict=True, verbose=0)
+    losses = history.history["distillation_loss"]
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert after["distillation_loss"] < before["distillation_loss"], losses
+    assert after["loss"] < before["loss"]
+    np.testing.assert_allclose(
+        after["loss"],
+        0.5 * after["student_loss"] + 0.5 * after["distillation_loss"],
+        rtol=1e-5,
+    )
+
+
+class _Counter(keras.layers.Layer):
+    """Counts its calls in training mode (one per forward pass)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.count = self.add_weight(
+            name="count", shape=(), initializer="zeros", trainable=False
+        )
+
+    def call(self, inputs, training=None):
+        self.count.assign_add(1.0)
+        return inputs
+
+
+def _counted_cnn(filters, name, seed):
+    inputs = keras.Input((8, 8, 1))
+    counted = _Counter(name="counter")(inputs)
+    x = keras.layers.Conv2D(
+        filters,
+        3,
+        padding="same",
+        name="conv",
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
+    )(counted)
+    x = keras.layers.ReLU(name="features")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="embedding")(x)
+    return keras.Model(inputs, keras.layers.Dense(3)(x), name=name)
+
+
+def test_one_forward_pass_per_model_per_step():
+    x, y = toy_images(n=48, size=8)
+    teacher = _counted_cnn(8, "teacher", seed=1)
+    student = _counted_cnn(4, "student", seed=2)
+    distiller = tfkd.Distiller(
+        teacher,
+        student,
+        distillation_loss=[
+            tfkd.losses.KD(),
+            (tfkd.losses.FitNets("features", "features"), 1.0),
+            (tfkd.losses.RKD("embedding", "embedding"), 1.0),
+        ],
+    )
+    distiller.compile("sgd", loss=sparse_ce())
+    for model in (teacher, student):
+        model.get_layer("counter").count.assign(0.0)
+    distiller.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    steps = 2 * 3
+    assert float(student.get_layer("counter").count.numpy()) == steps
+    assert float(teacher.get_layer("counter").count.numpy()) == steps
+
+
+def test_dkd_without_labels_is_a_clear_error():
+    x, _ = toy_images(n=32, size=8)
+    distiller = tfkd.Distiller(
+        make_cnn(8, name="t"),
+        make_cnn(4),
+        distillation_loss=tfkd.losses.DKD(),
+        alpha=0.0,
+    )
+    distiller.compile("sgd")
+    with pytest.raises(ValueError, match="DKD needs the labels"):
+        distiller.fit(
+            tf.data.Dataset.from_tensor_slices(x).batch(16), verbose=0
+        )
+
+
+def test_relational_methods_warn_that_they_ignore_sample_weights():
+    x, y = toy_images(n=32, size=8)
+    distiller = tfkd.Distiller(
+        make_cnn(8, name="t"),
+        make_cnn(4),
+        distillation_loss=tfkd.losses.RKD("embedding", "embedding"),
+    )
+    distiller.compile("sgd", loss=sparse_ce())
+    with pytest.warns(UserWarning, match="RKD .* ignores sample weights"):
+        distiller.fit(x, y, sample_weight=np.ones(32), batch_size=16, verbose=0)
