@@ -6,12 +6,16 @@ quantization-aware training). See `tfkd._keras`.
 
 from tfkd import callbacks
 from tfkd import losses
+from tfkd import teachers
 from tfkd.distiller import Distiller
+from tfkd.teachers import cache_teacher_outputs
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Distiller",
+    "cache_teacher_outputs",
     "callbacks",
     "losses",
+    "teachers",
 ]

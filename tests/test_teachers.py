@@ -1,0 +1,159 @@
+"""Cached teacher outputs and teacher ensembles."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import make_cnn
+from conftest import make_mlp
+from conftest import relative_difference
+from conftest import sparse_ce
+from conftest import toy_classification
+from conftest import toy_images
+
+import tfkd
+from tfkd._keras import keras
+
+
+def _distiller(distillation_loss=None, images=False):
+    if images:
+        teacher, student = make_cnn(8, name="t", seed=1), make_cnn(4, seed=2)
+    else:
+        teacher, student = make_mlp(16, name="t", seed=1), make_mlp(4, seed=2)
+    distiller = tfkd.Distiller(
+        teacher, student, distillation_loss=distillation_loss, alpha=0.3
+    )
+    distiller.compile(
+        keras.optimizers.SGD(0.1), loss=sparse_ce(), metrics=["accuracy"]
+    )
+    return distiller
+
+
+def _never_called(*args, **kwargs):
+    raise AssertionError("the teacher ran on cached data")
+
+
+@pytest.mark.parametrize("features", [False, True])
+def test_cached_distillation_equals_live(features):
+    if features:
+        x, y = toy_images(n=40, size=8)
+        method = [
+            tfkd.losses.KD(),
+            (tfkd.losses.FitNets("features", "features"), 1.0),
+        ]
+    else:
+        x, y = toy_classification(n=40)
+        method = None
+    w = np.linspace(0.5, 1.5, len(x)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices((x, y, w)).batch(16)
+    live = _distiller(method, images=features)
+    cached_run = _distiller(method, images=features)
+    cached_run.set_weights(live.get_weights())  # the same adapter init
+    live_logs = live.fit(data, epochs=3, verbose=0).history
+    cached = tfkd.cache_teacher_outputs(cached_run, data, verbose=0)
+    cached_run.teacher_outputs = _never_called
+    cached_logs = cached_run.fit(cached, epochs=3, verbose=0).history
+    assert (
+        relative_difference(
+            cached_run.student.get_weights(), live.student.get_weights()
+        )
+        < 1e-6
+    )
+    for key in ("loss", "student_loss", "distillation_loss", "accuracy"):
+        np.testing.assert_allclose(cached_logs[key], live_logs[key], rtol=1e-6)
+    np.testing.assert_allclose(
+        cached_run.evaluate(cached, return_dict=True, verbose=0)["loss"],
+        live.evaluate(data, return_dict=True, verbose=0)["loss"],
+        rtol=1e-6,
+    )
+
+
+def test_cache_dir_is_reused_without_running_the_teacher(tmp_path):
+    x, y = toy_classification(n=40)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    distiller = _distiller()
+    first = tfkd.cache_teacher_outputs(
+        distiller, data, cache_dir=str(tmp_path / "cache"), verbose=0
+    )
+    assert (tmp_path / "cache").exists()
+    distiller.teacher_outputs = _never_called
+    second = tfkd.cache_teacher_outputs(
+        distiller, data, cache_dir=str(tmp_path / "cache"), verbose=0
+    )
+    for a, b in zip(first, second):
+        tf.nest.map_structure(
+            lambda u, v: np.testing.assert_array_equal(u, v), a, b
+        )
+    history = distiller.fit(second, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][0])
+
+
+def test_top_k_matches_numpy_and_full_k_is_exact():
+    x, y = toy_classification(n=32, classes=6)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    teacher = make_mlp(16, classes=6, name="t", seed=1)
+    full = tfkd.cache_teacher_outputs(teacher, data, verbose=0)
+    top3 = tfkd.cache_teacher_outputs(teacher, data, top_k=3, verbose=0)
+    top6 = tfkd.cache_teacher_outputs(teacher, data, top_k=6, verbose=0)
+    student_logits = np.random.default_rng(0).normal(size=(16, 6))
+    for (xf, _), (x3, _), (x6, _) in zip(full, top3, top6):
+        t_full = xf["tfkd_teacher_outputs"][0].numpy()
+        t3 = x3["tfkd_teacher_outputs"][0]
+        t6 = x6["tfkd_teacher_outputs"][0]
+        np.testing.assert_array_equal(t6, t_full)
+        value = tfkd.losses.kd_loss(t3, student_logits, temperature=4.0)
+        # NumPy: the teacher's top-3 renormalised against the full student.
+        z = t_full / 4.0
+        top = np.argsort(-t_full, axis=1)[:, :3]
+        p = np.zeros_like(z)
+        for i, idx in enumerate(top):
+            e = np.exp(z[i, idx] - z[i, idx].max())
+            p[i, idx] = e / e.sum()
+        s = student_logits / 4.0
+        log_q = s - np.log(np.exp(s).sum(1, keepdims=True))
+        with np.errstate(divide="ignore"):
+            terms = np.where(p > 0, p * (np.log(p) - log_q), 0.0)
+        np.testing.assert_allclose(value, 16 * terms.sum(1).mean(), rtol=1e-5)
+
+
+def test_distiller_with_a_list_of_teachers_averages_their_logits():
+    x, y = toy_classification(n=32)
+    a = make_mlp(16, name="a", seed=1)
+    b = make_mlp(8, name="b", seed=5)
+    averaged = tfkd.teachers.ensemble([a, b])
+    np.testing.assert_allclose(
+        averaged.predict(x, verbose=0),
+        (a.predict(x, verbose=0) + b.predict(x, verbose=0)) / 2,
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    weighted = tfkd.teachers.ensemble({a: 3.0, b: 1.0})
+    np.testing.assert_allclose(
+        weighted.predict(x, verbose=0),
+        0.75 * a.predict(x, verbose=0) + 0.25 * b.predict(x, verbose=0),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    distiller = tfkd.Distiller([a, b], make_mlp(4), alpha=0.5)
+    distiller.compile("sgd", loss=sparse_ce())
+    teacher_ids = {id(v) for v in a.weights + b.weights}
+    assert not teacher_ids & {id(v) for v in distiller.trainable_weights}
+    result = distiller.evaluate(x, y, return_dict=True, verbose=0)
+    reference = tfkd.Distiller(averaged, distiller.student, alpha=0.5)
+    reference.compile("sgd", loss=sparse_ce())
+    expected = reference.evaluate(x, y, return_dict=True, verbose=0)
+    np.testing.assert_allclose(
+        result["distillation_loss"], expected["distillation_loss"], rtol=1e-6
+    )
+
+
+def test_ensemble_errors():
+    a = make_mlp(16, name="a")
+    with pytest.raises(ValueError, match="empty"):
+        tfkd.teachers.ensemble([])
+    with pytest.raises(ValueError, match=">= 0"):
+        tfkd.teachers.ensemble([(a, -1.0)])
+    with pytest.raises(ValueError, match="all zero"):
+        tfkd.teachers.ensemble([(a, 0.0)])
+    other = make_mlp(16, classes=5, name="five_classes")
+    with pytest.raises(ValueError, match="'five_classes' outputs shape"):
+        tfkd.teachers.ensemble([a, other])
