@@ -103,6 +103,31 @@ def test_linear_warmup_follows_mdistiller():
     np.testing.assert_allclose(history["warmup"], [1 / 3, 2 / 3, 1.0, 1.0])
 
 
+def test_generic_schedule_assigns_a_variable_and_warmup_picks_an_index():
+    rkd = tfkd.losses.RKD("hidden", "hidden")
+    schedule = tfkd.callbacks.HyperparameterSchedule(
+        rkd.angle_weight, lambda epoch: 10.0 * epoch, name="angle_weight"
+    )
+    record = _Record(
+        lambda d: [float(rkd.angle_weight.numpy())]
+        + [float(w.numpy()) for w in d.loss_weights]
+    )
+    warmup = tfkd.callbacks.LinearWarmup(2, index=1)
+    _, history = _fit(
+        [schedule, warmup, record],
+        distillation_loss=[(tfkd.losses.KD(), 0.5), (rkd, 3.0)],
+        epochs=3,
+    )
+    # Only method 1 is warmed up: 3 * min((epoch + 1) / 2, 1).
+    np.testing.assert_allclose(
+        record.values,
+        [[0.0, 0.5, 1.5], [10.0, 0.5, 3.0], [20.0, 0.5, 3.0]],
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(history["angle_weight"], [0.0, 10.0, 20.0])
+    np.testing.assert_allclose(history["warmup"], [0.5, 1.0, 1.0])
+
+
 def test_schedules_refuse_other_models_and_bad_values():
     x, y = toy_classification(n=16)
     model = make_mlp(4)
@@ -118,6 +143,13 @@ def test_schedules_refuse_other_models_and_bad_values():
         _fit([tfkd.callbacks.AlphaSchedule(lambda e: 2.0)])
     with pytest.raises(ValueError, match="out of range"):
         _fit([tfkd.callbacks.LossWeightSchedule(3, lambda e: 1.0)])
+    with pytest.raises(ValueError, match="index=-2 is out of range"):
+        _fit([tfkd.callbacks.LinearWarmup(2, index=-2)])
+    with pytest.raises(ValueError, match="has a temperature"):
+        _fit(
+            [tfkd.callbacks.TemperatureSchedule(lambda e: 2.0)],
+            distillation_loss=tfkd.losses.RKD("hidden", "hidden"),
+        )
     with pytest.raises(ValueError, match="positive integer"):
         tfkd.callbacks.LinearWarmup(0)
     with pytest.raises(TypeError, match="callable"):

@@ -87,19 +87,24 @@ def _normalize(x, axis=1, eps=1e-12):  # F.normalize
     return x / np.maximum(norm, eps)
 
 
+def _np_adaptive_avg_pool2d(f, size):  # ATen's start/end index rule
+    n, c, h, w = f.shape
+    out = np.zeros((n, c, size, size))
+    for i in range(size):
+        h0, h1 = (i * h) // size, -((-(i + 1) * h) // size)
+        for j in range(size):
+            w0, w1 = (j * w) // size, -((-(j + 1) * w) // size)
+            out[:, :, i, j] = f[:, :, h0:h1, w0:w1].mean(axis=(2, 3))
+    return out
+
+
 def _np_at(f_t, f_s, p=2):
     f_s, f_t = _nchw(f_s), _nchw(f_t)
-
-    def pool(f, size):  # adaptive_avg_pool2d with an integer factor
-        n, c, h, w = f.shape
-        k = h // size
-        return f.reshape(n, c, size, k, size, k).mean(axis=(3, 5))
-
     s_h, t_h = f_s.shape[2], f_t.shape[2]
     if s_h > t_h:
-        f_s = pool(f_s, t_h)
+        f_s = _np_adaptive_avg_pool2d(f_s, t_h)
     elif s_h < t_h:
-        f_t = pool(f_t, s_h)
+        f_t = _np_adaptive_avg_pool2d(f_t, s_h)
 
     def at(f):
         return _normalize((f**p).mean(1).reshape(f.shape[0], -1))
@@ -208,7 +213,13 @@ def test_logit_losses_match_official_code(batch, classes, scale, temperature):
 
 @pytest.mark.parametrize(
     "batch,t_shape,s_shape",
-    [(4, (8, 8), (8, 4)), (6, (4, 16), (8, 8)), (3, (8, 2), (4, 6))],
+    [
+        (4, (8, 8), (8, 4)),
+        (6, (4, 16), (8, 8)),
+        (3, (8, 2), (4, 6)),
+        (5, (6, 3), (4, 5)),  # 6 -> 4: overlapping adaptive-pooling bins
+        (3, (3, 2), (7, 4)),
+    ],
 )
 def test_feature_losses_match_official_code(batch, t_shape, s_shape):
     f_t = _maps(batch, t_shape[0], t_shape[1], seed=1)
@@ -276,6 +287,38 @@ def test_hand_checked_values():
         L.pkt_loss(e, e),
     ]
     np.testing.assert_allclose(zero, 0.0, atol=1e-6)
+
+
+def test_degenerate_inputs_have_finite_gradients():
+    # A zero-initialised head gives all-equal logits; dead ReLUs give an
+    # all-zero embedding row. PyTorch's norm has a zero subgradient there.
+    t, _, _ = _logits(6, 5, 2.0, seed=4)
+    flat = tf.zeros((6, 5))
+    e_t = _maps(6, 1, 4, seed=5)[:, 0, 0]
+    e_s = _maps(6, 1, 4, seed=6)[:, 0, 0]
+    e_s[2] = 0.0
+    e_s = tf.constant(e_s)
+    cases = [
+        # Uniform predictions: every Pearson correlation is 0, so
+        # inter = intra = 1 and the loss is T^2 * (1 + 1) = 2 at T = 1.
+        (lambda s: L.dist_loss(t, s), flat, 2.0),
+        (
+            lambda s: L.kd_loss(t, s, standardize=True),
+            flat,
+            _np_kd(t.astype("float64"), np.zeros((6, 5)), 4.0, True),
+        ),
+        (
+            lambda s: L.pkt_loss(e_t, s),
+            e_s,
+            _np_pkt(e_t.astype("float64"), e_s.numpy().astype("float64")),
+        ),
+    ]
+    for loss, student, expected in cases:
+        with tf.GradientTape() as tape:
+            tape.watch(student)
+            value = loss(student)
+        np.testing.assert_allclose(value, expected, rtol=1e-4)
+        assert np.all(np.isfinite(tape.gradient(value, student)))
 
 
 METHODS = {

@@ -118,3 +118,52 @@ def test_relational_methods_warn_that_they_ignore_sample_weights():
     distiller.compile("sgd", loss=sparse_ce())
     with pytest.warns(UserWarning, match="RKD .* ignores sample weights"):
         distiller.fit(x, y, sample_weight=np.ones(32), batch_size=16, verbose=0)
+
+
+def test_fitnets_adapter_trains_outside_the_student():
+    x, y = toy_images(n=32, size=8)
+    student = make_cnn(4, name="student", seed=2)
+    same = tfkd.Distiller(
+        make_cnn(4, name="t4", seed=1),
+        make_cnn(4, seed=3),
+        distillation_loss=tfkd.losses.FitNets("features", "features"),
+    )
+    assert same.adapters == [None]
+    distiller = tfkd.Distiller(
+        make_cnn(8, name="teacher", seed=1),
+        student,
+        distillation_loss=[(tfkd.losses.FitNets("features", "features"), 10.0)],
+    )
+    (adapter,) = distiller.adapters
+    assert tuple(adapter.kernel.shape) == (1, 1, 4, 8)  # student -> teacher
+    distiller.compile("adam", loss=sparse_ce())
+    before = np.array(adapter.kernel)
+    distiller.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert not np.allclose(before, np.array(adapter.kernel))
+    student_ids = {id(v) for v in distiller.student.weights}
+    assert not {id(v) for v in adapter.weights} & student_ids
+    assert len(distiller.student.weights) == len(make_cnn(4).weights)
+
+
+def test_dkd_accepts_float_column_labels():
+    x, y = toy_images(n=32, size=8)
+    distiller = tfkd.Distiller(
+        make_cnn(8, name="teacher", seed=1),
+        make_cnn(4, seed=2),
+        distillation_loss=tfkd.losses.DKD(),
+    )
+    distiller.compile("sgd", loss=sparse_ce())
+    ints = distiller.evaluate(x, y, return_dict=True, verbose=0)
+    column = y.astype("float32")[:, None]
+    floats = distiller.evaluate(x, column, return_dict=True, verbose=0)
+    np.testing.assert_allclose(
+        floats["distillation_loss"], ints["distillation_loss"], rtol=1e-6
+    )
+    teacher_logits = distiller.teacher.predict(x, verbose=0)
+    student_logits = distiller.student.predict(x, verbose=0)
+    np.testing.assert_allclose(
+        ints["distillation_loss"],
+        tfkd.losses.dkd_loss(teacher_logits, student_logits, y),
+        rtol=1e-4,
+    )
+    distiller.fit(x, column, epochs=1, batch_size=16, verbose=0)

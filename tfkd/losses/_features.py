@@ -3,9 +3,11 @@
 Same conventions as `_logits.py`. Feature maps are NHWC.
 """
 
+import numpy as np
 import tensorflow as tf
 
 from tfkd.losses._common import float32 as _float32
+from tfkd.losses._common import norm as _norm
 
 
 def _flatten(features):
@@ -47,21 +49,41 @@ def hint_loss(teacher_features, student_features):
     )
 
 
+def _adaptive_pool_matrix(source, target):
+    """`(target, source)` weights of PyTorch's `adaptive_avg_pool` on one axis.
+
+    Output cell `i` averages inputs `floor(i * source / target)` up to
+    `ceil((i + 1) * source / target)` (exclusive); the bins overlap when the
+    sizes do not divide.
+    """
+    weights = np.zeros((target, source), np.float32)
+    for i in range(target):
+        begin = (i * source) // target
+        end = -((-(i + 1) * source) // target)
+        weights[i, begin:end] = 1.0 / (end - begin)
+    return tf.constant(weights)
+
+
+def _adaptive_avg_pool(maps, size):
+    """PyTorch's `F.adaptive_avg_pool2d` on NHWC `maps`, to `size=(H, W)`."""
+    rows = _adaptive_pool_matrix(maps.shape[1], size[0])
+    columns = _adaptive_pool_matrix(maps.shape[2], size[1])
+    return tf.einsum("nhwc,ih,jw->nijc", maps, rows, columns)
+
+
 def _match_spatial(teacher, student):
-    """Average-pools the larger NHWC map down to the smaller one's size."""
-    t_size, s_size = teacher.shape[1], student.shape[1]
-    if t_size is None or s_size is None or t_size == s_size:
+    """Average-pools the map with the larger height to the other's size.
+
+    As RepDistiller's `at_loss`, which compares heights and pools with
+    `adaptive_avg_pool2d` (it pools to a square `(H, H)`; here to the other
+    map's `(H, W)`, the same for square maps).
+    """
+    t_shape, s_shape = teacher.shape[1:3], student.shape[1:3]
+    if None in t_shape or None in s_shape or t_shape == s_shape:
         return teacher, student
-
-    def pool(maps, source, target):
-        if source % target == 0:
-            factor = source // target
-            return tf.nn.avg_pool2d(maps, factor, factor, "VALID")
-        return tf.image.resize(maps, [target, target], method="area")
-
-    if t_size > s_size:
-        return pool(teacher, t_size, s_size), student
-    return teacher, pool(student, s_size, t_size)
+    if tuple(t_shape) > tuple(s_shape):
+        return _adaptive_avg_pool(teacher, s_shape), student
+    return teacher, _adaptive_avg_pool(student, t_shape)
 
 
 def _attention_map(features, p):
@@ -89,10 +111,11 @@ def attention_transfer_loss(teacher_features, student_features, *, p=2):
     loss = mean((a(f_s) - a(f_t))^2)           over batch and positions
     ```
 
-    Channel counts may differ. Spatial sizes may differ too: the larger map
-    is average-pooled to the smaller size (RepDistiller's adaptive average
-    pooling; area resizing when the sizes do not divide). Matches
-    RepDistiller's `Attention.at_loss` for NHWC inputs.
+    Channel counts may differ. Spatial sizes may differ too (they must be
+    known statically): the map with the larger height is average-pooled to
+    the other's size exactly as PyTorch's `adaptive_avg_pool2d` does, with
+    overlapping bins when the sizes do not divide. Matches RepDistiller's
+    `Attention.at_loss` for NHWC inputs.
 
     Args:
         teacher_features: `(batch, H, W, C_t)` teacher feature maps.
@@ -125,7 +148,10 @@ def similarity_preserving_loss(teacher_features, student_features):
     loss = ||G_t - G_s||_F^2 / batch^2
     ```
 
-    Batch-relational. Matches RepDistiller's `Similarity`.
+    Batch-relational. Matches RepDistiller's `Similarity`, including its
+    batch-size-dependent normaliser `1 / batch^2` (`bsz * bsz`): the rows of
+    `G` have unit norm, so the value shrinks roughly as `1 / batch` and the
+    paper's weight (3000) assumes batches of 64-128.
 
     Args:
         teacher_features: `(batch, ...)` teacher features.
@@ -255,7 +281,7 @@ def pkt_loss(teacher_features, student_features, *, eps=1e-7):
 
     def kernel(f):
         f = _flatten(f)
-        f = f / (tf.norm(f, axis=1, keepdims=True) + eps)
+        f = f / (_norm(f, axis=1, keepdims=True) + eps)
         similarity = (tf.matmul(f, f, transpose_b=True) + 1.0) / 2.0
         return similarity / tf.reduce_sum(similarity, axis=1, keepdims=True)
 

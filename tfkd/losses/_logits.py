@@ -11,6 +11,8 @@ variants return one value per example, shape `(batch,)`, so that
 import tensorflow as tf
 
 from tfkd.losses._common import float32 as _float32
+from tfkd.losses._common import norm as _norm
+from tfkd.losses._common import safe_sqrt as _safe_sqrt
 
 
 def _standardize(logits, eps=1e-7):
@@ -21,7 +23,7 @@ def _standardize(logits, eps=1e-7):
     variance = tf.reduce_sum(tf.square(centered), axis=-1, keepdims=True) / (
         classes - 1.0
     )
-    return centered / (tf.sqrt(variance) + eps)
+    return centered / (_safe_sqrt(variance) + eps)
 
 
 def kd_loss_per_example(
@@ -188,7 +190,7 @@ def _pearson(a, b, axis, eps=1e-8):
     a = a - tf.reduce_mean(a, axis=axis, keepdims=True)
     b = b - tf.reduce_mean(b, axis=axis, keepdims=True)
     dot = tf.reduce_sum(a * b, axis=axis)
-    norms = tf.norm(a, axis=axis) * tf.norm(b, axis=axis)
+    norms = _norm(a, axis=axis) * _norm(b, axis=axis)
     return dot / (norms + eps)
 
 
