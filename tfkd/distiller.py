@@ -39,7 +39,17 @@ def _gather_replicas(values):
         context.replica_id_in_sync_group, context.num_replicas_in_sync
     )
     slot = tf.reshape(slot, [-1] + [1] * values.shape.rank)
-    gathered = context.all_reduce("sum", slot * values[None])
+
+    @tf.custom_gradient
+    def all_sum(x):
+        # The gradient of an all-sum is an all-sum; spelled out because
+        # MultiWorkerMirroredStrategy's collective all-reduce has none.
+        def gradient(upstream):
+            return context.all_reduce("sum", upstream)
+
+        return context.all_reduce("sum", x), gradient
+
+    gathered = all_sum(slot * values[None])
     shape = tf.concat([[-1], tf.shape(values)[1:]], axis=0)
     return tf.cast(tf.reshape(gathered, shape), dtype)
 
