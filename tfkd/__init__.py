@@ -5,7 +5,9 @@ quantization-aware training). See `tfkd._keras`.
 """
 
 from tfkd import callbacks
+from tfkd import export
 from tfkd import losses
+from tfkd import quantization
 from tfkd import teachers
 from tfkd.distiller import Distiller
 from tfkd.teachers import cache_teacher_outputs
@@ -16,6 +18,8 @@ __all__ = [
     "Distiller",
     "cache_teacher_outputs",
     "callbacks",
+    "export",
     "losses",
+    "quantization",
     "teachers",
 ]

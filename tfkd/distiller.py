@@ -296,6 +296,14 @@ class Distiller(keras.Model):
             ],
         )
 
+    def fit(self, *args, callbacks=None, **kwargs):
+        """`keras.Model.fit`; adds TFMOT's `UpdatePruningStep` callback when
+        the student comes from `tfkd.quantization.prune` and it is missing."""
+        from tfkd import quantization
+
+        callbacks = quantization.pruning_callbacks(self, callbacks)
+        return super().fit(*args, callbacks=callbacks, **kwargs)
+
     @property
     def metrics(self):
         trackers = [
