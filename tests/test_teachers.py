@@ -1,5 +1,7 @@
 """Cached teacher outputs and teacher ensembles."""
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -60,31 +62,94 @@ def test_cached_distillation_equals_live(features):
     )
     for key in ("loss", "student_loss", "distillation_loss", "accuracy"):
         np.testing.assert_allclose(cached_logs[key], live_logs[key], rtol=1e-6)
-    np.testing.assert_allclose(
-        cached_run.evaluate(cached, return_dict=True, verbose=0)["loss"],
-        live.evaluate(data, return_dict=True, verbose=0)["loss"],
-        rtol=1e-6,
-    )
+    cached_eval = cached_run.evaluate(cached, return_dict=True, verbose=0)
+    live_eval = live.evaluate(data, return_dict=True, verbose=0)
+    assert set(cached_eval) == set(live_eval)
+    for key, value in live_eval.items():
+        np.testing.assert_allclose(cached_eval[key], value, rtol=1e-6)
 
 
-def test_cache_dir_is_reused_without_running_the_teacher(tmp_path):
+def test_cache_dir_keeps_order_and_is_reused_without_the_teacher(tmp_path):
     x, y = toy_classification(n=40)
+    # Batches of 16, 16 and 8: the disk cache keeps the source's batching.
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
-    distiller = _distiller()
+    live = _distiller()
+    cached_run = _distiller()
+    cached_run.set_weights(live.get_weights())
+    cache_dir = str(tmp_path / "cache")
     first = tfkd.cache_teacher_outputs(
-        distiller, data, cache_dir=str(tmp_path / "cache"), verbose=0
+        cached_run, data, cache_dir=cache_dir, verbose=0
     )
-    assert (tmp_path / "cache").exists()
-    distiller.teacher_outputs = _never_called
+    assert os.path.exists(os.path.join(cache_dir, "dataset_spec.pb"))
+    cached_run.teacher_outputs = _never_called
     second = tfkd.cache_teacher_outputs(
-        distiller, data, cache_dir=str(tmp_path / "cache"), verbose=0
+        cached_run, data, cache_dir=cache_dir, verbose=0
     )
-    for a, b in zip(first, second):
-        tf.nest.map_structure(
-            lambda u, v: np.testing.assert_array_equal(u, v), a, b
+    for (a, ya), (b, yb), (xs, ys) in zip(first, second, data):
+        np.testing.assert_array_equal(a["inputs"], xs)
+        np.testing.assert_array_equal(ya, ys)
+        tf.nest.map_structure(np.testing.assert_array_equal, a, b)
+    live.fit(data, epochs=2, verbose=0)
+    cached_run.fit(second, epochs=2, verbose=0)
+    assert (
+        relative_difference(
+            cached_run.student.get_weights(), live.student.get_weights()
         )
-    history = distiller.fit(second, epochs=1, verbose=0).history
-    assert np.isfinite(history["loss"][0])
+        < 1e-6
+    )
+
+
+def test_top_k_is_stored_as_values_and_indices(tmp_path):
+    x, y = toy_classification(n=32, classes=6)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    teacher = make_mlp(16, classes=6, name="t", seed=1)
+    cache_dir = str(tmp_path / "top2")
+    tfkd.cache_teacher_outputs(
+        teacher, data, cache_dir=cache_dir, top_k=2, verbose=0
+    )
+    stored = tf.data.Dataset.load(cache_dir).element_spec[1]
+    assert stored["top_k_values"].shape.as_list() == [None, 2]
+    assert stored["top_k_values"].dtype == tf.float32
+    assert stored["top_k_indices"].shape.as_list() == [None, 2]
+    assert stored["top_k_indices"].dtype == tf.int32
+    with pytest.raises(ValueError, match="top_k=2. Received: top_k=3"):
+        tfkd.cache_teacher_outputs(
+            teacher, data, cache_dir=cache_dir, top_k=3, verbose=0
+        )
+    with pytest.raises(ValueError, match="top_k=2. Received: top_k=None"):
+        tfkd.cache_teacher_outputs(teacher, data, cache_dir=cache_dir)
+    distiller = tfkd.Distiller(
+        teacher,
+        make_mlp(4, classes=6),
+        tfkd.losses.KD(temperature=100.0),
+        alpha=0.5,
+    )
+    distiller.compile("sgd", loss=sparse_ce())
+    cached = tfkd.cache_teacher_outputs(
+        teacher, data, cache_dir=cache_dir, top_k=2, verbose=0
+    )
+    history = distiller.fit(cached, epochs=2, verbose=0).history
+    assert np.isfinite(history["distillation_loss"]).all()
+    assert all(np.isfinite(w).all() for w in distiller.student.get_weights())
+
+
+def test_cache_errors():
+    x, y = toy_images(n=24, size=8)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    with pytest.raises(TypeError, match="`teacher` must be"):
+        tfkd.cache_teacher_outputs("teacher", data, verbose=0)
+    with pytest.raises(ValueError, match="positive integer"):
+        tfkd.cache_teacher_outputs(make_cnn(4), data, top_k=0, verbose=0)
+    with pytest.raises(ValueError, match="empty"):
+        tfkd.cache_teacher_outputs(make_cnn(4), data.take(0), verbose=0)
+    uneven = data.unbatch().batch(4).take(1).concatenate(data)
+    with pytest.raises(ValueError, match=r"batch sizes \[4, 8\]"):
+        tfkd.cache_teacher_outputs(make_cnn(4), uneven, verbose=0)
+    features = _distiller(
+        [(tfkd.losses.FitNets("features", "features"), 1.0)], images=True
+    )
+    with pytest.raises(ValueError, match=r"tap teacher layers \['features'\]"):
+        tfkd.cache_teacher_outputs(features, data, top_k=2, verbose=0)
 
 
 def test_top_k_matches_numpy_and_full_k_is_exact():
@@ -110,8 +175,8 @@ def test_top_k_matches_numpy_and_full_k_is_exact():
             p[i, idx] = e / e.sum()
         s = student_logits / 4.0
         log_q = s - np.log(np.exp(s).sum(1, keepdims=True))
-        with np.errstate(divide="ignore"):
-            terms = np.where(p > 0, p * (np.log(p) - log_q), 0.0)
+        safe = np.where(p > 0, p, 1.0)
+        terms = np.where(p > 0, p * (np.log(safe) - log_q), 0.0)
         np.testing.assert_allclose(value, 16 * terms.sum(1).mean(), rtol=1e-5)
 
 

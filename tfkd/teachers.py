@@ -1,6 +1,8 @@
 """Teachers paid once: cached teacher outputs, and teacher ensembles."""
 
+import itertools
 import os
+import shutil
 
 import numpy as np
 import tensorflow as tf
@@ -11,32 +13,49 @@ from tfkd.distiller import INPUTS_KEY
 from tfkd.distiller import TEACHER_OUTPUTS_KEY
 from tfkd.distiller import Distiller
 
+# Gap between the smallest kept top-k logit and the logits rebuilt for the
+# classes that were not kept: exp(-gap / T) is exactly 0 in float32 for any
+# temperature T up to ~9,000 (float32 underflows below exp(-104)).
+_TOP_K_GAP = 1e6
+_TOP_K_KEYS = ("top_k_values", "top_k_indices", "num_classes")
+_SPEC_FILE = "dataset_spec.pb"
+
 
 def ensemble(teachers, name="teacher_ensemble"):
     """One frozen teacher whose logits average several teachers' logits.
 
     ```
-    t(x) = sum_k w_k * t_k(x),   sum_k w_k = 1
+    t(x) = sum_k w_k * t_k(x),   w_k = weight_k / sum_j weight_j
     ```
 
+    Weights are normalised to sum to 1, so `{a: 2, b: 1}` and
+    `{a: 0.5, b: 0.25}` are the same ensemble. The models are set
+    `trainable = False` and called with `training=False`, once each per call.
+
     Args:
-        teachers: a list of Keras models (equal weights), a `{model: weight}`
-            dict, or a list of `(model, weight)` pairs. Weights are
-            normalised to sum to 1. All teachers take the same inputs and
-            output logits of the same shape.
+        teachers: a list of Keras models that output logits (equal weights),
+            a `{model: weight}` dict, or a list of `(model, weight)` pairs
+            (for models that cannot be dict keys). All teachers take the
+            first teacher's inputs and output logits of one shape.
         name: name of the returned model. Defaults to `"teacher_ensemble"`.
 
     Returns:
-        A Functional `keras.Model` on the first teacher's inputs; each teacher
-        runs once per call, frozen.
+        A Functional `keras.Model` on the first teacher's inputs whose output
+        is the weighted mean of the teachers' logits, in float32.
 
     Raises:
-        ValueError: no teacher, a negative or all-zero weight, or outputs of
-            different shapes (both named).
+        TypeError: an entry is not a Keras model.
+        ValueError: no teacher, a negative, non-finite or all-zero weight,
+            a teacher without known inputs, or outputs of different shapes
+            (both teachers named).
 
     Example:
+        >>> teacher = tfkd.teachers.ensemble({teacher_a: 2.0, teacher_b: 1.0})
         >>> distiller = tfkd.Distiller([teacher_a, teacher_b], student)
-        >>> distiller = tfkd.Distiller({teacher_a: 2.0, teacher_b: 1.0}, student)
+
+    References:
+        Hinton, Vinyals, Dean. "Distilling the Knowledge in a Neural
+        Network", 2015 (distilling an ensemble into one model).
     """
     if isinstance(teachers, dict):
         pairs = list(teachers.items())
@@ -46,78 +65,64 @@ def ensemble(teachers, name="teacher_ensemble"):
             for entry in teachers
         ]
     if not pairs:
-        raise ValueError("`teachers` is empty: pass at least one model.")
-    weights = np.array([float(weight) for _, weight in pairs])
-    if np.any(weights < 0) or not np.isfinite(weights).all():
         raise ValueError(
-            "Teacher weights must be finite and >= 0. Received: "
-            f"{weights.tolist()}"
+            "`teachers` is empty. Received: teachers=[]. Pass at least one "
+            "model."
         )
-    if weights.sum() == 0:
-        raise ValueError("Teacher weights are all zero: give one a weight > 0.")
-    weights = weights / weights.sum()
-    models = [model for model, _ in pairs]
-    for model in models:
+    for model, _ in pairs:
         if not isinstance(model, keras.Model):
             raise TypeError(
                 f"Each teacher must be a `{_keras.KERAS_NAME}.Model`. "
-                f"Received: {model!r}"
+                f"Received: {model!r} of type {type(model).__name__}"
             )
-        model.trainable = False
+    weights = np.array([float(weight) for _, weight in pairs])
+    if np.any(weights < 0) or not np.isfinite(weights).all():
+        raise ValueError(
+            "Teacher weights must be finite and >= 0. Received: weights="
+            f"{weights.tolist()}"
+        )
+    if weights.sum() == 0:
+        raise ValueError(
+            "Teacher weights are all zero. Received: weights="
+            f"{weights.tolist()}. Give at least one teacher a weight > 0."
+        )
+    weights = weights / weights.sum()
+    models = [model for model, _ in pairs]
     first = models[0]
     inputs = getattr(first, "inputs", None)
     if not inputs:
         raise ValueError(
             f"Teacher {first.name!r} has no known inputs (subclassed or not "
-            "built): build it on a `keras.Input`, or call it once on data."
+            "built): build it on a `keras.Input`."
         )
     inputs = inputs[0] if len(inputs) == 1 else inputs
+    expected = tuple(first.outputs[0].shape[1:])
     outputs = []
     for model in models:
+        model.trainable = False
         logits = model(inputs, training=False)
-        if tuple(logits.shape[1:]) != tuple(first.outputs[0].shape[1:]):
+        if tuple(logits.shape[1:]) != expected:
             raise ValueError(
                 f"Teacher {model.name!r} outputs shape {tuple(logits.shape)} "
                 f"but teacher {first.name!r} outputs "
                 f"{tuple(first.outputs[0].shape)}: an ensemble averages "
-                "logits class by class."
+                "logits class by class, so all teachers need one shape."
             )
         outputs.append(logits)
-    mixed = keras.layers.Add(name="weighted_logits")(
-        [
-            keras.layers.Rescaling(float(w), name=f"weight_{i}")(logits)
-            for i, (w, logits) in enumerate(zip(weights, outputs))
-        ]
-    )
-    model = keras.Model(inputs, mixed, name=name)
+    # float32 layers: under a mixed precision policy the mean stays float32.
+    scaled = [
+        keras.layers.Rescaling(float(w), name=f"weight_{i}", dtype="float32")(
+            logits
+        )
+        for i, (w, logits) in enumerate(zip(weights, outputs))
+    ]
+    if len(scaled) > 1:
+        mean = keras.layers.Add(name="mean_logits", dtype="float32")(scaled)
+    else:
+        mean = scaled[0]
+    model = keras.Model(inputs, mean, name=name)
     model.trainable = False
     return model
-
-
-def _batch(x):
-    return int(tf.shape(tf.nest.flatten(x)[0])[0])
-
-
-def _split_element(element):
-    if isinstance(element, tuple):
-        return element[0], element[1:]
-    return element, ()
-
-
-def _dense_from_top_k(values, indices, num_classes):
-    """Dense logits with the top-k values and a floor elsewhere.
-
-    The floor (`min(top-k) - 1e4`) makes the other classes' teacher
-    probabilities exactly 0 in float32 at any temperature up to ~100, so KD
-    becomes the KL divergence of the renormalised top-k teacher distribution
-    from the full student softmax, with no NaN.
-    """
-    floor = tf.reduce_min(values, axis=-1, keepdims=True) - 1e4
-    batch = tf.shape(values)[0]
-    dense = tf.broadcast_to(floor, [batch, num_classes])
-    rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(indices))
-    scatter = tf.stack([rows, indices], axis=-1)
-    return tf.tensor_scatter_nd_update(dense, scatter, values)
 
 
 def cache_teacher_outputs(
@@ -125,70 +130,142 @@ def cache_teacher_outputs(
 ):
     """Runs the teacher once over `dataset`; returns data that carries it.
 
-    A `tfkd.Distiller` fitted on the returned dataset never calls its teacher:
-    each element is `({"inputs": x, "tfkd_teacher_outputs": (logits,
-    features)}, y[, sample_weight])`, which the Distiller recognises. With no
-    augmentation and the same order, it trains exactly like live
-    distillation, at the cost of the student alone.
+    Each element of the returned dataset is
+    `({"inputs": x, "tfkd_teacher_outputs": (logits, features)}, y[, w])`
+    (keys `tfkd.distiller.INPUTS_KEY` and `TEACHER_OUTPUTS_KEY`), which
+    `tfkd.Distiller.fit` / `evaluate` recognise: they then never call the
+    teacher. With no augmentation and the same order, training is exactly
+    live distillation, at about the cost of training the student alone.
 
-    When caching is wrong: with random augmentation the teacher must see the
-    augmented view the student sees (Beyer et al. 2022, "Knowledge
-    distillation: A good teacher is patient and consistent"). Then distil
-    live, with the augmentation inside the dataset (or in a preprocessing
-    model applied before both), so both models get the same view:
+    Storage: in memory by default (batched like `dataset`, which must then
+    have one batch size, bar a smaller last batch). With `cache_dir`, the
+    batches are streamed to disk with `tf.data.Dataset.save` (one shard, so
+    the order is kept; uncompressed) and read back with
+    `tf.data.Dataset.load`; the next call with the same `cache_dir` loads
+    them and does not run the teacher (delete the folder to refresh it).
+
+    Top-k: `top_k=k` stores only the `k` largest logits of each example
+    (`k` float32 values and `k` int32 indices). When read, the logits are
+    rebuilt dense with `min(top-k) - 1e6` for the other classes, whose
+    teacher probabilities are then exactly 0, so KD is the KL divergence of
+    the renormalised top-k teacher distribution from the full student
+    softmax:
+
+    ```
+    p_i = exp(t_i / T) / sum_{j in top-k} exp(t_j / T)  for i in top-k
+    KD = T^2 * sum_{i in top-k} p_i * (log p_i - log_softmax(s / T)_i)
+    ```
+
+    This suits methods that read the teacher's softmax (`KD`, `DKD`,
+    `DIST`), not `KD(standardize=True)` (its z-score needs every logit).
+
+    When caching is wrong: with random augmentation the teacher must see
+    the augmented view the student sees ("a good teacher is patient and
+    consistent", Beyer et al. 2022): a cache would pair a new view with the
+    teacher's outputs for another one. Distil live instead, with the
+    augmentation inside the dataset (or in a preprocessing model applied
+    before both models), so both models see one view:
 
     ```python
-    augmented = train.map(lambda x, y: (augment(x), y))  # one view, shared
-    distiller.fit(augmented, epochs=...)                 # no cache
+    augment = keras.Sequential([keras.layers.RandomFlip("horizontal"),
+                                keras.layers.RandomTranslation(0.1, 0.1)])
+    views = train.map(lambda x, y: (augment(x, training=True), y))
+    distiller.fit(views, epochs=300)  # live: the teacher sees each view
     ```
 
     Args:
-        teacher: a Keras model (logits only), or a `tfkd.Distiller`, whose
-            `teacher_outputs` also gives the teacher features its feature
-            methods tap.
+        teacher: a Keras model (its logits are cached), or a
+            `tfkd.Distiller`: `distiller.teacher_outputs(x)` also gives the
+            teacher features that its feature methods tap.
         dataset: a finite `tf.data.Dataset` of `(x, y)`, `(x, y, w)` or `x`
-            batches, in the order to train on (no random augmentation).
-        cache_dir: `None` keeps the outputs in memory. A directory stores
-            them with `tf.data.Dataset.save`; if it already holds a cache,
-            it is loaded and the teacher is not run.
-        top_k: keep only the teacher's `k` largest logits per example (for
-            large output spaces); stored as `k` values and `k` int32
-            indices and rebuilt when read (see `_dense_from_top_k`). Needs
-            a model teacher or a Distiller without feature taps.
-        verbose: `1` shows a progress bar. Defaults to `1`.
+            batches, in the order to train on, with no random augmentation.
+        cache_dir: a folder to store the cache in. Defaults to `None`
+            (memory).
+        top_k: keep only the `k` largest logits per example. Defaults to
+            `None` (all). Needs a teacher without tapped features.
+        verbose: `1` shows a progress bar, `0` nothing. Defaults to `1`.
 
     Returns:
-        A `tf.data.Dataset` to pass to `Distiller.fit` / `evaluate`.
+        A `tf.data.Dataset` for `Distiller.fit` / `evaluate`.
+
+    Raises:
+        TypeError: `teacher` is neither a Keras model nor a Distiller.
+        ValueError: `top_k` is not a positive integer, `top_k` is asked for
+            a Distiller with feature methods, `dataset` is empty or (in
+            memory) has several batch sizes, or `cache_dir` holds a cache
+            made with another `top_k`.
 
     Example:
         >>> cached = tfkd.cache_teacher_outputs(distiller, train_ds)
         >>> distiller.fit(cached, epochs=30)  # the teacher never runs
+
+    References:
+        Beyer, Zhai, Royer, Markeeva, Anil, Kolesnikov. "Knowledge
+        distillation: A good teacher is patient and consistent", CVPR 2022.
     """
+    if top_k is not None and (
+        isinstance(top_k, bool) or int(top_k) != top_k or top_k < 1
+    ):
+        raise ValueError(
+            f"`top_k` must be a positive integer or None. Received: "
+            f"top_k={top_k!r}"
+        )
+    top_k = None if top_k is None else int(top_k)
     if cache_dir is not None and os.path.exists(
-        os.path.join(cache_dir, "dataset_spec.pb")
+        os.path.join(cache_dir, _SPEC_FILE)
     ):
         stored = tf.data.Dataset.load(cache_dir)
-        return _expand(stored, top_k)
-    if isinstance(teacher, Distiller):
-        outputs_of = teacher.teacher_outputs
-    elif isinstance(teacher, keras.Model):
+        _check_stored_top_k(stored, top_k, cache_dir)
+        return _expand(stored)
+    outputs_of = _teacher_function(teacher, top_k)
+    batches = _teacher_batches(outputs_of, dataset, top_k, verbose)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError("`dataset` is empty: there is nothing to cache.")
+    batches = itertools.chain([first], batches)
+    if cache_dir is None:
+        return _expand(_in_memory(list(batches)))
+    signature = tf.nest.map_structure(
+        lambda t: tf.TensorSpec([None] + t.shape[1:], t.dtype), first
+    )
+    partial = cache_dir.rstrip("/\\") + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    tf.data.Dataset.from_generator(
+        lambda: batches, output_signature=signature
+    ).save(partial, shard_func=lambda *_: tf.constant(0, tf.int64))
+    if os.path.exists(cache_dir):
+        os.rmdir(cache_dir)  # Only an empty folder: no spec file, no cache.
+    os.replace(partial, cache_dir)  # Complete caches only.
+    return _expand(tf.data.Dataset.load(cache_dir))
 
-        def outputs_of(x):
+
+def _teacher_function(teacher, top_k):
+    """A compiled `x -> (logits, {layer_name: features})` of the teacher."""
+    if isinstance(teacher, Distiller):
+        taps = list(teacher._teacher_taps)
+        if top_k is not None and taps:
+            raise ValueError(
+                f"`top_k` caches logits only, but the Distiller's methods "
+                f"tap teacher layers {taps}. Received: top_k={top_k}. Use "
+                "top_k=None."
+            )
+        return tf.function(teacher.teacher_outputs)
+    if isinstance(teacher, keras.Model):
+
+        @tf.function
+        def logits_only(x):
             return tf.stop_gradient(teacher(x, training=False)), {}
 
-    else:
-        raise TypeError(
-            "`teacher` must be a Keras model or a `tfkd.Distiller`. "
-            f"Received: {teacher!r}"
-        )
-    if top_k is not None and (int(top_k) != top_k or top_k < 1):
-        raise ValueError(f"`top_k` must be a positive integer. Got {top_k!r}")
+        return logits_only
+    raise TypeError(
+        f"`teacher` must be a `{_keras.KERAS_NAME}.Model` or a "
+        f"`tfkd.Distiller`. Received: teacher={teacher!r} of type "
+        f"{type(teacher).__name__}"
+    )
 
-    @tf.function
-    def run(x):
-        return outputs_of(x)
 
-    elements = []
+def _teacher_batches(outputs_of, dataset, top_k, verbose):
+    """Yields `(x, stored_outputs, *rest)`, one element per batch."""
     cardinality = int(dataset.cardinality())
     progress = keras.utils.Progbar(
         cardinality if cardinality > 0 else None,
@@ -196,63 +273,89 @@ def cache_teacher_outputs(
         unit_name="batch",
     )
     for step, element in enumerate(dataset):
-        x, rest = _split_element(element)
-        logits, features = run(x)
-        if top_k is not None:
-            if features:
-                raise ValueError(
-                    "`top_k` caches logits only, but the Distiller's methods "
-                    f"tap teacher layers {sorted(features)}."
-                )
-            values, indices = tf.math.top_k(logits, k=int(top_k))
-            classes = tf.fill(tf.shape(logits)[:1], tf.shape(logits)[-1])
-            stored = {
-                "top_k_values": values,
-                "top_k_indices": indices,
-                "num_classes": classes,
-            }
-        else:
+        x, rest = (
+            (element[0], tuple(element[1:]))
+            if isinstance(element, tuple)
+            else (element, ())
+        )
+        logits, features = outputs_of(x)
+        if top_k is None:
             stored = (logits, dict(features))
-        if (
-            elements
-            and _batch(x) != _batch(elements[0][0])
-            and (_batch(elements[-1][0]) != _batch(elements[0][0]))
-        ):
-            raise ValueError(
-                "`dataset` has batches of several sizes before its last one; "
-                "cache a dataset batched with one batch size."
+        else:
+            values, indices = tf.math.top_k(logits, k=top_k)
+            stored = dict(
+                zip(
+                    _TOP_K_KEYS,
+                    (
+                        values,
+                        indices,
+                        tf.fill(tf.shape(logits)[:1], tf.shape(logits)[-1]),
+                    ),
+                )
             )
-        elements.append((x, stored) + tuple(rest))
-        progress.update(step + 1)
-    if not elements:
-        raise ValueError("`dataset` is empty: nothing to cache.")
-    cached = _from_elements(elements)
-    if cache_dir is not None:
-        cached.save(cache_dir)
-        cached = tf.data.Dataset.load(cache_dir)
-    return _expand(cached, top_k)
+        yield (x, stored) + rest
+        progress.update(step + 1, finalize=step + 1 == cardinality)
 
 
-def _from_elements(elements):
+def _batch_size(element):
+    return int(tf.shape(tf.nest.flatten(element)[0])[0])
+
+
+def _in_memory(elements):
     """One dataset of the cached batches, batched as the source was."""
+    sizes = [_batch_size(element) for element in elements]
+    if any(size != sizes[0] for size in sizes[:-1]) or sizes[-1] > sizes[0]:
+        raise ValueError(
+            "In memory, `dataset` must have one batch size (the last batch "
+            f"may be smaller). Received batch sizes {sorted(set(sizes))}. "
+            "Batch it with one size, or pass `cache_dir`, which keeps any "
+            "batching."
+        )
     columns = tf.nest.map_structure(
         lambda *parts: tf.concat(parts, axis=0), *elements
     )
-    batch_size = int(tf.shape(tf.nest.flatten(elements[0])[0])[0])
-    return tf.data.Dataset.from_tensor_slices(columns).batch(batch_size)
+    return tf.data.Dataset.from_tensor_slices(columns).batch(sizes[0])
 
 
-def _expand(stored, top_k):
+def _check_stored_top_k(stored, top_k, cache_dir):
+    outputs = stored.element_spec[1]
+    stored_k = (
+        outputs[_TOP_K_KEYS[0]].shape[-1] if isinstance(outputs, dict) else None
+    )
+    if stored_k != top_k:
+        raise ValueError(
+            f"cache_dir={cache_dir!r} holds a cache made with top_k="
+            f"{stored_k}. Received: top_k={top_k}. Pass the same top_k, or "
+            "another (or emptied) cache_dir."
+        )
+
+
+def _dense_from_top_k(values, indices, num_classes):
+    """`(batch, classes)` logits: the top-k values, a floor elsewhere."""
+    floor = tf.reduce_min(values, axis=-1, keepdims=True) - _TOP_K_GAP
+    batch = tf.shape(values)[0]
+    dense = tf.broadcast_to(floor, tf.stack([batch, num_classes]))
+    dense = tf.ensure_shape(dense, [None, num_classes])
+    rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(indices))
+    scatter = tf.stack([rows, indices], axis=-1)
+    return tf.tensor_scatter_nd_update(dense, scatter, values)
+
+
+def _expand(stored):
     """Maps cached elements to the Distiller's input structure."""
+    num_classes = None
+    if isinstance(stored.element_spec[1], dict):
+        # A static class count (read from the first batch) gives the rebuilt
+        # logits a static shape, as the Distiller's shape checks need.
+        first = next(iter(stored.take(1)))
+        num_classes = int(first[1][_TOP_K_KEYS[2]][0])
 
     def expand(x, outputs, *rest):
-        if isinstance(outputs, dict) and "top_k_values" in outputs:
-            logits = _dense_from_top_k(
-                outputs["top_k_values"],
-                outputs["top_k_indices"],
-                outputs["num_classes"][0],
-            )
-            outputs = (logits, {})
+        if num_classes is not None:
+            values, indices = (outputs[k] for k in _TOP_K_KEYS[:2])
+            outputs = (_dense_from_top_k(values, indices, num_classes), {})
         return ({INPUTS_KEY: x, TEACHER_OUTPUTS_KEY: outputs},) + rest
 
-    return stored.map(expand)
+    return stored.map(expand, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+        tf.data.AUTOTUNE
+    )
