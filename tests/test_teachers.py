@@ -140,7 +140,7 @@ def test_cache_errors(tmp_path):
         tfkd.cache_teacher_outputs("teacher", data, verbose=0)
     with pytest.raises(ValueError, match="top_k=0"):
         tfkd.cache_teacher_outputs(make_cnn(4), data, top_k=0, verbose=0)
-    with pytest.raises(TypeError, match="top_k=2.5"):
+    with pytest.raises(ValueError, match="top_k=2.5"):
         tfkd.cache_teacher_outputs(make_cnn(4), data, top_k=2.5, verbose=0)
     with pytest.raises(ValueError, match="empty"):
         tfkd.cache_teacher_outputs(make_cnn(4), data.take(0), verbose=0)

@@ -217,6 +217,13 @@ def cache_teacher_outputs(
         stored = tf.data.Dataset.load(cache_dir)
         _check_stored_top_k(stored, top_k, cache_dir)
         return _expand(stored)
+    if cache_dir is not None and os.path.isdir(cache_dir):
+        if os.listdir(cache_dir):
+            raise ValueError(
+                f"`cache_dir` holds no tfkd cache (no {_SPEC_FILE}) but is "
+                "not empty, and tfkd does not overwrite other files. Pass a "
+                f"new or empty folder. Received: cache_dir={cache_dir!r}"
+            )
     outputs_of = _teacher_function(teacher, top_k)
     batches = _teacher_batches(outputs_of, dataset, top_k, verbose)
     first = next(batches, None)
