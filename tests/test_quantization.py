@@ -196,6 +196,21 @@ def test_pruning_needs_its_callback_and_the_helper_adds_it_once():
 
 
 @legacy_only
+def test_sparsity_of_quantization_aware_models():
+    model = make_mlp(8)
+    hidden = model.get_layer("hidden")
+    kernel = hidden.kernel.numpy()
+    kernel[:, :3] = 0.0
+    hidden.kernel.assign(kernel)
+    expected = tfkd.quantization.sparsity(model)
+    assert expected == pytest.approx(24 / (8 * 8 + 8 * 3))
+    qat = tfkd.quantization.quantize_aware(model)
+    assert tfkd.quantization.sparsity(qat) == pytest.approx(expected)
+    qat.predict(np.zeros((2, 8), "float32"), verbose=0)  # swaps the kernels
+    assert tfkd.quantization.sparsity(qat) == pytest.approx(expected)
+
+
+@legacy_only
 def test_wrapped_copies_do_not_share_weights():
     model = make_mlp(16)
     before = [w.copy() for w in model.get_weights()]

@@ -1,10 +1,9 @@
 """`tfkd.Distiller`: train a student from a frozen teacher with `fit`."""
 
-import warnings
-
 import tensorflow as tf
 
 from tfkd import _keras
+from tfkd import _objective
 from tfkd import _taps
 from tfkd import _validation
 from tfkd._keras import keras
@@ -14,58 +13,6 @@ from tfkd.losses._base import check_positive
 # student's inputs and the teacher's precomputed outputs.
 INPUTS_KEY = "inputs"
 TEACHER_OUTPUTS_KEY = "tfkd_teacher_outputs"
-
-
-def _multi_worker():
-    strategy = tf.distribute.get_strategy()
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return False
-    return strategy.extended._in_multi_worker_mode()
-
-
-def _gather_replicas(values):
-    """Concatenates every replica's `values` along the batch axis.
-
-    An all-reduce (sum) of the values placed in their replica's slot: it has
-    a gradient, and it uses the same collective as the optimizer, so it
-    orders like the other reductions of the step. Assumes equal per-replica
-    batches, as `tf.distribute` gives with a global batch divisible by the
-    number of replicas.
-    """
-    context = tf.distribute.get_replica_context()
-    dtype = values.dtype
-    values = tf.cast(values, tf.float32)
-    slot = tf.one_hot(
-        context.replica_id_in_sync_group, context.num_replicas_in_sync
-    )
-    slot = tf.reshape(slot, [-1] + [1] * values.shape.rank)
-
-    @tf.custom_gradient
-    def all_sum(x):
-        # The gradient of an all-sum is an all-sum; spelled out because
-        # MultiWorkerMirroredStrategy's collective all-reduce has none.
-        def gradient(upstream):
-            return context.all_reduce("sum", upstream)
-
-        return context.all_reduce("sum", x), gradient
-
-    gathered = all_sum(slot * values[None])
-    shape = tf.concat([[-1], tf.shape(values)[1:]], axis=0)
-    return tf.cast(tf.reshape(gathered, shape), dtype)
-
-
-def _flatten_sample_weight(sample_weight):
-    if sample_weight is None:
-        return None
-    return tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
-
-
-def _per_example(values):
-    """Reduces a loss of shape `(batch, ...)` to `(batch,)` by the mean."""
-    values = tf.cast(values, tf.float32)
-    if values.shape.rank is not None and values.shape.rank > 1:
-        values = tf.reduce_mean(values, axis=list(range(1, values.shape.rank)))
-    return values
 
 
 @_keras.register_serializable
@@ -443,127 +390,25 @@ class Distiller(keras.Model):
     def _compute_losses(
         self, y, sample_weight, teacher_outputs, student_outputs, training
     ):
-        """Returns this replica's share of the total loss; updates the trackers.
-
-        Per-example terms are summed and divided by the global batch size
-        (`tf.nn.compute_average_loss`), so summing gradients over replicas, as
-        Keras optimizers do, gives exactly the single-device gradient.
-        """
-        t_logits, t_features = teacher_outputs
-        s_logits, s_features = student_outputs
-        self._check_logits_shapes(t_logits.shape, s_logits.shape)
-        replicas = _keras.num_replicas_in_sync()
-        local_batch = tf.shape(s_logits)[0]
-        global_batch = local_batch
-        if replicas > 1:
-            global_batch = tf.distribute.get_replica_context().all_reduce(
-                "sum", local_batch
-            )
-        local_batch_f = tf.cast(local_batch, tf.float32)
-        global_batch_f = tf.cast(global_batch, tf.float32)
-        weights = _flatten_sample_weight(sample_weight)
-
-        def average(per_example):
-            """(share of the global mean, local mean) of a per-example loss."""
-            per_example = _per_example(per_example)
-            if weights is not None:
-                per_example = per_example * weights
-            total = tf.reduce_sum(per_example)
-            return total / global_batch_f, total / local_batch_f
-
-        if self._student_loss_fn is not None:
-            if y is None:
-                raise ValueError(
-                    "The data has no labels, but `compile(loss=...)` set a hard-label "
-                    "student loss. Pass `(x, y)` data, or compile without `loss` and "
-                    "with `alpha=0` for pure distillation on unlabelled data."
-                )
-            student_share, student_mean = average(
-                self._student_loss_fn(
-                    tf.cast(y, tf.float32), tf.cast(s_logits, tf.float32)
-                )
-            )
-        else:
-            student_share = student_mean = tf.constant(0.0)
-
-        distill_share = distill_mean = tf.constant(0.0)
-        for loss, weight, adapter in zip(
-            self.distillation_losses, self.loss_weights, self.adapters
+        """Returns this replica's share of the total loss (see
+        `tfkd._objective`) and updates the loss trackers."""
+        result = _objective.objective(
+            self, y, sample_weight, teacher_outputs, student_outputs, training
+        )
+        for tracker, value in (
+            (self._loss_tracker_total, result.total),
+            (self._student_loss_tracker, result.student),
+            (self._distillation_loss_tracker, result.distillation),
         ):
-            teacher = (
-                t_logits
-                if loss.teacher_layer is None
-                else t_features[loss.teacher_layer]
-            )
-            student = (
-                s_logits
-                if loss.student_layer is None
-                else s_features[loss.student_layer]
-            )
-            if adapter is not None:
-                student = adapter(student, training=training)
-            teacher = tf.cast(teacher, tf.float32)
-            student = tf.cast(student, tf.float32)
-            labels = None
-            if loss.requires_labels:
-                if y is None:
-                    raise ValueError(
-                        f"{type(loss).__name__} needs the labels, but the data has "
-                        "none. Pass `(x, y)` data."
-                    )
-                labels = y
-            if loss.batch_relational:
-                if weights is not None:
-                    warnings.warn(
-                        f"{type(loss).__name__} relates the examples of a batch to each "
-                        "other and ignores sample weights.",
-                        stacklevel=2,
-                    )
-                if replicas > 1:
-                    teacher = _gather_replicas(teacher)
-                    student = _gather_replicas(student)
-                    if labels is not None:
-                        labels = _gather_replicas(labels)
-                value = tf.cast(
-                    loss.compute(teacher, student, labels), tf.float32
-                )
-                share, mean = value / replicas, value
-            else:
-                share, mean = average(loss.compute(teacher, student, labels))
-            distill_share += weight * share
-            distill_mean += weight * mean
-
-        alpha = self.alpha
-        total_share = alpha * student_share + (1.0 - alpha) * distill_share
-        total_mean = alpha * student_mean + (1.0 - alpha) * distill_mean
-        regularization = self.student.losses + [
-            loss
-            for adapter in self.adapters
-            if adapter is not None
-            for loss in adapter.losses
-        ]
-        if training and regularization:
-            reg = tf.add_n([tf.cast(r, tf.float32) for r in regularization])
-            total_share += reg / replicas
-            total_mean += reg
-
-        self._loss_tracker_total.update_state(
-            total_mean, sample_weight=local_batch_f
-        )
-        self._student_loss_tracker.update_state(
-            student_mean, sample_weight=local_batch_f
-        )
-        self._distillation_loss_tracker.update_state(
-            distill_mean, sample_weight=local_batch_f
-        )
-        return total_share
+            tracker.update_state(value, sample_weight=result.batch_size)
+        return result.share
 
     def _metrics_result(self, x, y, student_logits, sample_weight):
         if y is not None:
             logs = self.compute_metrics(x, y, student_logits, sample_weight)
         else:
             logs = self.get_metrics_result()
-        if not _keras.IS_LEGACY and _multi_worker():
+        if not _keras.IS_LEGACY and _objective.multi_worker():
             # Keras 3.15 reduces step outputs across workers with
             # `strategy.reduce("MEAN", value, axis=0)`, which rejects scalars.
             # Epoch logs are recomputed from the (synchronised) metrics.

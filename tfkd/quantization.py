@@ -426,6 +426,10 @@ def strip(model):
 
 def _kernels(model):
     for layer in _iter_layers(model):
+        # A QAT wrapper swaps its layer's kernel for a fake-quantized tensor
+        # when called; the float variables it quantizes are in `_weight_vars`.
+        for weight, _, _ in getattr(layer, "_weight_vars", ()):
+            yield weight
         if isinstance(layer, keras.Model) or hasattr(layer, "pruning_vars"):
             continue  # Their kernels are reached through their layers.
         for attribute in _KERNELS:
@@ -445,7 +449,8 @@ def sparsity(model) -> float:
     ```
 
     Args:
-        model: a Keras model (pruned, stripped or plain).
+        model: a Keras model (pruned, quantization-aware, stripped or
+            plain).
 
     Returns:
         A float in `[0, 1]`.
