@@ -31,7 +31,7 @@ added.
 
 Keras 3 only (`keras.distillation` does not exist in tf_keras).
 
-    python benchmarks/step_cost.py                        # ~3 min, 2 cores
+    python benchmarks/step_cost.py                        # ~2-3 min, 2 cores
     python benchmarks/step_cost.py --rounds=3 --nomemory  # quick
 
 Writes `benchmarks/results/step_cost.md` and `step_cost.json`.
@@ -65,9 +65,10 @@ _DATASET = flags.DEFINE_string("dataset", "mnist_5k", "examples/data.py name.")
 _NUM_EXAMPLES = flags.DEFINE_integer(
     "num_examples", None, "Training examples to keep (default: all)."
 )
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data folder.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Batch size.")
 _ROUNDS = flags.DEFINE_integer(
-    "rounds", 15, "Timed epochs per contender, interleaved."
+    "rounds", 40, "Timed epochs per contender, interleaved."
 )
 _MEMORY = flags.DEFINE_bool(
     "memory", True, "Measure peak RSS, one subprocess per contender."
@@ -218,6 +219,7 @@ def _setup():
     source = data.load(
         _DATASET.value,
         "train",
+        data_dir=_DATA_DIR.value,
         batch_size=_BATCH_SIZE.value,
         num_examples=_NUM_EXAMPLES.value,
     )
@@ -260,6 +262,8 @@ def _measure_memory(name):
         f"--dataset={_DATASET.value}",
         f"--batch_size={_BATCH_SIZE.value}",
     ]
+    if _DATA_DIR.value:
+        command.append(f"--data_dir={_DATA_DIR.value}")
     if _NUM_EXAMPLES.value:
         command.append(f"--num_examples={_NUM_EXAMPLES.value}")
     output = subprocess.run(
@@ -380,8 +384,9 @@ def main(argv):
         "building the models (and the cache) and two epochs; RSS added: "
         "that peak minus the RSS at the reset.",
         "",
-        "The CPU was shared with other jobs while this ran: timings are "
-        "noisy; interleaving and medians limit, not remove, the noise.",
+        "Timings on a shared machine are noisy: interleaving and medians "
+        "limit, not remove, the noise, and CPU time is less disturbed by "
+        "other jobs than wall time.",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU; "
         f"Python {platform.python_version()}, tensorflow {tf.__version__}, "
