@@ -1,6 +1,5 @@
 """The Distiller's contract: losses, frozen teacher, data forms, errors, saving."""
 
-
 import numpy as np
 import pytest
 import tensorflow as tf

@@ -5,9 +5,7 @@ MirroredStrategy run here. Every method must train on two replicas exactly as
 on one device with the same global batch.
 """
 
-import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -17,6 +15,7 @@ import tensorflow as tf
 from conftest import METHODS
 from conftest import make_cnn
 from conftest import relative_difference
+from conftest import run_two_workers
 from conftest import sparse_ce
 from conftest import toy_images
 
@@ -182,42 +181,18 @@ def test_sigkill_mid_epoch_then_backup_and_restore_gives_same_student(
         np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def test_two_workers_on_localhost_train_like_one_process(tmp_path):
     script = os.path.join(TESTS_DIR, "_multi_worker_run.py")
     env = dict(os.environ, PYTHONPATH=TESTS_DIR, TF_CPP_MIN_LOG_LEVEL="3")
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
-    processes = []
-    for index in range(2):
-        tf_config = {
-            "cluster": {"worker": workers},
-            "task": {"type": "worker", "index": index},
-        }
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, script, str(tmp_path / f"worker{index}.npz")],
-                env=dict(env, TF_CONFIG=json.dumps(tf_config)),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    try:
-        outputs = [p.communicate(timeout=240)[0] for p in processes]
-    finally:
-        for p in processes:
-            p.kill()
-    for p, output in zip(processes, outputs):
-        assert p.returncode == 0, output[-3000:]
+    run_two_workers(
+        lambda index: [
+            sys.executable,
+            script,
+            str(tmp_path / f"worker{index}.npz"),
+        ],
+        env=env,
+        timeout=240,
+    )
     single = subprocess.run(
         [sys.executable, script, str(tmp_path / "single.npz")],
         env=env,

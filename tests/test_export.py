@@ -1,6 +1,5 @@
 """TFLite export (`tfkd.export.to_tflite`) and LiteRT evaluation, both modes."""
 
-
 import numpy as np
 import pytest
 import tensorflow as tf
