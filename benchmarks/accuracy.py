@@ -65,7 +65,7 @@ LOGIT_METHODS = ("kd", "dkd", "dist")
 _DATASETS = flags.DEFINE_list(
     "datasets",
     ["mnist_5k", "fashion_mnist"],
-    f"Data sets, of {sorted(SETTINGS)} (cifar10: about 25 more minutes).",
+    f"Data sets, of {sorted(SETTINGS)} (cifar10: about 8 more minutes).",
 )
 _METHODS = flags.DEFINE_list(
     "methods",
