@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import METHODS
+from conftest import NO_ONEDNN
 from conftest import make_cnn
 from conftest import relative_difference
 from conftest import run_two_workers
@@ -195,7 +196,7 @@ def test_two_workers_on_localhost_train_like_one_process(tmp_path):
     )
     single = subprocess.run(
         [sys.executable, script, str(tmp_path / "single.npz")],
-        env=env,
+        env=dict(env, **NO_ONEDNN),
         capture_output=True,
         text=True,
         timeout=240,

@@ -15,6 +15,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import NO_ONEDNN
 from conftest import REPO_ROOT
 from conftest import run_two_workers
 
@@ -91,8 +92,8 @@ README_FLAGS = {
 }
 
 
-def _run(script, *args, returncode=0, timeout=300):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+def _run(script, *args, returncode=0, timeout=300, env=None):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
     result = subprocess.run(
         [sys.executable, os.path.join(EXAMPLES, script), *args],
         env=env,
@@ -363,7 +364,12 @@ def test_distill_multi_worker_matches_one_process(
     )
     assert "on 2 replica(s)" in outputs[0]  # the chief reports
     assert "replica(s)" not in outputs[1]
-    _run("distill.py", f"--output_dir={tmp_path / 'single'}", *args)
+    _run(
+        "distill.py",
+        f"--output_dir={tmp_path / 'single'}",
+        *args,
+        env=NO_ONEDNN,
+    )
     # Only the chief wrote to --output_dir.
     assert sorted(os.listdir(tmp_path / "workers")) == sorted(
         os.listdir(tmp_path / "single")
