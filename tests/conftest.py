@@ -178,6 +178,24 @@ def data_dir(tmp_path_factory):
     return directory
 
 
+def run_script(path, *args, returncode=0, timeout=300, env=None):
+    """Runs the Python script `path` with `args`; returns its stdout.
+
+    Asserts its exit status (the output's end is the failure message).
+    `env`: variables added to this process's environment.
+    """
+    result = subprocess.run(
+        [sys.executable, path, *args],
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    output = (result.stdout + result.stderr)[-4000:]
+    assert result.returncode == returncode, output
+    return result.stdout
+
+
 # Two MultiWorkerMirroredStrategy processes sharing 2 CPU cores: with
 # oneDNN's fused CPU kernels on, TensorFlow 2.21 failed in 3 of 37 runs of
 # `examples/distill.py --strategy=multi_worker` here ("input depth must be

@@ -6,28 +6,18 @@ run and that what they write holds what the README quotes, not the figures.
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 from conftest import REPO_ROOT
+from conftest import run_script
 
 from tfkd import _keras
 
 BENCHMARKS = os.path.join(REPO_ROOT, "benchmarks")
 
 
-def _run(script, *args, timeout=600):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(
-        [sys.executable, os.path.join(BENCHMARKS, script), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    return result.stdout
+def _run(script, *args):
+    return run_script(os.path.join(BENCHMARKS, script), *args, timeout=600)
 
 
 def _table_rows(path):

@@ -16,6 +16,7 @@ from conftest import METHODS
 from conftest import NO_ONEDNN
 from conftest import make_cnn
 from conftest import relative_difference
+from conftest import run_script
 from conftest import run_two_workers
 from conftest import sparse_ce
 from conftest import toy_images
@@ -194,14 +195,12 @@ def test_two_workers_on_localhost_train_like_one_process(tmp_path):
         env=env,
         timeout=240,
     )
-    single = subprocess.run(
-        [sys.executable, script, str(tmp_path / "single.npz")],
-        env=dict(env, **NO_ONEDNN),
-        capture_output=True,
-        text=True,
+    run_script(
+        script,
+        str(tmp_path / "single.npz"),
+        env=dict(PYTHONPATH=TESTS_DIR, **NO_ONEDNN),
         timeout=240,
     )
-    assert single.returncode == 0, single.stderr[-3000:]
     worker0, worker1, alone = (
         np.load(tmp_path / name)
         for name in ("worker0.npz", "worker1.npz", "single.npz")

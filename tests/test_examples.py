@@ -17,6 +17,7 @@ import pytest
 import tensorflow as tf
 from conftest import NO_ONEDNN
 from conftest import REPO_ROOT
+from conftest import run_script
 from conftest import run_two_workers
 
 from tfkd import _keras
@@ -92,18 +93,8 @@ README_FLAGS = {
 }
 
 
-def _run(script, *args, returncode=0, timeout=300, env=None):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
-    result = subprocess.run(
-        [sys.executable, os.path.join(EXAMPLES, script), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    output = (result.stdout + result.stderr)[-4000:]
-    assert result.returncode == returncode, output
-    return result.stdout
+def _run(script, *args, **kwargs):
+    return run_script(os.path.join(EXAMPLES, script), *args, **kwargs)
 
 
 @pytest.fixture(scope="module")
