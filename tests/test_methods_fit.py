@@ -1,4 +1,4 @@
-"""Every method in a real `fit`: it learns, under XLA, in one forward pass."""
+"""Every method in a real `fit` under XLA: the student improves, one pass."""
 
 import numpy as np
 import pytest
@@ -12,13 +12,23 @@ import tfkd
 from tfkd._keras import keras
 
 
+def _channel_images(n, seed, classes=3, size=8):
+    """Noise images whose class is the channel with a +0.5 offset."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, size=n).astype("int32")
+    x = rng.normal(size=(n, size, size, classes)).astype("float32")
+    x[np.arange(n), :, :, y] += 0.5
+    return x, y
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_method_trains_under_xla_and_its_loss_goes_down(method):
-    x, y = toy_images(n=64, size=8)
-    teacher = make_cnn(8, name="teacher", seed=1)
-    teacher.compile("adam", sparse_ce())
-    teacher.fit(x, y, epochs=5, verbose=0)
-    student = make_cnn(4, name="student", seed=2)
+def test_method_trains_under_xla_and_the_student_improves(method):
+    x, y = _channel_images(96, seed=0)
+    x_test, y_test = _channel_images(96, seed=1)
+    teacher = make_cnn(8, channels=3, name="teacher", seed=1)
+    teacher.compile(keras.optimizers.Adam(0.01), sparse_ce())
+    teacher.fit(x, y, epochs=10, verbose=0)
+    student = make_cnn(4, channels=3, name="student", seed=4)
     distiller = tfkd.Distiller(
         teacher, student, distillation_loss=METHODS[method](), alpha=0.5
     )
@@ -28,9 +38,9 @@ def test_method_trains_under_xla_and_its_loss_goes_down(method):
         metrics=["accuracy"],
         jit_compile=True,
     )
-    before = distiller.evaluate(x, y, return_dict=True, verbose=0)
+    before = distiller.evaluate(x_test, y_test, return_dict=True, verbose=0)
     history = distiller.fit(x, y, epochs=6, batch_size=16, verbose=0)
-    after = distiller.evaluate(x, y, return_dict=True, verbose=0)
+    after = distiller.evaluate(x_test, y_test, return_dict=True, verbose=0)
     losses = history.history["distillation_loss"]
     assert np.all(np.isfinite(history.history["loss"]))
     assert after["distillation_loss"] < before["distillation_loss"], losses
@@ -40,6 +50,12 @@ def test_method_trains_under_xla_and_its_loss_goes_down(method):
         0.5 * after["student_loss"] + 0.5 * after["distillation_loss"],
         rtol=1e-5,
     )
+    # Held-out accuracy, from about chance (1/3) before distillation.
+    # The student improves on held-out data: from about chance (1/3) to
+    # 0.5-0.98 accuracy here, and its hard-label loss drops.
+    assert before["accuracy"] < 0.4
+    assert after["accuracy"] >= before["accuracy"] + 0.1, (before, after)
+    assert after["student_loss"] < 0.9 * before["student_loss"]
 
 
 class _Counter(keras.layers.Layer):
