@@ -50,7 +50,6 @@ def test_method_trains_under_xla_and_the_student_improves(method):
         0.5 * after["student_loss"] + 0.5 * after["distillation_loss"],
         rtol=1e-5,
     )
-    # Held-out accuracy, from about chance (1/3) before distillation.
     # The student improves on held-out data: from about chance (1/3) to
     # 0.5-0.98 accuracy here, and its hard-label loss drops.
     assert before["accuracy"] < 0.4

@@ -37,10 +37,11 @@ def _kl_divergence(teacher_logits, student_logits):
 
     the same value as `sum p * (log_softmax(t) - log_softmax(s))`, but
     `log S_t` and `log S_s` are never rounded on their own (they are about
-    `log(classes)`, and their rounding errors do not cancel). In float32 that
-    keeps the error at about a millionth of the value at high temperatures,
-    where the two distributions are close and the terms cancel. Finite for
-    any finite logits: `S >= 1`, and `exp` only ever sees values `<= 0`.
+    `log(classes)`, and their rounding errors do not cancel). At T=20, where
+    the two distributions are close and the terms cancel, that cuts the
+    float32 error 2-3x (median per example about 2e-5 of the value instead
+    of 4-7e-5). Finite for any finite logits: `S >= 1`, and `exp` only ever
+    sees values `<= 0`.
     """
     t = teacher_logits - tf.reduce_max(teacher_logits, axis=-1, keepdims=True)
     s = student_logits - tf.reduce_max(student_logits, axis=-1, keepdims=True)
