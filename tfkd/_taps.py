@@ -4,9 +4,13 @@ from tfkd._keras import keras
 
 
 def tapped_model(model, layer_names, role):
-    """A model that returns `[logits, *features]` from one forward pass."""
+    """A callable `(x, training) -> (outputs, {layer_name: features})`.
+
+    `outputs` is what `model(x, training=training)` returns; the features
+    of the named layers come from the same, single forward pass.
+    """
     if not layer_names:
-        return None
+        return lambda x, training: (model(x, training=training), {})
     inputs = getattr(model, "inputs", None)
     if not inputs:
         raise ValueError(
@@ -24,12 +28,20 @@ def tapped_model(model, layer_names, role):
                 f"are: {available}"
             )
         features.append(model.get_layer(name).output)
-    return keras.Model(
+    tapped = keras.Model(
         inputs, [model.outputs[0]] + features, name=f"{model.name}_tapped"
     )
+    names = list(layer_names)
+
+    def forward(x, training):
+        outputs = tapped(x, training=training)
+        return outputs[0], dict(zip(names, outputs[1:]))
+
+    return forward
 
 
-def _feature_shape(model, layer_name):
+def feature_shape(model, layer_name):
+    """The static shape of the named layer's output, batch axis included."""
     return tuple(model.get_layer(layer_name).output.shape)
 
 
@@ -39,8 +51,8 @@ def make_adapters(teacher, student, losses):
     for i, loss in enumerate(losses):
         adapter = None
         if loss.requires_matching_width and loss.student_layer is not None:
-            t_shape = _feature_shape(teacher, loss.teacher_layer)
-            s_shape = _feature_shape(student, loss.student_layer)
+            t_shape = feature_shape(teacher, loss.teacher_layer)
+            s_shape = feature_shape(student, loss.student_layer)
             if len(t_shape) != len(s_shape):
                 raise ValueError(
                     f"{type(loss).__name__} compares teacher layer "

@@ -6,13 +6,9 @@ from tfkd import _keras
 from tfkd import _objective
 from tfkd import _taps
 from tfkd import _validation
+from tfkd import teachers
 from tfkd._keras import keras
 from tfkd.losses._base import check_positive
-
-# Inputs of a dataset made by `tfkd.cache_teacher_outputs`: a dict with the
-# student's inputs and the teacher's precomputed outputs.
-INPUTS_KEY = "inputs"
-TEACHER_OUTPUTS_KEY = "tfkd_teacher_outputs"
 
 
 @_keras.register_serializable
@@ -80,9 +76,7 @@ class Distiller(keras.Model):
         kwargs.setdefault("name", "distiller")
         super().__init__(**kwargs)
         if isinstance(teacher, (list, tuple, dict)):
-            from tfkd.teachers import ensemble
-
-            teacher = ensemble(teacher)
+            teacher = teachers.ensemble(teacher)
         for role, model in (("teacher", teacher), ("student", student)):
             if not isinstance(model, keras.Model):
                 raise TypeError(
@@ -304,6 +298,16 @@ class Distiller(keras.Model):
         )
         return self._metrics_result(x, y, student_outputs[0], sample_weight)
 
+    @property
+    def teacher_taps(self):
+        """Names of the teacher layers that the methods read, sorted."""
+        return list(self._teacher_taps)
+
+    @property
+    def base_loss_weights(self):
+        """The methods' weights as configured (schedules scale these)."""
+        return tuple(weight for _, weight in self._loss_entries)
+
     def teacher_outputs(self, x):
         """The teacher's `(logits, {layer_name: features})` for inputs `x`.
 
@@ -371,21 +375,12 @@ class Distiller(keras.Model):
 
     # Internals.
 
-    @staticmethod
-    def _split_inputs(x):
-        if isinstance(x, dict) and TEACHER_OUTPUTS_KEY in x:
-            return x[INPUTS_KEY], x[TEACHER_OUTPUTS_KEY]
-        return x, None
+    _split_inputs = staticmethod(teachers.split_inputs)
 
-    def _forward(self, model, tapped, x, training):
+    @staticmethod
+    def _forward(model, tapped, x, training):
         """Returns `(logits, {layer_name: features})` from ONE forward pass."""
-        if tapped is None:
-            return model(x, training=training), {}
-        outputs = tapped(x, training=training)
-        names = (
-            self._teacher_taps if model is self.teacher else self._student_taps
-        )
-        return outputs[0], dict(zip(names, outputs[1:]))
+        return tapped(x, training=training)
 
     def _compute_losses(
         self, y, sample_weight, teacher_outputs, student_outputs, training

@@ -9,9 +9,6 @@ import tensorflow as tf
 
 from tfkd import _keras
 from tfkd._keras import keras
-from tfkd.distiller import INPUTS_KEY
-from tfkd.distiller import TEACHER_OUTPUTS_KEY
-from tfkd.distiller import Distiller
 
 # Gap between the smallest kept top-k logit and the logits rebuilt for the
 # classes that were not kept: exp(-gap / T) is exactly 0 in float32 for any
@@ -19,6 +16,25 @@ from tfkd.distiller import Distiller
 _TOP_K_GAP = 1e6
 _TOP_K_KEYS = ("top_k_values", "top_k_indices", "num_classes")
 _SPEC_FILE = "dataset_spec.pb"
+
+# Inputs of a dataset made by `cache_teacher_outputs`: a dict with the
+# student's inputs and the teacher's precomputed outputs.
+INPUTS_KEY = "inputs"
+TEACHER_OUTPUTS_KEY = "tfkd_teacher_outputs"
+
+
+def split_inputs(x):
+    """`(inputs, cached teacher outputs or None)` of a batch's inputs."""
+    if isinstance(x, dict) and TEACHER_OUTPUTS_KEY in x:
+        return x[INPUTS_KEY], x[TEACHER_OUTPUTS_KEY]
+    return x, None
+
+
+def _is_distiller(teacher):
+    # Duck-typed: tfkd.distiller imports this module, not the reverse.
+    return isinstance(teacher, keras.Model) and hasattr(
+        teacher, "teacher_outputs"
+    )
 
 
 def ensemble(teachers, name="teacher_ensemble"):
@@ -132,7 +148,7 @@ def cache_teacher_outputs(
 
     Each element of the returned dataset is
     `({"inputs": x, "tfkd_teacher_outputs": (logits, features)}, y[, w])`
-    (keys `tfkd.distiller.INPUTS_KEY` and `TEACHER_OUTPUTS_KEY`), which
+    (keys `tfkd.teachers.INPUTS_KEY` and `TEACHER_OUTPUTS_KEY`), which
     `tfkd.Distiller.fit` / `evaluate` recognise: they then never call the
     teacher. With no augmentation and the same order, training is exactly
     live distillation, at about the cost of training the student alone.
@@ -248,8 +264,8 @@ def cache_teacher_outputs(
 
 def _teacher_function(teacher, top_k):
     """A compiled `x -> (logits, {layer_name: features})` of the teacher."""
-    if isinstance(teacher, Distiller):
-        taps = list(teacher._teacher_taps)
+    if _is_distiller(teacher):
+        taps = teacher.teacher_taps
         if top_k is not None and taps:
             raise ValueError(
                 f"`top_k` caches logits only, but the Distiller's methods "
