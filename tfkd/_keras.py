@@ -76,3 +76,64 @@ def unscale_gradients(optimizer, gradients):
 
 def num_replicas_in_sync() -> int:
     return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+# Framework internals. Every use of a private Keras / TensorFlow attribute
+# lives below, so that an upgrade that renames one breaks here, loudly
+# (tests/test_keras_compat.py pins each).
+
+
+def in_multi_worker_mode() -> bool:
+    """Whether this runs under a MultiWorkerMirroredStrategy with workers."""
+    strategy = tf.distribute.get_strategy()
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    return strategy.extended._in_multi_worker_mode()
+
+
+def is_compiled(model) -> bool:
+    """Whether `compile` was called on `model` (Keras 3 or tf_keras)."""
+    if IS_LEGACY:
+        return bool(getattr(model, "_is_compiled", False))
+    return bool(getattr(model, "compiled", False))
+
+
+def compiled_metrics(model) -> list:
+    """The metric objects that `compile(metrics=...)` gave `model`."""
+    if IS_LEGACY:
+        compiled = getattr(model, "compiled_metrics", None)
+        return compiled.metrics if compiled is not None else []
+    compiled = getattr(model, "_compile_metrics", None)
+    return [compiled] if compiled is not None else []
+
+
+def distribute_strategy_of(model):
+    """The strategy `model` was built under (Keras 3), or None."""
+    return getattr(model, "_distribute_strategy", None)
+
+
+def loss_from_logits(loss):
+    """The `from_logits` setting of a `keras.losses.Loss`, or None."""
+    from_logits = getattr(loss, "from_logits", None)
+    if from_logits is None:
+        # Keras 3 `LossFunctionWrapper`s keep it among their function's
+        # keyword arguments.
+        from_logits = getattr(loss, "_fn_kwargs", {}).get("from_logits")
+    return from_logits
+
+
+def producing_layer(tensor):
+    """The layer (Keras 3: operation) whose call produced a symbolic tensor."""
+    history = getattr(tensor, "_keras_history", None)
+    if history is None:
+        return None
+    return history[0]
+
+
+def is_graph_network(model) -> bool:
+    """Whether `model` is a Sequential or Functional graph of layers."""
+    if IS_LEGACY:
+        return bool(getattr(model, "_is_graph_network", False))
+    return isinstance(model, keras.Sequential) or (
+        type(model).__name__ == "Functional"
+    )

@@ -1,11 +1,17 @@
-"""The Distiller's objective: hard-label and distillation terms, scaled for
-`tf.distribute`.
+"""The Distiller's objective, as functions of tensors and settings.
 
-Per-example terms are summed and divided by the global batch size (the
-`tf.nn.compute_average_loss` convention), so that summing gradients over
-replicas, as Keras optimizers do, gives exactly the single-device gradient.
-Batch-relational methods (SP, RKD, PKT, DIST) see the global batch: every
-replica's tensors are gathered first.
+Each term is computed on one replica's batch and returned twice: its *share*
+of the global mean, to differentiate, and the replica's *local mean*, for the
+loss trackers. Per-example (or per-position) terms are summed and divided by
+the global number of entries (the `tf.nn.compute_average_loss` convention),
+so that summing gradients over replicas, as Keras optimizers do, gives
+exactly the single-device gradient. Batch-relational methods (SP, RKD, PKT,
+DIST) see the global batch: every replica's tensors are gathered first.
+
+Weighting follows Keras' `"sum_over_batch_size"`: a loss of shape
+`(batch, d1, ..., dk)` (tokens, pixels) with sample weights `w` broadcast to
+it is `sum(w * loss) / (batch * d1 * ... * dk)`; weights of shape `(batch,)`
+weigh every position of their example.
 """
 
 import collections
@@ -15,20 +21,32 @@ import tensorflow as tf
 
 from tfkd import _keras
 
-Objective = collections.namedtuple(
-    "Objective", ["share", "total", "student", "distillation", "batch_size"]
+Term = collections.namedtuple("Term", ["share", "mean"])
+Term.__doc__ = """`share`: this replica's share of the global mean, to
+differentiate; `mean`: the replica's local mean, for the loss trackers."""
+
+Scale = collections.namedtuple(
+    "Scale", ["replicas", "local_batch", "global_batch"]
 )
-Objective.__doc__ = """`share`: this replica's share of the total loss, to
-differentiate; `total`, `student`, `distillation`: the local means, for the
-loss trackers; `batch_size`: the local batch size (float32), their weight."""
+Scale.__doc__ = """The replica count and the local and global batch sizes
+(float32) that every term of one step is scaled by."""
+
+ZERO = Term(tf.constant(0.0), tf.constant(0.0))
 
 
-def multi_worker():
-    """Whether this runs under a MultiWorkerMirroredStrategy with workers."""
-    strategy = tf.distribute.get_strategy()
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return False
-    return strategy.extended._in_multi_worker_mode()
+def batch_scale(batch_size):
+    """The `Scale` of a step whose local batch has `batch_size` examples."""
+    replicas = _keras.num_replicas_in_sync()
+    global_batch = batch_size
+    if replicas > 1:
+        global_batch = tf.distribute.get_replica_context().all_reduce(
+            "sum", batch_size
+        )
+    return Scale(
+        replicas,
+        tf.cast(batch_size, tf.float32),
+        tf.cast(global_batch, tf.float32),
+    )
 
 
 def gather_replicas(values):
@@ -62,121 +80,115 @@ def gather_replicas(values):
     return tf.cast(tf.reshape(gathered, shape), dtype)
 
 
-def _flatten_sample_weight(sample_weight):
-    if sample_weight is None:
-        return None
-    return tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
+def broadcast_weights(sample_weight, values):
+    """`sample_weight` broadcast to the shape of a loss `values`.
+
+    `(batch,)` weights reach every position of a `(batch, d1, ...)` loss;
+    `(batch, d1)` weights (a padding mask) weigh `(batch, d1)` losses
+    position by position. Weights of a higher rank than the loss (a
+    per-position mask on a method that returns one value per example) are
+    averaged over the extra axes, so each example weighs the mean of its
+    positions' weights.
+    """
+    weights = tf.cast(sample_weight, tf.float32)
+    rank, weight_rank = values.shape.rank, weights.shape.rank
+    if rank is None or weight_rank is None:
+        raise ValueError(
+            "Sample weights and losses need a known rank. Received weights "
+            f"of shape {weights.shape} for a loss of shape {values.shape}."
+        )
+    while weight_rank > rank and weights.shape[-1] == 1:
+        weights = tf.squeeze(weights, axis=-1)
+        weight_rank -= 1
+    if weight_rank > rank:
+        weights = tf.reduce_mean(weights, axis=list(range(rank, weight_rank)))
+    for _ in range(rank - weight_rank):
+        weights = weights[..., None]
+    try:
+        return tf.broadcast_to(weights, tf.shape(values))
+    except (ValueError, tf.errors.InvalidArgumentError):
+        raise ValueError(
+            f"Sample weights of shape {sample_weight.shape} do not fit a loss "
+            f"of shape {values.shape}: pass one weight per example "
+            "`(batch,)` or one per position, shaped like the labels."
+        ) from None
 
 
-def _per_example(values):
-    """Reduces a loss of shape `(batch, ...)` to `(batch,)` by the mean."""
+def weighted_average(values, sample_weight, scale):
+    """The `Term` of a per-example (or per-position) loss `values`."""
     values = tf.cast(values, tf.float32)
-    if values.shape.rank is not None and values.shape.rank > 1:
-        values = tf.reduce_mean(values, axis=list(range(1, values.shape.rank)))
-    return values
-
-
-def objective(
-    distiller, y, sample_weight, teacher_outputs, student_outputs, training
-):
-    """Returns the `Objective` of `distiller` on one replica's batch."""
-    t_logits, t_features = teacher_outputs
-    s_logits, s_features = student_outputs
-    distiller._check_logits_shapes(t_logits.shape, s_logits.shape)
-    replicas = _keras.num_replicas_in_sync()
-    local_batch = tf.shape(s_logits)[0]
-    global_batch = local_batch
-    if replicas > 1:
-        global_batch = tf.distribute.get_replica_context().all_reduce(
-            "sum", local_batch
+    if values.shape.rank == 0:
+        raise ValueError(
+            "A per-example loss returned a scalar; it must return one value "
+            "per example, shape `(batch,)` or `(batch, ...)`."
         )
-    local_batch_f = tf.cast(local_batch, tf.float32)
-    global_batch_f = tf.cast(global_batch, tf.float32)
-    weights = _flatten_sample_weight(sample_weight)
+    if sample_weight is not None:
+        values = values * broadcast_weights(sample_weight, values)
+    total = tf.reduce_sum(values)
+    entries = tf.cast(tf.size(values), tf.float32) / tf.maximum(
+        scale.local_batch, 1.0
+    )
+    return Term(
+        total / (scale.global_batch * entries),
+        total / (scale.local_batch * entries),
+    )
 
-    def average(per_example):
-        """(share of the global mean, local mean) of a per-example loss."""
-        per_example = _per_example(per_example)
-        if weights is not None:
-            per_example = per_example * weights
-        total = tf.reduce_sum(per_example)
-        return total / global_batch_f, total / local_batch_f
 
-    if distiller._student_loss_fn is not None:
-        if y is None:
-            raise ValueError(
-                "The data has no labels, but `compile(loss=...)` set a hard-label "
-                "student loss. Pass `(x, y)` data, or compile without `loss` and "
-                "with `alpha=0` for pure distillation on unlabelled data."
-            )
-        student_share, student_mean = average(
-            distiller._student_loss_fn(
-                tf.cast(y, tf.float32), tf.cast(s_logits, tf.float32)
-            )
+def hard_label_term(loss_fn, y, logits, sample_weight, scale):
+    """The student's hard-label loss `loss_fn(y, logits)`, weighted."""
+    return weighted_average(
+        loss_fn(tf.cast(y, tf.float32), tf.cast(logits, tf.float32)),
+        sample_weight,
+        scale,
+    )
+
+
+def method_term(method, teacher, student, labels, sample_weight, scale):
+    """One distillation method's `Term` on teacher and student tensors."""
+    teacher = tf.cast(teacher, tf.float32)
+    student = tf.cast(student, tf.float32)
+    if not method.batch_relational:
+        return weighted_average(
+            method.compute(teacher, student, labels), sample_weight, scale
         )
-    else:
-        student_share = student_mean = tf.constant(0.0)
-
-    distill_share = distill_mean = tf.constant(0.0)
-    for loss, weight, adapter in zip(
-        distiller.distillation_losses,
-        distiller.loss_weights,
-        distiller.adapters,
-    ):
-        teacher = (
-            t_logits
-            if loss.teacher_layer is None
-            else t_features[loss.teacher_layer]
+    if sample_weight is not None:
+        warnings.warn(
+            f"{type(method).__name__} relates the examples of a batch to "
+            "each other and ignores sample weights.",
+            stacklevel=2,
         )
-        student = (
-            s_logits
-            if loss.student_layer is None
-            else s_features[loss.student_layer]
-        )
-        if adapter is not None:
-            student = adapter(student, training=training)
-        teacher = tf.cast(teacher, tf.float32)
-        student = tf.cast(student, tf.float32)
-        labels = None
-        if loss.requires_labels:
-            if y is None:
-                raise ValueError(
-                    f"{type(loss).__name__} needs the labels, but the data has "
-                    "none. Pass `(x, y)` data."
-                )
-            labels = y
-        if loss.batch_relational:
-            if weights is not None:
-                warnings.warn(
-                    f"{type(loss).__name__} relates the examples of a batch to each "
-                    "other and ignores sample weights.",
-                    stacklevel=2,
-                )
-            if replicas > 1:
-                teacher = gather_replicas(teacher)
-                student = gather_replicas(student)
-                if labels is not None:
-                    labels = gather_replicas(labels)
-            value = tf.cast(loss.compute(teacher, student, labels), tf.float32)
-            share, mean = value / replicas, value
-        else:
-            share, mean = average(loss.compute(teacher, student, labels))
-        distill_share += weight * share
-        distill_mean += weight * mean
+    if scale.replicas > 1:
+        teacher = gather_replicas(teacher)
+        student = gather_replicas(student)
+        if labels is not None:
+            labels = gather_replicas(labels)
+    value = tf.cast(method.compute(teacher, student, labels), tf.float32)
+    return Term(value / scale.replicas, value)
 
-    alpha = distiller.alpha
-    total_share = alpha * student_share + (1.0 - alpha) * distill_share
-    total_mean = alpha * student_mean + (1.0 - alpha) * distill_mean
-    regularization = distiller.student.losses + [
-        loss
-        for adapter in distiller.adapters
-        if adapter is not None
-        for loss in adapter.losses
-    ]
-    if training and regularization:
-        reg = tf.add_n([tf.cast(r, tf.float32) for r in regularization])
-        total_share += reg / replicas
-        total_mean += reg
-    return Objective(
-        total_share, total_mean, student_mean, distill_mean, local_batch_f
+
+def regularization_term(losses, scale):
+    """The models' own regularization losses (already global)."""
+    if not losses:
+        return ZERO
+    total = tf.add_n([tf.cast(loss, tf.float32) for loss in losses])
+    return Term(total / scale.replicas, total)
+
+
+def add(*terms):
+    return Term(
+        tf.add_n([term.share for term in terms]),
+        tf.add_n([term.mean for term in terms]),
+    )
+
+
+def weigh(weight, term):
+    return Term(weight * term.share, weight * term.mean)
+
+
+def total(alpha, student, distillation, regularization=ZERO):
+    """`alpha * student + (1 - alpha) * distillation + regularization`."""
+    return add(
+        weigh(alpha, student),
+        weigh(1.0 - alpha, distillation),
+        regularization,
     )

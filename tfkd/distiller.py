@@ -85,6 +85,11 @@ class Distiller(keras.Model):
                     "with the other Keras cannot be mixed: tfkd uses "
                     f"{_keras.KERAS_NAME}, see TF_USE_LEGACY_KERAS.)"
                 )
+        if student is teacher:
+            raise ValueError(
+                f"The student is the teacher itself ({teacher.name!r}). Pass a "
+                "separate, trainable student model."
+            )
         alpha = check_positive("alpha", alpha, allow_zero=True)
         if alpha > 1:
             raise ValueError(
@@ -92,8 +97,17 @@ class Distiller(keras.Model):
             )
         if temperature is not None:
             check_positive("temperature", temperature)
-        self._loss_entries = _validation.resolve_distillation_losses(
-            distillation_loss, temperature
+        self._output_names = _validation.output_names(student)
+        teacher_names = _validation.output_names(teacher)
+        if len(teacher_names) != len(self._output_names):
+            raise ValueError(
+                f"Teacher {teacher.name!r} has {len(teacher_names)} output(s) "
+                f"{teacher_names} but student {student.name!r} has "
+                f"{len(self._output_names)} {self._output_names}: distillation "
+                "pairs them output by output."
+            )
+        terms, self._default_kd = _validation.resolve_distillation_losses(
+            distillation_loss, temperature, self._output_names
         )
         _validation.check_outputs_logits(teacher, "teacher")
         _validation.check_outputs_logits(student, "student")
@@ -101,11 +115,20 @@ class Distiller(keras.Model):
         self.teacher = teacher
         self.student = student
         self.teacher.trainable = False
+        if student.built and not student.trainable_weights:
+            raise ValueError(
+                f"The student {student.name!r} has no trainable weights (is it "
+                "frozen with `trainable=False`, or a teacher?). Pass a "
+                "trainable student."
+            )
+        self._base_alpha = alpha
+        self._loss_entries = [(method, weight) for method, weight, _ in terms]
+        self._output_indices = [index for _, _, index in terms]
         self.alpha = self._scalar_weight("alpha", alpha)
-        self.distillation_losses = [loss for loss, _ in self._loss_entries]
+        self.distillation_losses = [method for method, _, _ in terms]
         self.loss_weights = [
             self._scalar_weight(f"loss_weight_{i}", weight)
-            for i, (_, weight) in enumerate(self._loss_entries)
+            for i, (_, weight, _) in enumerate(terms)
         ]
 
         self._teacher_taps = sorted(
@@ -128,7 +151,15 @@ class Distiller(keras.Model):
         self._student_tapped = _taps.tapped_model(
             student, self._student_taps, "student"
         )
-        self._check_output_shapes()
+        shapes = self._check_output_shapes()
+        if self._default_kd:
+            # A one-logit head is binary: its softmax would be constant.
+            for method, index in zip(
+                self.distillation_losses, self._output_indices
+            ):
+                if shapes[index] is not None and shapes[index][-1] == 1:
+                    method.activation = "sigmoid"
+        _validation.softmax_methods_on_one_class(terms, shapes, self._output_names)
         self.adapters = _taps.make_adapters(
             teacher, student, self.distillation_losses
         )
@@ -138,7 +169,8 @@ class Distiller(keras.Model):
         self._distillation_loss_tracker = keras.metrics.Mean(
             name="distillation_loss"
         )
-        self._student_loss_fn = None
+        self._student_loss_fns = [None] * len(self._output_names)
+        self._compile_arguments = None
         # Nothing is left to build once both models are: mark the Distiller
         # built so that weight checkpoints (BackupAndRestore) can save it.
         if self.teacher.built and self.student.built:
@@ -158,27 +190,42 @@ class Distiller(keras.Model):
         return weight
 
     def _check_output_shapes(self):
+        """Checks output shapes pairwise; returns the student's (or Nones)."""
         shapes = []
         for model in (self.teacher, self.student):
             outputs = getattr(model, "outputs", None)
-            if outputs and len(outputs) > 1:
-                raise ValueError(
-                    f"{model.name!r} has {len(outputs)} outputs; the Distiller needs "
-                    "one logits output per model. Wrap the model to return only its "
-                    "logits."
+            if outputs and len(outputs) == len(self._output_names):
+                try:
+                    structure = model.output
+                except (AttributeError, ValueError):
+                    structure = outputs
+                flat = _validation.flatten_outputs(
+                    structure, self._output_names, model.name
                 )
-            shapes.append(tuple(outputs[0].shape) if outputs else None)
-        if None not in shapes:
-            self._check_logits_shapes(*shapes)
+                shapes.append([tuple(t.shape) for t in flat])
+            else:
+                shapes.append([None] * len(self._output_names))
+        for name, teacher_shape, student_shape in zip(
+            self._output_names, *shapes
+        ):
+            if teacher_shape is not None and student_shape is not None:
+                self._check_logits_shapes(teacher_shape, student_shape, name)
+        return shapes[1]
 
-    def _check_logits_shapes(self, teacher_shape, student_shape):
+    def _check_logits_shapes(self, teacher_shape, student_shape, name=None):
         if tuple(teacher_shape)[1:] != tuple(student_shape)[1:]:
+            where = "" if len(self._output_names) == 1 else f" at {name!r}"
             raise ValueError(
                 f"Teacher {self.teacher.name!r} outputs shape {tuple(teacher_shape)} "
                 f"but student {self.student.name!r} outputs shape "
-                f"{tuple(student_shape)}. Distillation compares them class by "
-                "class: give the student the teacher's number of outputs."
+                f"{tuple(student_shape)}{where}. Distillation compares them class "
+                "by class: give the student the teacher's number of outputs."
             )
+
+    @property
+    def base_alpha(self):
+        """`alpha` as configured (a schedule may change `distiller.alpha`)."""
+        return self._base_alpha
 
     # Keras API.
 
@@ -190,9 +237,13 @@ class Distiller(keras.Model):
             loss: the student's hard-label loss on logits: a `keras.losses.Loss`
                 with `from_logits=True`, a per-example callable, or one of
                 `"sparse_categorical_crossentropy"`, `"categorical_crossentropy"`,
-                `"binary_crossentropy"` (taken with `from_logits=True`). May be
-                `None` only with `alpha=0` (pure distillation, unlabelled data).
-            metrics: metrics of the student's logits against the labels.
+                `"binary_crossentropy"` (taken with `from_logits=True`). For
+                multi-output models: one loss for every output, or a list or
+                dict with one per output (None skips an output), as in Keras.
+                May be `None` only with `alpha=0` (pure distillation). A binary
+                loss makes the default KD a sigmoid (Bernoulli) KD.
+            metrics: metrics of the student's outputs against the labels (per
+                output as in `keras.Model.compile`).
             **kwargs: forwarded to `keras.Model.compile` (`jit_compile`,
                 `steps_per_execution`, `weighted_metrics`, ...).
         """
@@ -201,14 +252,36 @@ class Distiller(keras.Model):
                 "`loss_weights` is not used by the Distiller: weigh the student "
                 "loss with `alpha` and the methods with `(method, weight)` tuples."
             )
-        self._student_loss_fn = _validation.resolve_student_loss(loss)
-        if self._student_loss_fn is None and float(self.alpha.numpy()) > 0:
+        self._student_loss_fns = _validation.resolve_student_losses(
+            loss, self._output_names
+        )
+        alpha = float(self.alpha.numpy())
+        if alpha > 0 and all(fn is None for fn in self._student_loss_fns):
             raise ValueError(
-                f"alpha={float(self.alpha.numpy()):g} weighs a hard-label student "
+                f"alpha={alpha:g} weighs a hard-label student "
                 "loss, but `compile` got no `loss`. Pass e.g. "
                 "`loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)`"
                 ", or use `alpha=0.0` for pure distillation."
             )
+        if self._default_kd and loss is not None:
+            losses = _validation.per_output(loss, self._output_names, "`loss`")
+            for method, index in zip(
+                self.distillation_losses, self._output_indices
+            ):
+                if _validation.is_binary_loss(losses[index]):
+                    method.activation = "sigmoid"
+        self._compile_arguments = dict(
+            loss=loss,
+            metrics=metrics,
+            **{
+                key: kwargs[key]
+                for key in ("weighted_metrics", "jit_compile", "run_eagerly")
+                if key in kwargs
+            },
+        )
+        if len(self._output_names) > 1:
+            # Keras maps per-output metrics by these names.
+            self.output_names = list(self._output_names)
         super().compile(
             optimizer=optimizer, loss=None, metrics=metrics, **kwargs
         )
@@ -221,21 +294,36 @@ class Distiller(keras.Model):
         optimizer of the same configuration (never the Distiller's).
         """
         student = self.student
-        if getattr(
-            student, "compiled", getattr(student, "_is_compiled", False)
-        ):
+        if _keras.is_compiled(student):
             return
         if isinstance(loss, str):
             loss = _validation.STUDENT_LOSSES[loss]()
         if not isinstance(optimizer, str):
             optimizer = type(optimizer).from_config(optimizer.get_config())
-        student.compile(
-            optimizer=optimizer,
-            loss=loss,
-            metrics=[
-                _validation.copy_metric(metric) for metric in metrics or []
-            ],
-        )
+        if isinstance(metrics, (list, tuple)):
+            metrics = [_validation.copy_metric(metric) for metric in metrics]
+        student.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+
+    def get_compile_config(self):
+        """What `compile` got, so that `keras.models.load_model` recompiles
+        the Distiller (and then restores its optimizer's state)."""
+        if self._compile_arguments is None or not _keras.is_compiled(self):
+            return {} if not _keras.IS_LEGACY else None
+        serialize = keras.saving.serialize_keras_object
+        config = {
+            key: serialize(value)
+            for key, value in self._compile_arguments.items()
+        }
+        config["optimizer"] = serialize(self.optimizer)
+        return config
+
+    def compile_from_config(self, config):
+        """Recompiles from `get_compile_config()`; builds the optimizer so
+        that its saved state (iterations, moments) can be loaded."""
+        deserialize = keras.saving.deserialize_keras_object
+        self.compile(**{key: deserialize(value) for key, value in config.items()})
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
 
     def fit(self, *args, callbacks=None, **kwargs):
         """`keras.Model.fit`; adds TFMOT's `UpdatePruningStep` callback when
@@ -247,16 +335,11 @@ class Distiller(keras.Model):
 
     @property
     def metrics(self):
-        trackers = [
+        return [
             self._loss_tracker_total,
             self._student_loss_tracker,
             self._distillation_loss_tracker,
-        ]
-        if _keras.IS_LEGACY:
-            compiled = getattr(self, "compiled_metrics", None)
-            return trackers + (compiled.metrics if compiled is not None else [])
-        compiled = getattr(self, "_compile_metrics", None)
-        return trackers + ([compiled] if compiled is not None else [])
+        ] + _keras.compiled_metrics(self)
 
     def call(self, inputs, training=False):
         inputs, _ = self._split_inputs(inputs)
@@ -309,15 +392,14 @@ class Distiller(keras.Model):
         return tuple(weight for _, weight in self._loss_entries)
 
     def teacher_outputs(self, x):
-        """The teacher's `(logits, {layer_name: features})` for inputs `x`.
+        """The teacher's `(outputs, {layer_name: features})` for inputs `x`.
 
         One forward pass in inference mode, with the gradient stopped. This is
         what `tfkd.cache_teacher_outputs` stores.
         """
-        logits, features = self._forward(
-            self.teacher, self._teacher_tapped, x, training=False
-        )
-        return tf.nest.map_structure(tf.stop_gradient, (logits, features))
+        _validation.check_single_input(self.teacher, x, "teacher")
+        outputs, features = self._teacher_tapped(x, training=False)
+        return tf.nest.map_structure(tf.stop_gradient, (outputs, features))
 
     def get_config(self):
         serialize = keras.saving.serialize_keras_object
@@ -326,12 +408,12 @@ class Distiller(keras.Model):
             "teacher": serialize(self.teacher),
             "student": serialize(self.student),
             "distillation_loss": [
-                (serialize(loss), float(weight.numpy()))
-                for loss, weight in zip(
-                    self.distillation_losses, self.loss_weights
+                [serialize(loss), weight, index]
+                for (loss, weight), index in zip(
+                    self._loss_entries, self._output_indices
                 )
             ],
-            "alpha": float(self.alpha.numpy()),
+            "alpha": self._base_alpha,
         }
 
     @classmethod
@@ -342,10 +424,23 @@ class Distiller(keras.Model):
             config[key] = deserialize(
                 config[key], custom_objects=custom_objects
             )
-        config["distillation_loss"] = [
-            (deserialize(loss, custom_objects=custom_objects), weight)
-            for loss, weight in config["distillation_loss"]
+        terms = [
+            (deserialize(entry[0], custom_objects=custom_objects), entry[1])
+            + tuple(entry[2:])
+            for entry in config["distillation_loss"]
         ]
+        count = len(_validation.output_names(config["student"]))
+        if count == 1:
+            config["distillation_loss"] = [term[:2] for term in terms]
+        else:
+            # One list per output; feature terms (no output) go with the first.
+            per_output = [[] for _ in range(count)]
+            for term in terms:
+                index = term[2] if len(term) > 2 else 0
+                per_output[0 if index is None else index].append(term[:2])
+            config["distillation_loss"] = [
+                entries or None for entries in per_output
+            ]
         return cls(**config)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
@@ -356,7 +451,7 @@ class Distiller(keras.Model):
         `MultiWorkerMirroredStrategy` ("unsupported type PerReplica"). Only the
         shapes matter here, and one replica's batch has them.
         """
-        strategy = getattr(self, "_distribute_strategy", None)
+        strategy = _keras.distribute_strategy_of(self)
         if strategy is not None and iterator is not None:
             for _, _, batches in iterator:
                 data_batch = tf.nest.map_structure(
@@ -377,9 +472,9 @@ class Distiller(keras.Model):
 
     _split_inputs = staticmethod(teachers.split_inputs)
 
-    @staticmethod
-    def _forward(model, tapped, x, training):
-        """Returns `(logits, {layer_name: features})` from ONE forward pass."""
+    def _forward(self, model, tapped, x, training):
+        """Returns `(outputs, {layer_name: features})` from ONE forward pass."""
+        _validation.check_single_input(model, x, "student")
         return tapped(x, training=training)
 
     def _compute_losses(
@@ -387,23 +482,134 @@ class Distiller(keras.Model):
     ):
         """Returns this replica's share of the total loss (see
         `tfkd._objective`) and updates the loss trackers."""
-        result = _objective.objective(
-            self, y, sample_weight, teacher_outputs, student_outputs, training
+        names = self._output_names
+        t_outputs, t_features = teacher_outputs
+        s_outputs, s_features = student_outputs
+        t_flat = _validation.flatten_outputs(t_outputs, names, "teacher")
+        s_flat = _validation.flatten_outputs(s_outputs, names, "student")
+        for name, t, s in zip(names, t_flat, s_flat):
+            self._check_logits_shapes(t.shape, s.shape, name)
+        labels = _validation.labels_per_output(y, names)
+        if isinstance(sample_weight, (dict, list, tuple)):
+            weights = _validation.labels_per_output(sample_weight, names)
+        else:
+            weights = [sample_weight] * len(names)
+        scale = _objective.batch_scale(tf.shape(s_flat[0])[0])
+
+        student_terms = []
+        for name, loss_fn, y_i, logits, w in zip(
+            names, self._student_loss_fns, labels, s_flat, weights
+        ):
+            if loss_fn is None:
+                continue
+            if y_i is None:
+                if y is None and self._alpha_now() == 0:
+                    # Unlabelled data: fine while the hard-label term weighs
+                    # 0; checked again at run time, for alpha schedules.
+                    tf.debugging.assert_equal(
+                        self.alpha,
+                        0.0,
+                        message="The data has no labels, but alpha > 0 weighs "
+                        "the hard-label student loss set by `compile(loss=...)`."
+                        " Pass `(x, y)` data, or use alpha=0 for pure "
+                        "distillation on unlabelled data.",
+                    )
+                    continue
+                if y is None:
+                    raise ValueError(
+                        "The data has no labels, but `compile(loss=...)` set a "
+                        f"hard-label student loss and alpha={self._alpha_now():g}"
+                        " weighs it. Pass `(x, y)` data, or use alpha=0 for pure"
+                        " distillation on unlabelled data."
+                    )
+                raise ValueError(
+                    f"The labels have no entry for output {name!r}, which has a "
+                    "hard-label loss. Pass its labels, or set its loss to None."
+                )
+            student_terms.append(
+                _objective.hard_label_term(loss_fn, y_i, logits, w, scale)
+            )
+        student = (
+            _objective.add(*student_terms) if student_terms else _objective.ZERO
+        )
+
+        distillation_terms = []
+        for method, weight, adapter, index in zip(
+            self.distillation_losses,
+            self.loss_weights,
+            self.adapters,
+            self._output_indices,
+        ):
+            position = 0 if index is None else index
+            teacher = (
+                t_flat[position]
+                if method.teacher_layer is None
+                else t_features[method.teacher_layer]
+            )
+            student_tensor = (
+                s_flat[position]
+                if method.student_layer is None
+                else s_features[method.student_layer]
+            )
+            if adapter is not None:
+                student_tensor = adapter(student_tensor, training=training)
+            method_labels = None
+            if method.requires_labels:
+                method_labels = labels[position]
+                if method_labels is None:
+                    raise ValueError(
+                        f"{type(method).__name__} needs the labels, but the data "
+                        "has none. Pass `(x, y)` data."
+                    )
+            distillation_terms.append(
+                _objective.weigh(
+                    weight,
+                    _objective.method_term(
+                        method,
+                        teacher,
+                        student_tensor,
+                        method_labels,
+                        weights[position],
+                        scale,
+                    ),
+                )
+            )
+        distillation = _objective.add(*distillation_terms)
+
+        regularization = _objective.ZERO
+        if training:
+            regularization = _objective.regularization_term(
+                self.student.losses
+                + [
+                    loss
+                    for adapter in self.adapters
+                    if adapter is not None
+                    for loss in adapter.losses
+                ],
+                scale,
+            )
+        total = _objective.total(
+            self.alpha, student, distillation, regularization
         )
         for tracker, value in (
-            (self._loss_tracker_total, result.total),
-            (self._student_loss_tracker, result.student),
-            (self._distillation_loss_tracker, result.distillation),
+            (self._loss_tracker_total, total.mean),
+            (self._student_loss_tracker, student.mean),
+            (self._distillation_loss_tracker, distillation.mean),
         ):
-            tracker.update_state(value, sample_weight=result.batch_size)
-        return result.share
+            tracker.update_state(value, sample_weight=scale.local_batch)
+        return total.share
 
-    def _metrics_result(self, x, y, student_logits, sample_weight):
+    def _alpha_now(self):
+        """The current value of `alpha`, also while a step is traced."""
+        with tf.init_scope():
+            return float(self.alpha.numpy())
+
+    def _metrics_result(self, x, y, student_outputs, sample_weight):
         if y is not None:
-            logs = self.compute_metrics(x, y, student_logits, sample_weight)
+            logs = self.compute_metrics(x, y, student_outputs, sample_weight)
         else:
             logs = self.get_metrics_result()
-        if not _keras.IS_LEGACY and _objective.multi_worker():
+        if not _keras.IS_LEGACY and _keras.in_multi_worker_mode():
             # Keras 3.15 reduces step outputs across workers with
             # `strategy.reduce("MEAN", value, axis=0)`, which rejects scalars.
             # Epoch logs are recomputed from the (synchronised) metrics.
