@@ -353,9 +353,11 @@ def test_degenerate_inputs_have_finite_gradients():
 METHODS = {
     "KD": (lambda: L.KD(temperature=4.0), "logits"),
     "KD_standardized": (lambda: L.KD(standardize=True), "logits"),
+    "KD_sigmoid": (lambda: L.KD(activation="sigmoid"), "logits"),
     "DKD": (lambda: L.DKD(temperature=4.0), "logits"),
     "DIST": (lambda: L.DIST(temperature=4.0), "logits"),
     "FitNets": (lambda: L.FitNets("t", "s"), "maps"),
+    "FitNets_logits": (lambda: L.FitNets(), "logits"),
     "AttentionTransfer": (lambda: L.AttentionTransfer("t", "s"), "maps"),
     "SimilarityPreserving": (lambda: L.SimilarityPreserving("t", "s"), "maps"),
     "RKD": (lambda: L.RKD("t", "s"), "vectors"),
@@ -414,6 +416,92 @@ def test_get_config_round_trip(name):
     )
     assert type(restored) is type(loss)
     assert restored.get_config() == config
+
+
+def test_round_trip_table_covers_every_class():
+    classes = {
+        name
+        for name in L.__all__
+        if isinstance(getattr(L, name), type) and name != "DistillationLoss"
+    }
+    covered = {type(factory()).__name__ for factory, _ in METHODS.values()}
+    assert covered == classes
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_hyperparameters_are_declared_once(name):
+    # One declared list drives validation, the schedulable float32
+    # variables and get_config, which keeps the configured values (not what
+    # a schedule assigned since): a resumed schedule takes its base there.
+    loss = METHODS[name][0]()
+    config = loss.get_config()
+    for key in type(loss)._hyperparameters:
+        variable = getattr(loss, key)
+        assert isinstance(variable, tf.Variable)
+        assert variable.dtype == tf.float32 and not variable.trainable
+        assert loss.base_value(key) == config[key] == variable.numpy()
+        variable.assign(variable * 3.0 + 1.0)
+    assert loss.get_config() == config
+    clone = type(loss).from_config(loss.get_config())
+    for key in type(loss)._hyperparameters:
+        assert getattr(clone, key).numpy() == config[key]
+        assert clone.base_value(key) == loss.base_value(key)
+    with pytest.raises(ValueError, match="has no hyper-parameter 'tau'"):
+        loss.base_value("tau")
+
+
+def test_base_value_and_get_config_keep_the_configuration():
+    loss = L.DKD(alpha=0.5, beta=0.0, temperature=2.0)
+    loss.temperature.assign(9.0)
+    assert loss.base_value("temperature") == 2.0
+    assert loss.base_value("beta") == 0.0
+    config = loss.get_config()
+    assert (config["alpha"], config["beta"], config["temperature"]) == (
+        0.5,
+        0.0,
+        2.0,
+    )
+    assert config["name"] == "dkd"
+
+
+def test_constructors_forward_keyword_arguments():
+    cases = [
+        L.KD(name="soft", reduction="sum"),
+        L.DKD(name="decoupled", reduction="sum"),
+        L.DIST(name="relations", reduction="sum"),
+        L.FitNets(name="hint", reduction="sum"),
+        L.AttentionTransfer("t", "s", name="at", reduction="sum"),
+        L.SimilarityPreserving("t", "s", name="sp", reduction="sum"),
+        L.RKD("t", "s", name="relational", reduction="sum"),
+        L.PKT("t", "s", name="probabilistic", reduction="sum"),
+    ]
+    for loss in cases:
+        config = loss.get_config()
+        assert config["reduction"] == "sum", type(loss).__name__
+        clone = type(loss).from_config(config)
+        assert clone.name == loss.name and clone.reduction == "sum"
+    t, s, _ = _inputs("logits")
+    # reduction="sum" adds the per-example values instead of averaging them.
+    np.testing.assert_allclose(
+        L.KD(reduction="sum")(t, s),
+        8 * L.kd_loss(t, s, temperature=4.0),
+        rtol=1e-6,
+    )
+
+
+def test_fitnets_without_layer_names_matches_the_logits():
+    # Logit matching (Ba & Caruana 2014): FitNets on the final outputs.
+    loss = L.FitNets()
+    assert loss.teacher_layer is None and loss.student_layer is None
+    t, s, _ = _inputs("logits")
+    expected = ((s.numpy() - t.numpy()).astype("float64") ** 2).mean(axis=1)
+    np.testing.assert_allclose(loss.compute(t, s), expected, rtol=1e-6)
+    assert "teacher_layer" not in loss.get_config()
+    assert L.FitNets.from_config(loss.get_config()).teacher_layer is None
+    with pytest.raises(ValueError, match="or neither"):
+        L.FitNets(None, "s")
+    with pytest.raises(ValueError, match="or neither"):
+        L.FitNets(teacher_layer="t")
 
 
 def test_keras_loss_interface_for_standalone_use():

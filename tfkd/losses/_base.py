@@ -53,20 +53,34 @@ class DistillationLoss(keras.losses.Loss):
         requires_matching_width: teacher and student features must have the same
             last dimension; the `Distiller` inserts a learnable adapter when they
             differ.
+        _hyperparameters: names of the float hyper-parameters, set by
+            `_set_hyperparameters`: each is validated (`> 0`, or `>= 0` if
+            also in `_may_be_zero`), becomes a float32 variable attribute
+            that schedules can `assign` without retracing, and its value as
+            configured goes to `get_config` and `base_value`.
+        _may_be_zero: those of `_hyperparameters` that may be 0 (weights).
 
     Args:
         teacher_layer: name of the teacher layer whose output this term reads;
             `None` for the teacher's logits.
         student_layer: name of the student layer; `None` for the student's logits.
         name: name of the loss.
+        **kwargs: forwarded to `keras.losses.Loss` (e.g. `reduction`, used
+            only when the loss is called standalone). Defaults to
+            `reduction="sum_over_batch_size"`.
     """
 
     batch_relational = False
     requires_labels = False
     requires_matching_width = False
+    _hyperparameters = ()
+    _may_be_zero = ()
 
-    def __init__(self, *, teacher_layer=None, student_layer=None, name=None):
-        super().__init__(name=name, reduction="sum_over_batch_size")
+    def __init__(
+        self, *, teacher_layer=None, student_layer=None, name=None, **kwargs
+    ):
+        kwargs.setdefault("reduction", "sum_over_batch_size")
+        super().__init__(name=name, **kwargs)
         if (teacher_layer is None) != (student_layer is None):
             raise ValueError(
                 f"{type(self).__name__} needs both `teacher_layer` and "
@@ -75,9 +89,52 @@ class DistillationLoss(keras.losses.Loss):
             )
         self.teacher_layer = teacher_layer
         self.student_layer = student_layer
+        self._configured = {}
+
+    def _set_hyperparameters(self, **values):
+        """Validates and sets the `_hyperparameters`, given by name."""
+        if sorted(values) != sorted(self._hyperparameters):
+            raise TypeError(
+                f"{type(self).__name__} declares the hyper-parameters "
+                f"{self._hyperparameters}. Received: {sorted(values)}"
+            )
+        for name in self._hyperparameters:
+            value = check_positive(
+                name, values[name], allow_zero=name in self._may_be_zero
+            )
+            self._configured[name] = value
+            setattr(self, name, hyperparameter(name, value))
+
+    def base_value(self, name):
+        """The value of hyper-parameter `name` given to the constructor.
+
+        The attribute of the same name is a variable that schedules (e.g.
+        `tfkd.callbacks.TemperatureSchedule`) assign during `fit`; this stays
+        the configured value, as does `get_config`. A schedule resumed after
+        a crash computes from it, not from the value the variable had last.
+
+        Args:
+            name: one of the class's hyper-parameters, e.g. `"temperature"`.
+
+        Returns:
+            The configured value, a Python float.
+
+        Raises:
+            ValueError: the method has no hyper-parameter `name`.
+
+        Example:
+            >>> tfkd.losses.KD(temperature=4.0).base_value("temperature")
+            4.0
+        """
+        if name not in self._configured:
+            raise ValueError(
+                f"{type(self).__name__} has no hyper-parameter {name!r}. "
+                f"Expected one of {self._hyperparameters}."
+            )
+        return self._configured[name]
 
     def compute(self, teacher, student, labels=None):
-        """Returns `(batch,)` per-example values, or a scalar if relational."""
+        """Returns `(batch, ...)` per-example values, or a scalar if relational."""
         raise NotImplementedError
 
     def call(self, y_true, y_pred):
@@ -93,12 +150,14 @@ class DistillationLoss(keras.losses.Loss):
         return value
 
     def get_config(self):
-        config = {"name": self.name}
+        config = super().get_config()
         if self.teacher_layer is not None:
             config.update(
                 teacher_layer=self.teacher_layer,
                 student_layer=self.student_layer,
             )
+        # The configuration, not the variables: a schedule may have moved them.
+        config.update(self._configured)
         return config
 
     @classmethod

@@ -6,6 +6,7 @@ Same conventions as `_logits.py`. Feature maps are NHWC.
 import numpy as np
 import tensorflow as tf
 
+from tfkd.losses import _checks
 from tfkd.losses._common import float32 as _float32
 from tfkd.losses._common import norm as _norm
 
@@ -17,6 +18,7 @@ def _flatten(features):
 def hint_loss_per_example(teacher_features, student_features):
     """Per-example mean squared error; see `hint_loss`."""
     teacher, student = _float32(teacher_features, student_features)
+    _checks.check_features("hint_loss", teacher, student, same_shape=True)
     return tf.reduce_mean(tf.square(_flatten(student - teacher)), axis=-1)
 
 
@@ -28,7 +30,8 @@ def hint_loss(teacher_features, student_features):
     ```
 
     Shapes must match: `tfkd.Distiller` inserts a learnable 1x1-conv (or
-    dense) regressor on the student's side when the widths differ.
+    dense) regressor on the student's side when the widths differ. On logits,
+    it is logit matching (Ba & Caruana 2014).
 
     Args:
         teacher_features: `(batch, ...)` teacher features, e.g. NHWC maps.
@@ -36,6 +39,9 @@ def hint_loss(teacher_features, student_features):
 
     Returns:
         Scalar float32 loss.
+
+    Raises:
+        ValueError: the shapes differ.
 
     Example:
         >>> tfkd.losses.hint_loss(teacher_maps, student_maps)
@@ -86,6 +92,25 @@ def _match_spatial(teacher, student):
     return teacher, _adaptive_avg_pool(student, t_shape)
 
 
+def _check_maps(teacher, student):
+    function = "attention_transfer_loss"
+    _checks.check_features(function, teacher, student, same_shape=False)
+    t_shape, s_shape = teacher.shape, student.shape
+    if t_shape.rank is None or s_shape.rank is None:
+        return
+    if t_shape.rank != 4 or s_shape.rank != 4:
+        reason = "needs NHWC feature maps `(batch, height, width, channels)`"
+    elif None in t_shape[1:3] + s_shape[1:3] and t_shape[1:3] != s_shape[1:3]:
+        reason = "needs static spatial sizes to pool the larger map"
+    else:
+        return
+    raise ValueError(
+        f"{function} {reason}. Received: teacher_features.shape="
+        f"{tuple(t_shape)}, student_features.shape={tuple(s_shape)}. Tap "
+        "convolutional layers with fixed input sizes."
+    )
+
+
 def _attention_map(features, p):
     """`normalize(mean_c(f^p))` over flattened positions, as RepDistiller."""
     maps = tf.reduce_mean(tf.pow(features, p), axis=-1)
@@ -98,6 +123,7 @@ def attention_transfer_loss_per_example(
 ):
     """Per-example attention-transfer loss; see `attention_transfer_loss`."""
     teacher, student = _float32(teacher_features, student_features)
+    _check_maps(teacher, student)
     teacher, student = _match_spatial(teacher, student)
     difference = _attention_map(student, p) - _attention_map(teacher, p)
     return tf.reduce_mean(tf.square(difference), axis=-1)
@@ -125,6 +151,9 @@ def attention_transfer_loss(teacher_features, student_features, *, p=2):
     Returns:
         Scalar float32 loss.
 
+    Raises:
+        ValueError: the inputs are not NHWC maps with the same batch axis.
+
     Example:
         >>> tfkd.losses.attention_transfer_loss(teacher_maps, student_maps)
 
@@ -151,7 +180,9 @@ def similarity_preserving_loss(teacher_features, student_features):
     Batch-relational. Matches RepDistiller's `Similarity`, including its
     batch-size-dependent normaliser `1 / batch^2` (`bsz * bsz`): the rows of
     `G` have unit norm, so the value shrinks roughly as `1 / batch` and the
-    paper's weight (3000) assumes batches of 64-128.
+    paper's weight (3000) assumes batches of 64-128. A batch of one has
+    `G = [[1]]` for both networks (or 0 for all-zero features): the loss is
+    0 there.
 
     Args:
         teacher_features: `(batch, ...)` teacher features.
@@ -160,6 +191,9 @@ def similarity_preserving_loss(teacher_features, student_features):
     Returns:
         Scalar float32 loss for the batch.
 
+    Raises:
+        ValueError: the batch axes differ.
+
     Example:
         >>> tfkd.losses.similarity_preserving_loss(teacher_maps, student_maps)
 
@@ -167,6 +201,9 @@ def similarity_preserving_loss(teacher_features, student_features):
         Tung, Mori. "Similarity-Preserving Knowledge Distillation", ICCV 2019.
     """
     teacher, student = _float32(teacher_features, student_features)
+    _checks.check_features(
+        "similarity_preserving_loss", teacher, student, same_shape=False
+    )
     teacher, student = _flatten(teacher), _flatten(student)
 
     def gram(f):
@@ -210,6 +247,9 @@ def rkd_loss(
 
     Batch-relational; smooth L1 with beta 1 and mean reduction over all
     pairs / triplets. Matches RepDistiller's `RKDLoss` (features flattened).
+    A batch of one has no pair, and the loss is 0 there, with finite
+    gradients (RepDistiller divides 0 by 0). A batch of two has a single
+    distance, which normalises to 1, and no angle: the loss is 0 too.
 
     Args:
         teacher_features: `(batch, ...)` teacher embeddings.
@@ -220,6 +260,9 @@ def rkd_loss(
     Returns:
         Scalar float32 loss for the batch.
 
+    Raises:
+        ValueError: the batch axes differ.
+
     Example:
         >>> tfkd.losses.rkd_loss(teacher_embeddings, student_embeddings)
 
@@ -227,14 +270,17 @@ def rkd_loss(
         Park, Kim, Lu, Cho. "Relational Knowledge Distillation", CVPR 2019.
     """
     teacher, student = _float32(teacher_features, student_features)
+    _checks.check_features("rkd_loss", teacher, student, same_shape=False)
     teacher = tf.stop_gradient(_flatten(teacher))
     student = _flatten(student)
 
     def distances(e):
         d = _pairwise_distances(e)
         positive = tf.cast(d > 0, tf.float32)
-        mean = tf.reduce_sum(d * positive) / tf.reduce_sum(positive)
-        return d / mean
+        # No pair (a batch of one): every distance is 0; divide by 1.
+        count = tf.maximum(tf.reduce_sum(positive), 1.0)
+        mean = tf.reduce_sum(d * positive) / count
+        return d / tf.where(mean > 0, mean, 1.0)
 
     def angles(e):
         differences = e[None, :, :] - e[:, None, :]
@@ -260,7 +306,8 @@ def pkt_loss(teacher_features, student_features, *, eps=1e-7):
     ```
 
     Batch-relational. Matches RepDistiller's `PKT.cosine_similarity_loss`
-    (eps 1e-7; features flattened).
+    (eps 1e-7; features flattened). A batch of one has `P = [[1]]` for both
+    networks: the loss is 0 there.
 
     Args:
         teacher_features: `(batch, ...)` teacher embeddings.
@@ -270,6 +317,9 @@ def pkt_loss(teacher_features, student_features, *, eps=1e-7):
     Returns:
         Scalar float32 loss for the batch.
 
+    Raises:
+        ValueError: the batch axes differ.
+
     Example:
         >>> tfkd.losses.pkt_loss(teacher_embeddings, student_embeddings)
 
@@ -278,6 +328,7 @@ def pkt_loss(teacher_features, student_features, *, eps=1e-7):
         Knowledge Transfer", ECCV 2018.
     """
     teacher, student = _float32(teacher_features, student_features)
+    _checks.check_features("pkt_loss", teacher, student, same_shape=False)
 
     def kernel(f):
         f = _flatten(f)

@@ -2,14 +2,17 @@
 
 Every function takes the teacher's tensor first and the student's second
 (Keras' `y_true, y_pred` order), computes in float32 whatever the inputs'
-dtype, and returns a scalar: the mean over the batch. The `_per_example`
-variants return one value per example, shape `(batch,)`, so that
-`tfkd.Distiller` can apply sample weights and scale by the global batch under
-`tf.distribute`.
+dtype, and returns a scalar: the mean over the batch. Logits are
+`(batch, classes)`, or `(batch, ..., classes)` such as `(batch, time, vocab)`
+for sequences. The `_per_example` variants return one value per example and
+position, shape `logits.shape[:-1]`, so that `tfkd.Distiller` can apply
+sample weights and scale by the global batch under `tf.distribute`.
 """
 
 import tensorflow as tf
 
+from tfkd.losses import _checks
+from tfkd.losses import _kl
 from tfkd.losses._common import float32 as _float32
 from tfkd.losses._common import norm as _norm
 from tfkd.losses._common import safe_sqrt as _safe_sqrt
@@ -26,74 +29,98 @@ def _standardize(logits, eps=1e-7):
     return centered / (_safe_sqrt(variance) + eps)
 
 
-def _kl_divergence(teacher_logits, student_logits):
-    """`KL(softmax(t) || softmax(s))` along the last axis, one value per row.
-
-    With `m = max`, `S = sum(exp(z - m))` and `p = softmax(t)`:
-
-    ```
-    KL = sum_c p[c] * ((t[c] - m_t) - (s[c] - m_s)) - log(S_t / S_s)
-    ```
-
-    the same value as `sum p * (log_softmax(t) - log_softmax(s))`, but
-    `log S_t` and `log S_s` are never rounded on their own (they are about
-    `log(classes)`, and their rounding errors do not cancel). At T=20, where
-    the two distributions are close and the terms cancel, that cuts the
-    float32 error 2-3x (median per example about 2e-5 of the value instead
-    of 4-7e-5). Finite for any finite logits: `S >= 1`, and `exp` only ever
-    sees values `<= 0`.
-    """
-    t = teacher_logits - tf.reduce_max(teacher_logits, axis=-1, keepdims=True)
-    s = student_logits - tf.reduce_max(student_logits, axis=-1, keepdims=True)
-    t_exp = tf.exp(t)
-    t_sum = tf.reduce_sum(t_exp, axis=-1)
-    s_sum = tf.reduce_sum(tf.exp(s), axis=-1)
-    cross = tf.reduce_sum(t_exp * (t - s), axis=-1) / t_sum
-    return cross - tf.math.log(t_sum / s_sum)
-
-
 def kd_loss_per_example(
-    teacher_logits, student_logits, *, temperature=4.0, standardize=False
+    teacher_logits,
+    student_logits,
+    *,
+    temperature=4.0,
+    standardize=False,
+    activation="softmax",
 ):
-    """Per-example `T^2 * KL(softmax(t/T) || softmax(s/T))`; see `kd_loss`."""
+    """Per-example KD, shape `logits.shape[:-1]`; see `kd_loss`."""
+    _checks.check_activation(activation)
+    if standardize and activation == "sigmoid":
+        raise ValueError(
+            "kd_loss: `standardize=True` (logit standardization) z-scores "
+            "the logits of one softmax; it does not apply to independent "
+            'sigmoids. Use activation="softmax", or standardize=False.'
+        )
     teacher_logits, student_logits = _float32(teacher_logits, student_logits)
+    _checks.check_logits(
+        "kd_loss",
+        teacher_logits,
+        student_logits,
+        softmax=activation == "softmax",
+    )
     temperature = tf.cast(temperature, tf.float32)
+    if activation == "sigmoid":
+        per_logit = _kl.sigmoid_kl(teacher_logits, student_logits, temperature)
+        return tf.reduce_mean(per_logit, axis=-1)
     if standardize:
         teacher_logits = _standardize(teacher_logits)
         student_logits = _standardize(student_logits)
-    kl = _kl_divergence(
-        teacher_logits / temperature, student_logits / temperature
-    )
-    return kl * tf.square(temperature)
+    return _kl.softmax_kl(teacher_logits, student_logits, temperature)
 
 
 def kd_loss(
-    teacher_logits, student_logits, *, temperature=4.0, standardize=False
+    teacher_logits,
+    student_logits,
+    *,
+    temperature=4.0,
+    standardize=False,
+    activation="softmax",
 ):
     """Hinton knowledge distillation: temperature-softened KL divergence.
+
+    With `activation="softmax"` (one class per example):
 
     ```
     p_t = softmax(t / T),  p_s = softmax(s / T)
     loss = T^2 * sum_c p_t[c] * (log p_t[c] - log p_s[c])      (mean over batch)
     ```
 
-    Computed from log-softmax, so it stays finite for large logits and high
-    temperatures. With `standardize=True`, both logit vectors are first
-    z-scored along the class axis (`(z - mean(z)) / (std(z) + 1e-7)`, unbiased
-    std), as in logit standardization (Sun et al. 2024); there `temperature` is
-    the paper's base temperature.
+    With `activation="sigmoid"` (binary heads with one logit, multi-label
+    heads with one independent logit per label), the tempered Bernoulli KL
+    of each logit, averaged over the logits:
+
+    ```
+    p = sigmoid(t / T),  q = sigmoid(s / T)                      per logit
+    loss = T^2 * mean_k [p log(p / q) + (1 - p) log((1 - p) / (1 - q))]
+    ```
+
+    The softmax of a single logit is constant, so a one-logit head needs
+    `"sigmoid"`; a softmax on a last axis of size 1 raises a `ValueError`.
+
+    Accurate to float32 rounding at any temperature: where the two
+    distributions are close (high `T`, or a student that has learned), the
+    KL is computed without the cancellation of its large terms (see
+    `tfkd.losses._kl`), so it is never negative; where they are far apart,
+    from max-shifted sums in log space (`log_sigmoid` for sigmoids), finite
+    for any finite logits. With `standardize=True`, both logit vectors are
+    first z-scored along the class axis (`(z - mean(z)) / (std(z) + 1e-7)`,
+    unbiased std), as in logit standardization (Sun et al. 2024); there
+    `temperature` is the paper's base temperature.
 
     Args:
-        teacher_logits: `(batch, classes)` teacher logits.
-        student_logits: `(batch, classes)` student logits.
+        teacher_logits: `(batch, classes)` teacher logits, or
+            `(batch, ..., classes)` such as `(batch, time, vocab)`.
+        student_logits: student logits of the same shape.
         temperature: softening temperature `T > 0`. Defaults to `4.0`.
-        standardize: z-score logits before softening. Defaults to `False`.
+        standardize: z-score logits before softening (softmax only).
+            Defaults to `False`.
+        activation: `"softmax"` or `"sigmoid"`. Defaults to `"softmax"`.
 
     Returns:
-        Scalar float32 loss, the mean over the batch.
+        Scalar float32 loss: the mean over the batch (and any axes between
+        the batch and the classes).
+
+    Raises:
+        ValueError: the shapes differ, `activation` is unknown, or a softmax
+            would act on a last axis of size 1.
 
     Example:
         >>> tfkd.losses.kd_loss(teacher_logits, student_logits, temperature=4.0)
+        >>> tfkd.losses.kd_loss(t_binary, s_binary, activation="sigmoid")
 
     References:
         Hinton, Vinyals, Dean. "Distilling the Knowledge in a Neural Network",
@@ -107,13 +134,9 @@ def kd_loss(
             student_logits,
             temperature=temperature,
             standardize=standardize,
+            activation=activation,
         )
     )
-
-
-def _sparse_labels(labels, num_classes):
-    labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
-    return tf.one_hot(labels, num_classes, dtype=tf.float32)
 
 
 def dkd_loss_per_example(
@@ -127,30 +150,13 @@ def dkd_loss_per_example(
 ):
     """Per-example `alpha * TCKD + beta * NCKD`; see `dkd_loss`."""
     teacher_logits, student_logits = _float32(teacher_logits, student_logits)
+    _checks.check_logits("dkd_loss", teacher_logits, student_logits)
+    target = _checks.target_one_hot("dkd_loss", labels, student_logits)
     temperature = tf.cast(temperature, tf.float32)
-    gt = _sparse_labels(labels, tf.shape(student_logits)[-1])
-    t_scaled = teacher_logits / temperature
-    s_scaled = student_logits / temperature
-    # Binary (target vs all other classes) probabilities, in log space.
-    t_log = tf.nn.log_softmax(t_scaled, axis=-1)
-    s_log = tf.nn.log_softmax(s_scaled, axis=-1)
-    big = 1e9
-
-    def binary(log_probs):
-        log_gt = tf.reduce_sum(log_probs * gt, axis=-1)
-        log_other = tf.reduce_logsumexp(log_probs - big * gt, axis=-1)
-        return tf.stack([log_gt, log_other], axis=-1)
-
-    t_bin, s_bin = binary(t_log), binary(s_log)
-    tckd = tf.reduce_sum(tf.exp(t_bin) * (t_bin - s_bin), axis=-1)
-    # Non-target classes: the target logit is pushed down by 1000, as in
-    # the official code, which removes it from both distributions.
-    nckd = _kl_divergence(t_scaled - 1000.0 * gt, s_scaled - 1000.0 * gt)
-    square = tf.square(temperature)
-    return (
-        tf.cast(alpha, tf.float32) * tckd * square
-        + tf.cast(beta, tf.float32) * nckd * square
+    tckd, nckd = _kl.decoupled_kl(
+        teacher_logits, student_logits, target, temperature
     )
+    return tf.cast(alpha, tf.float32) * tckd + tf.cast(beta, tf.float32) * nckd
 
 
 def dkd_loss(
@@ -173,19 +179,27 @@ def dkd_loss(
 
     Matches mdistiller's `dkd_loss` (KL summed, divided by the batch size;
     the non-target distribution built by subtracting 1000 from the target
-    logit), computed in log space so it stays finite where the official
-    `log(softmax)` would not.
+    logit), with `kd_loss`'s accuracy at any temperature: both KLs are
+    computed without cancellation, so they are never negative.
 
     Args:
-        teacher_logits: `(batch, classes)` teacher logits.
-        student_logits: `(batch, classes)` student logits.
-        labels: `(batch,)` or `(batch, 1)` integer class labels.
+        teacher_logits: `(batch, classes)` teacher logits, or
+            `(batch, ..., classes)`.
+        student_logits: student logits of the same shape.
+        labels: sparse class indices `(batch,)` or `(batch, 1)`, or one-hot
+            (or probability) labels `(batch, classes)`, whose target is the
+            argmax; for `(batch, time, classes)` logits, `(batch, time)` or
+            `(batch, time, classes)`. Told apart by their static rank.
         alpha: TCKD weight. Defaults to `1.0`.
         beta: NCKD weight. Defaults to `8.0`.
         temperature: softening temperature `T > 0`. Defaults to `4.0`.
 
     Returns:
         Scalar float32 loss, the mean over the batch.
+
+    Raises:
+        ValueError: the logits' shapes differ or have one class, or the
+            labels' shape fits neither sparse nor one-hot labels.
 
     Example:
         >>> tfkd.losses.dkd_loss(t_logits, s_logits, labels, beta=8.0)
@@ -228,17 +242,24 @@ def dist_loss(
     ```
 
     Batch-relational (the intra-class term spans the batch). Matches the
-    official `DIST` module (Pearson with eps 1e-8).
+    official `DIST` module (Pearson with eps 1e-8). Sequence logits
+    `(batch, ..., classes)` count every position as an example. With a batch
+    of one, a correlation over the batch is undefined: the intra-class term
+    is 0 there (and the loss is finite, with finite gradients).
 
     Args:
-        teacher_logits: `(batch, classes)` teacher logits.
-        student_logits: `(batch, classes)` student logits.
+        teacher_logits: `(batch, classes)` teacher logits, or
+            `(batch, ..., classes)`.
+        student_logits: student logits of the same shape.
         beta: inter-class weight. Defaults to `1.0`.
         gamma: intra-class weight. Defaults to `1.0`.
         temperature: softening temperature `T > 0`. Defaults to `1.0`.
 
     Returns:
         Scalar float32 loss for the batch.
+
+    Raises:
+        ValueError: the logits' shapes differ or have one class.
 
     Example:
         >>> tfkd.losses.dist_loss(t_logits, s_logits, temperature=4.0)
@@ -248,11 +269,14 @@ def dist_loss(
         Teacher", NeurIPS 2022.
     """
     teacher_logits, student_logits = _float32(teacher_logits, student_logits)
+    _checks.check_logits("dist_loss", teacher_logits, student_logits)
     temperature = tf.cast(temperature, tf.float32)
-    y_t = tf.nn.softmax(teacher_logits / temperature, axis=-1)
-    y_s = tf.nn.softmax(student_logits / temperature, axis=-1)
+    classes = tf.shape(student_logits)[-1]
+    y_t = tf.reshape(tf.nn.softmax(teacher_logits / temperature), [-1, classes])
+    y_s = tf.reshape(tf.nn.softmax(student_logits / temperature), [-1, classes])
     inter = 1.0 - tf.reduce_mean(_pearson(y_s, y_t, axis=1))
     intra = 1.0 - tf.reduce_mean(_pearson(y_s, y_t, axis=0))
+    intra = tf.where(tf.shape(y_s)[0] > 1, intra, 0.0)
     square = tf.square(temperature)
     return square * (
         tf.cast(beta, tf.float32) * inter + tf.cast(gamma, tf.float32) * intra

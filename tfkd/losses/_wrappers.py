@@ -1,37 +1,76 @@
-"""Keras wrappers of the loss functions, usable in `tfkd.Distiller`."""
+"""Keras wrappers of the loss functions, usable in `tfkd.Distiller`.
+
+Each class declares its float hyper-parameters once, in `_hyperparameters`
+(see `tfkd.losses.DistillationLoss`): that list drives their validation,
+their schedulable variables and `get_config`.
+"""
 
 from tfkd._keras import register_serializable
+from tfkd.losses import _checks
 from tfkd.losses import _features
 from tfkd.losses import _logits
 from tfkd.losses._base import DistillationLoss
 from tfkd.losses._base import check_positive
-from tfkd.losses._base import hyperparameter
 
 
 @register_serializable
 class KD(DistillationLoss):
     """Hinton KD on logits: `T^2 * KL(softmax(t/T) || softmax(s/T))`.
 
-    See `tfkd.losses.kd_loss` for the formula. `temperature` is a variable:
+    See `tfkd.losses.kd_loss` for the formulas. `temperature` is a variable:
     `tfkd.callbacks` schedules can change it during `fit` without retracing.
+    `activation` is a plain string read when the step is traced; it can be
+    reassigned (to `"sigmoid"` for a binary or multi-label head) before
+    training.
 
     Args:
         temperature: softening temperature `T > 0`. Defaults to `4.0`.
-        standardize: logit standardization (Sun et al. 2024). Defaults to
-            `False`.
+        standardize: logit standardization (Sun et al. 2024), softmax only.
+            Defaults to `False`.
+        activation: `"softmax"` (one class per example) or `"sigmoid"`
+            (one-logit binary heads, multi-label heads: a tempered Bernoulli
+            KL per logit). Defaults to `"softmax"`.
         name: name of the loss. Defaults to `"kd"`.
+        **kwargs: forwarded to `tfkd.losses.DistillationLoss`.
+
+    Raises:
+        ValueError: invalid `temperature` or `activation`, or `standardize`
+            with `"sigmoid"`.
 
     Example:
         >>> distiller = tfkd.Distiller(
         ...     teacher, student, distillation_loss=tfkd.losses.KD(temperature=4))
+        >>> tfkd.losses.KD(activation="sigmoid")  # binary_crossentropy heads
     """
 
-    def __init__(self, temperature=4.0, standardize=False, name="kd"):
-        super().__init__(name=name)
-        self.temperature = hyperparameter(
-            "temperature", check_positive("temperature", temperature)
-        )
+    _hyperparameters = ("temperature",)
+
+    def __init__(
+        self,
+        temperature=4.0,
+        standardize=False,
+        activation="softmax",
+        name="kd",
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        self._set_hyperparameters(temperature=temperature)
         self.standardize = bool(standardize)
+        self.activation = activation
+        if self.standardize and self.activation == "sigmoid":
+            raise ValueError(
+                "KD: `standardize=True` (logit standardization) applies to the "
+                'softmax only. Received: standardize=True, activation="sigmoid"'
+            )
+
+    @property
+    def activation(self):
+        """`"softmax"` or `"sigmoid"`; read when the step is traced."""
+        return self._activation
+
+    @activation.setter
+    def activation(self, value):
+        self._activation = _checks.check_activation(value)
 
     def compute(self, teacher, student, labels=None):
         return _logits.kd_loss_per_example(
@@ -39,38 +78,31 @@ class KD(DistillationLoss):
             student,
             temperature=self.temperature,
             standardize=self.standardize,
+            activation=self.activation,
         )
 
     def get_config(self):
         return {
-            "temperature": float(self.temperature.numpy()),
+            **super().get_config(),
             "standardize": self.standardize,
-            "name": self.name,
+            "activation": self.activation,
         }
-
-
-def _hyperparameters(loss, **values):
-    """Sets each value as a validated, schedulable float32 variable."""
-    for name, value in values.items():
-        setattr(loss, name, hyperparameter(name, check_positive(name, value)))
-
-
-def _value(variable):
-    return float(variable.numpy())
 
 
 @register_serializable
 class DKD(DistillationLoss):
     """Decoupled KD: `T^2 * (alpha * TCKD + beta * NCKD)`; needs labels.
 
-    See `tfkd.losses.dkd_loss`. mdistiller warms DKD up linearly over its
-    first 20 epochs: use `tfkd.callbacks.LinearWarmup(20)`.
+    See `tfkd.losses.dkd_loss`: sparse and one-hot labels both work.
+    mdistiller warms DKD up linearly over its first 20 epochs: use
+    `tfkd.callbacks.LinearWarmup(20)`.
 
     Args:
         alpha: TCKD weight. Defaults to `1.0`.
         beta: NCKD weight. Defaults to `8.0`.
         temperature: softening temperature. Defaults to `4.0`.
         name: name of the loss. Defaults to `"dkd"`.
+        **kwargs: forwarded to `tfkd.losses.DistillationLoss`.
 
     Example:
         >>> distiller = tfkd.Distiller(
@@ -78,19 +110,16 @@ class DKD(DistillationLoss):
     """
 
     requires_labels = True
+    _hyperparameters = ("alpha", "beta", "temperature")
+    _may_be_zero = ("alpha", "beta")
 
-    def __init__(self, alpha=1.0, beta=8.0, temperature=4.0, name="dkd"):
-        super().__init__(name=name)
-        check_positive("temperature", temperature)
-        _hyperparameters(self, temperature=temperature)
-        for key, value in (("alpha", alpha), ("beta", beta)):
-            setattr(
-                self,
-                key,
-                hyperparameter(
-                    key, check_positive(key, value, allow_zero=True)
-                ),
-            )
+    def __init__(
+        self, alpha=1.0, beta=8.0, temperature=4.0, name="dkd", **kwargs
+    ):
+        super().__init__(name=name, **kwargs)
+        self._set_hyperparameters(
+            alpha=alpha, beta=beta, temperature=temperature
+        )
 
     def compute(self, teacher, student, labels=None):
         return _logits.dkd_loss_per_example(
@@ -101,14 +130,6 @@ class DKD(DistillationLoss):
             beta=self.beta,
             temperature=self.temperature,
         )
-
-    def get_config(self):
-        return {
-            "alpha": _value(self.alpha),
-            "beta": _value(self.beta),
-            "temperature": _value(self.temperature),
-            "name": self.name,
-        }
 
 
 @register_serializable
@@ -122,24 +143,23 @@ class DIST(DistillationLoss):
         gamma: intra-class weight. Defaults to `1.0`.
         temperature: softening temperature. Defaults to `1.0`.
         name: name of the loss. Defaults to `"dist"`.
+        **kwargs: forwarded to `tfkd.losses.DistillationLoss`.
 
     Example:
         >>> tfkd.Distiller(teacher, student, distillation_loss=tfkd.losses.DIST())
     """
 
     batch_relational = True
+    _hyperparameters = ("beta", "gamma", "temperature")
+    _may_be_zero = ("beta", "gamma")
 
-    def __init__(self, beta=1.0, gamma=1.0, temperature=1.0, name="dist"):
-        super().__init__(name=name)
-        _hyperparameters(self, temperature=temperature)
-        for key, value in (("beta", beta), ("gamma", gamma)):
-            setattr(
-                self,
-                key,
-                hyperparameter(
-                    key, check_positive(key, value, allow_zero=True)
-                ),
-            )
+    def __init__(
+        self, beta=1.0, gamma=1.0, temperature=1.0, name="dist", **kwargs
+    ):
+        super().__init__(name=name, **kwargs)
+        self._set_hyperparameters(
+            beta=beta, gamma=gamma, temperature=temperature
+        )
 
     def compute(self, teacher, student, labels=None):
         return _logits.dist_loss(
@@ -150,19 +170,60 @@ class DIST(DistillationLoss):
             temperature=self.temperature,
         )
 
-    def get_config(self):
-        return {
-            "beta": _value(self.beta),
-            "gamma": _value(self.gamma),
-            "temperature": _value(self.temperature),
-            "name": self.name,
-        }
+
+@register_serializable
+class FitNets(DistillationLoss):
+    """FitNets hint: MSE between teacher and student outputs.
+
+    See `tfkd.losses.hint_loss`. With layer names, it compares the outputs of
+    a teacher layer (the hint) and a student layer (the guided layer); when
+    their widths differ, `tfkd.Distiller` trains a 1x1-conv (maps) or dense
+    (vectors) regressor on the student's side, which is not part of the
+    exported student. Without layer names, it compares the models' final
+    outputs, the logits: logit matching (Ba & Caruana 2014), as Keras'
+    `FeatureDistillation` without layer names.
+
+    Args:
+        teacher_layer: name of the teacher layer (the hint); `None` (with
+            `student_layer=None`) for the logits. Defaults to `None`.
+        student_layer: name of the student layer (the guided layer); `None`
+            for the logits. Defaults to `None`.
+        name: name of the loss. Defaults to `"fitnets"`.
+        **kwargs: forwarded to `tfkd.losses.DistillationLoss`.
+
+    Raises:
+        ValueError: only one of the two layer names is given.
+
+    Example:
+        >>> tfkd.losses.FitNets("teacher_block3", "student_block2")
+        >>> tfkd.losses.FitNets()  # logit matching
+
+    References:
+        Romero, Ballas, Kahou, Chassang, Gatta, Bengio. "FitNets: Hints for
+        Thin Deep Nets", ICLR 2015.
+        Ba, Caruana. "Do Deep Nets Really Need to be Deep?", NeurIPS 2014.
+    """
+
+    requires_matching_width = True
+
+    def __init__(
+        self, teacher_layer=None, student_layer=None, name="fitnets", **kwargs
+    ):
+        super().__init__(
+            teacher_layer=teacher_layer,
+            student_layer=student_layer,
+            name=name,
+            **kwargs,
+        )
+
+    def compute(self, teacher, student, labels=None):
+        return _features.hint_loss_per_example(teacher, student)
 
 
 class _FeatureLoss(DistillationLoss):
     """A method on the outputs of a named teacher layer and student layer."""
 
-    def __init__(self, teacher_layer, student_layer, name=None):
+    def __init__(self, teacher_layer, student_layer, name=None, **kwargs):
         if not teacher_layer or not student_layer:
             raise ValueError(
                 f"{type(self).__name__} needs the names of the teacher layer "
@@ -171,34 +232,11 @@ class _FeatureLoss(DistillationLoss):
                 f"student_layer={student_layer!r}"
             )
         super().__init__(
-            teacher_layer=teacher_layer, student_layer=student_layer, name=name
+            teacher_layer=teacher_layer,
+            student_layer=student_layer,
+            name=name,
+            **kwargs,
         )
-
-
-@register_serializable
-class FitNets(_FeatureLoss):
-    """FitNets hint: MSE between a teacher and a student layer's outputs.
-
-    See `tfkd.losses.hint_loss`. When the widths differ, `tfkd.Distiller`
-    trains a 1x1-conv (maps) or dense (vectors) regressor on the student's
-    side; it is not part of the exported student.
-
-    Args:
-        teacher_layer: name of the teacher layer (the hint).
-        student_layer: name of the student layer (the guided layer).
-        name: name of the loss. Defaults to `"fitnets"`.
-
-    Example:
-        >>> tfkd.losses.FitNets("teacher_block3", "student_block2")
-    """
-
-    requires_matching_width = True
-
-    def __init__(self, teacher_layer, student_layer, name="fitnets"):
-        super().__init__(teacher_layer, student_layer, name=name)
-
-    def compute(self, teacher, student, labels=None):
-        return _features.hint_loss_per_example(teacher, student)
 
 
 @register_serializable
@@ -211,17 +249,24 @@ class AttentionTransfer(_FeatureLoss):
     Args:
         teacher_layer: name of the teacher layer (NHWC output).
         student_layer: name of the student layer (NHWC output).
-        p: power of the activations. Defaults to `2`.
+        p: power of the activations, fixed when the step is traced (not a
+            schedulable variable). Defaults to `2`.
         name: name of the loss. Defaults to `"attention_transfer"`.
+        **kwargs: forwarded to `tfkd.losses.DistillationLoss`.
 
     Example:
         >>> tfkd.losses.AttentionTransfer("teacher_block", "student_block")
     """
 
     def __init__(
-        self, teacher_layer, student_layer, p=2, name="attention_transfer"
+        self,
+        teacher_layer,
+        student_layer,
+        p=2,
+        name="attention_transfer",
+        **kwargs,
     ):
-        super().__init__(teacher_layer, student_layer, name=name)
+        super().__init__(teacher_layer, student_layer, name=name, **kwargs)
         self.p = check_positive("p", p)
 
     def compute(self, teacher, student, labels=None):
@@ -244,6 +289,7 @@ class SimilarityPreserving(_FeatureLoss):
         teacher_layer: name of the teacher layer.
         student_layer: name of the student layer (any width).
         name: name of the loss. Defaults to `"similarity_preserving"`.
+        **kwargs: forwarded to `tfkd.losses.DistillationLoss`.
 
     Example:
         >>> tfkd.losses.SimilarityPreserving("teacher_block", "student_block")
@@ -252,9 +298,13 @@ class SimilarityPreserving(_FeatureLoss):
     batch_relational = True
 
     def __init__(
-        self, teacher_layer, student_layer, name="similarity_preserving"
+        self,
+        teacher_layer,
+        student_layer,
+        name="similarity_preserving",
+        **kwargs,
     ):
-        super().__init__(teacher_layer, student_layer, name=name)
+        super().__init__(teacher_layer, student_layer, name=name, **kwargs)
 
     def compute(self, teacher, student, labels=None):
         return _features.similarity_preserving_loss(teacher, student)
@@ -272,12 +322,15 @@ class RKD(_FeatureLoss):
         distance_weight: weight of the distance term. Defaults to `25.0`.
         angle_weight: weight of the angle term. Defaults to `50.0`.
         name: name of the loss. Defaults to `"rkd"`.
+        **kwargs: forwarded to `tfkd.losses.DistillationLoss`.
 
     Example:
         >>> tfkd.losses.RKD("teacher_embedding", "student_embedding")
     """
 
     batch_relational = True
+    _hyperparameters = ("distance_weight", "angle_weight")
+    _may_be_zero = ("distance_weight", "angle_weight")
 
     def __init__(
         self,
@@ -286,19 +339,12 @@ class RKD(_FeatureLoss):
         distance_weight=25.0,
         angle_weight=50.0,
         name="rkd",
+        **kwargs,
     ):
-        super().__init__(teacher_layer, student_layer, name=name)
-        for key, value in (
-            ("distance_weight", distance_weight),
-            ("angle_weight", angle_weight),
-        ):
-            setattr(
-                self,
-                key,
-                hyperparameter(
-                    key, check_positive(key, value, allow_zero=True)
-                ),
-            )
+        super().__init__(teacher_layer, student_layer, name=name, **kwargs)
+        self._set_hyperparameters(
+            distance_weight=distance_weight, angle_weight=angle_weight
+        )
 
     def compute(self, teacher, student, labels=None):
         return _features.rkd_loss(
@@ -307,13 +353,6 @@ class RKD(_FeatureLoss):
             distance_weight=self.distance_weight,
             angle_weight=self.angle_weight,
         )
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "distance_weight": _value(self.distance_weight),
-            "angle_weight": _value(self.angle_weight),
-        }
 
 
 @register_serializable
@@ -326,6 +365,7 @@ class PKT(_FeatureLoss):
         teacher_layer: name of the teacher layer (an embedding).
         student_layer: name of the student layer (any width).
         name: name of the loss. Defaults to `"pkt"`.
+        **kwargs: forwarded to `tfkd.losses.DistillationLoss`.
 
     Example:
         >>> tfkd.losses.PKT("teacher_embedding", "student_embedding")
@@ -333,8 +373,8 @@ class PKT(_FeatureLoss):
 
     batch_relational = True
 
-    def __init__(self, teacher_layer, student_layer, name="pkt"):
-        super().__init__(teacher_layer, student_layer, name=name)
+    def __init__(self, teacher_layer, student_layer, name="pkt", **kwargs):
+        super().__init__(teacher_layer, student_layer, name=name, **kwargs)
 
     def compute(self, teacher, student, labels=None):
         return _features.pkt_loss(teacher, student)
