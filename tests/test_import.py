@@ -64,3 +64,25 @@ def test_import_does_not_switch_keras():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[-2:] == ["False", "None"]
+
+
+def test_import_leaves_the_devices_configurable():
+    # Users split or limit devices after importing libraries; an eager op
+    # at import time would initialise TensorFlow first and make that fail
+    # (and a two-replica MirroredStrategy then waits forever for cpu:1).
+    code = (
+        "import tfkd, tensorflow as tf\n"
+        "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+        "tf.config.set_logical_device_configuration(\n"
+        "    cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
+        "print(len(tf.config.list_logical_devices('CPU')))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-1] == "2"

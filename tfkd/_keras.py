@@ -104,7 +104,11 @@ def compiled_metrics(model) -> list:
         compiled = getattr(model, "compiled_metrics", None)
         return compiled.metrics if compiled is not None else []
     compiled = getattr(model, "_compile_metrics", None)
-    return [compiled] if compiled is not None else []
+    # Unbuilt until a labelled batch is seen (unlabelled data never builds
+    # them, and Keras 3 then fails reading their result).
+    if compiled is None or not compiled.built:
+        return []
+    return [compiled]
 
 
 def distribute_strategy_of(model):

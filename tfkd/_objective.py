@@ -31,7 +31,12 @@ Scale = collections.namedtuple(
 Scale.__doc__ = """The replica count and the local and global batch sizes
 (float32) that every term of one step is scaled by."""
 
-ZERO = Term(tf.constant(0.0), tf.constant(0.0))
+
+
+def zero():
+    """A `Term` of 0. (Built on call: tensors made when tfkd is imported
+    would initialise TensorFlow's devices before users can configure them.)"""
+    return Term(tf.zeros([]), tf.zeros([]))
 
 
 def batch_scale(batch_size):
@@ -169,7 +174,7 @@ def method_term(method, teacher, student, labels, sample_weight, scale):
 def regularization_term(losses, scale):
     """The models' own regularization losses (already global)."""
     if not losses:
-        return ZERO
+        return zero()
     total = tf.add_n([tf.cast(loss, tf.float32) for loss in losses])
     return Term(total / scale.replicas, total)
 
@@ -185,10 +190,10 @@ def weigh(weight, term):
     return Term(weight * term.share, weight * term.mean)
 
 
-def total(alpha, student, distillation, regularization=ZERO):
+def total(alpha, student, distillation, regularization=None):
     """`alpha * student + (1 - alpha) * distillation + regularization`."""
     return add(
         weigh(alpha, student),
         weigh(1.0 - alpha, distillation),
-        regularization,
+        regularization or zero(),
     )

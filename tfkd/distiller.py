@@ -530,7 +530,7 @@ class Distiller(keras.Model):
                 _objective.hard_label_term(loss_fn, y_i, logits, w, scale)
             )
         student = (
-            _objective.add(*student_terms) if student_terms else _objective.ZERO
+            _objective.add(*student_terms) if student_terms else _objective.zero()
         )
 
         distillation_terms = []
@@ -576,7 +576,7 @@ class Distiller(keras.Model):
             )
         distillation = _objective.add(*distillation_terms)
 
-        regularization = _objective.ZERO
+        regularization = _objective.zero()
         if training:
             regularization = _objective.regularization_term(
                 self.student.losses
@@ -608,7 +608,16 @@ class Distiller(keras.Model):
         if y is not None:
             logs = self.compute_metrics(x, y, student_outputs, sample_weight)
         else:
-            logs = self.get_metrics_result()
+            # No labels: the compiled metrics have nothing to measure (and
+            # are unbuilt); the loss trackers are the step's logs.
+            logs = {
+                tracker.name: tracker.result()
+                for tracker in (
+                    self._loss_tracker_total,
+                    self._student_loss_tracker,
+                    self._distillation_loss_tracker,
+                )
+            }
         if not _keras.IS_LEGACY and _keras.in_multi_worker_mode():
             # Keras 3.15 reduces step outputs across workers with
             # `strategy.reduce("MEAN", value, axis=0)`, which rejects scalars.

@@ -1,0 +1,390 @@
+"""The Distiller on users' own models: the right result or a clear error.
+
+Each case here was silently wrong, or failed with an unhelpful error, before
+issue 11 (save/resume, binary heads, masks, probabilities, unlabelled data,
+multi-output models, mis-fed inputs).
+"""
+
+import functools
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import make_mlp
+from conftest import relative_difference
+from conftest import sparse_ce
+from conftest import toy_classification
+
+import tfkd
+from tfkd._keras import IS_LEGACY
+from tfkd._keras import keras
+
+
+def _teacher_student(classes=3, features=8):
+    teacher = make_mlp(16, classes=classes, features=features, name="t", seed=1)
+    student = make_mlp(4, classes=classes, features=features, name="s", seed=2)
+    return teacher, student
+
+
+# 1. Save, load, resume.
+
+
+def test_reloaded_distiller_evaluates_and_resumes_with_optimizer_state(
+    tmp_path,
+):
+    x, y = toy_classification()
+    teacher, student = _teacher_student()
+    distiller = tfkd.Distiller(teacher, student, alpha=0.3)
+    distiller.compile(
+        keras.optimizers.Adam(0.01), loss=sparse_ce(), metrics=["accuracy"]
+    )
+    distiller.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    path = str(tmp_path / "distiller.keras")
+    distiller.save(path)
+
+    restored = keras.models.load_model(path)  # compile=True, as users do.
+    assert isinstance(restored, tfkd.Distiller)
+    expected = distiller.evaluate(x, y, verbose=0, return_dict=True)
+    got = restored.evaluate(x, y, verbose=0, return_dict=True)
+    assert set(got) == set(expected)
+    assert got["student_loss"] > 0
+    for key, value in expected.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-5, err_msg=key)
+    assert int(restored.optimizer.iterations.numpy()) == 8
+    # Adam's moments came back: one more step from the restored Distiller
+    # equals one more step from the original.
+    restored.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    distiller.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    assert int(restored.optimizer.iterations.numpy()) == 12
+    assert (
+        relative_difference(
+            restored.student.get_weights(), distiller.student.get_weights()
+        )
+        < 1e-5
+    )
+
+
+# 2. Binary and multi-label heads.
+
+
+def _np_bernoulli_kd(t, s, temperature):
+    p = 1 / (1 + np.exp(-t.astype("float64") / temperature))
+    q = 1 / (1 + np.exp(-s.astype("float64") / temperature))
+    kl = p * np.log(p / q) + (1 - p) * np.log((1 - p) / (1 - q))
+    return temperature**2 * kl.mean(-1)
+
+
+def test_one_logit_head_distils_with_the_bernoulli_kl():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("float32")[:, None]
+    teacher, student = _teacher_student(classes=1)
+    distiller = tfkd.Distiller(teacher, student, alpha=0.5, temperature=2.0)
+    distiller.compile("sgd", loss="binary_crossentropy")
+    logs = distiller.evaluate(x, y, verbose=0, return_dict=True)
+    t = teacher.predict(x, verbose=0)
+    s = student.predict(x, verbose=0)
+    expected = _np_bernoulli_kd(t, s, 2.0).mean()
+    assert expected > 1e-4
+    np.testing.assert_allclose(logs["distillation_loss"], expected, rtol=1e-4)
+
+
+def test_binary_loss_makes_the_default_kd_a_sigmoid_kd_for_multi_label():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(32, 8)).astype("float32")
+    y = (rng.uniform(size=(32, 3)) > 0.5).astype("float32")
+    teacher, student = _teacher_student(classes=3)
+    distiller = tfkd.Distiller(teacher, student, alpha=0.0)
+    distiller.compile(
+        "sgd", loss=keras.losses.BinaryCrossentropy(from_logits=True)
+    )
+    assert distiller.distillation_losses[0].activation == "sigmoid"
+    logs = distiller.evaluate(x, y, verbose=0, return_dict=True)
+    expected = _np_bernoulli_kd(
+        teacher.predict(x, verbose=0), student.predict(x, verbose=0), 4.0
+    ).mean()
+    np.testing.assert_allclose(logs["distillation_loss"], expected, rtol=1e-4)
+
+
+def test_softmax_kd_on_one_logit_is_an_error():
+    teacher, student = _teacher_student(classes=1)
+    with pytest.raises(ValueError, match="one logit.*activation='sigmoid'"):
+        tfkd.Distiller(teacher, student, distillation_loss=tfkd.losses.KD())
+
+
+# 3. Sequence logits with a per-position mask.
+
+
+def _sequence_model(name, units, seed):
+    inputs = keras.Input((5, 4))
+    x = keras.layers.Dense(
+        units, kernel_initializer=keras.initializers.GlorotUniform(seed)
+    )(inputs)
+    logits = keras.layers.Dense(
+        6, kernel_initializer=keras.initializers.GlorotUniform(seed + 1)
+    )(x)
+    return keras.Model(inputs, logits, name=name)
+
+
+def _np_kd(t, s, temperature):
+    def log_softmax(z):
+        z = z - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+    t = t.astype("float64") / temperature
+    s = s.astype("float64") / temperature
+    return temperature**2 * (np.exp(log_softmax(t)) * (
+        log_softmax(t) - log_softmax(s)
+    )).sum(-1)
+
+
+def _sequence_data():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(8, 5, 4)).astype("float32")
+    y = rng.integers(0, 6, size=(8, 5)).astype("int32")
+    lengths = rng.integers(1, 6, size=8)
+    mask = (np.arange(5)[None] < lengths[:, None]).astype("float32")
+    return x, y, mask
+
+
+def _expected_sequence_losses(teacher, student, x, y, mask, temperature):
+    t = teacher.predict(x, verbose=0)
+    s = student.predict(x, verbose=0)
+    kd = _np_kd(t, s, temperature)
+    s64 = s.astype("float64")
+    log_probs = s64 - s64.max(-1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+    ce = -np.take_along_axis(log_probs, y[..., None], -1)[..., 0]
+    # Keras' convention: weighted sum over the number of entries.
+    return (ce * mask).sum() / mask.size, (kd * mask).sum() / mask.size
+
+
+def test_per_position_sample_weights_mask_padding():
+    x, y, mask = _sequence_data()
+    teacher = _sequence_model("t", 8, 3)
+    student = _sequence_model("s", 3, 5)
+    distiller = tfkd.Distiller(teacher, student, alpha=0.4, temperature=2.0)
+    distiller.compile("sgd", loss=sparse_ce())
+    logs = distiller.evaluate(
+        x, y, sample_weight=mask, batch_size=8, verbose=0, return_dict=True
+    )
+    ce, kd = _expected_sequence_losses(teacher, student, x, y, mask, 2.0)
+    np.testing.assert_allclose(logs["student_loss"], ce, rtol=1e-5)
+    np.testing.assert_allclose(logs["distillation_loss"], kd, rtol=1e-5)
+    np.testing.assert_allclose(logs["loss"], 0.4 * ce + 0.6 * kd, rtol=1e-5)
+
+
+def test_per_position_sample_weights_train_alike_on_two_replicas():
+    x, y, mask = _sequence_data()
+
+    def train(strategy):
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            teacher = _sequence_model("t", 8, 3)
+            student = _sequence_model("s", 3, 5)
+            distiller = tfkd.Distiller(teacher, student, alpha=0.4)
+            distiller.compile(keras.optimizers.SGD(0.5), loss=sparse_ce())
+        data = tf.data.Dataset.from_tensor_slices((x, y, mask)).batch(8)
+        distiller.fit(data, epochs=3, verbose=0)
+        return student.get_weights()
+
+    one = train(tf.distribute.get_strategy())
+    two = train(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    assert relative_difference(two, one) < 1e-5
+
+
+# 7. Probabilities taken for logits.
+
+
+def test_teacher_ending_in_a_softmax_op_is_refused():
+    inputs = keras.Input((8,))
+    logits = keras.layers.Dense(3)(inputs)
+    if IS_LEGACY:
+        probabilities = tf.nn.softmax(logits)
+    else:
+        probabilities = keras.ops.softmax(logits)
+    teacher = keras.Model(inputs, probabilities, name="probabilities")
+    with pytest.raises(ValueError, match="ends in a softmax"):
+        tfkd.Distiller(teacher, make_mlp(4))
+
+
+def test_sigmoid_output_is_refused():
+    inputs = keras.Input((8,))
+    outputs = keras.layers.Dense(1, activation="sigmoid")(inputs)
+    teacher = keras.Model(inputs, outputs, name="sigmoid_head")
+    with pytest.raises(ValueError, match="ends in a sigmoid"):
+        tfkd.Distiller(teacher, make_mlp(4, classes=1))
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        keras.losses.sparse_categorical_crossentropy,
+        keras.losses.categorical_crossentropy,
+        keras.losses.binary_crossentropy,
+    ],
+)
+def test_plain_keras_loss_function_on_probabilities_is_refused(loss):
+    distiller = tfkd.Distiller(*_teacher_student())
+    with pytest.raises(ValueError, match="from_logits=False.*logits"):
+        distiller.compile("sgd", loss=loss)
+
+
+def test_plain_loss_function_from_logits_is_accepted_and_exact():
+    x, y = toy_classification()
+    loss = functools.partial(
+        keras.losses.sparse_categorical_crossentropy, from_logits=True
+    )
+    a = tfkd.Distiller(*_teacher_student(), alpha=0.5)
+    a.compile("sgd", loss=loss)
+    b = tfkd.Distiller(a.teacher, a.student, alpha=0.5)
+    b.compile("sgd", loss=sparse_ce())
+    np.testing.assert_allclose(
+        a.evaluate(x, y, verbose=0), b.evaluate(x, y, verbose=0), rtol=1e-6
+    )
+
+
+# 10. Unlabelled data with alpha=0 although compile got a loss.
+
+
+def test_unlabelled_data_trains_with_alpha_zero_and_a_compiled_loss():
+    x, y = toy_classification()
+    teacher, student = _teacher_student()
+    distiller = tfkd.Distiller(teacher, student, alpha=0.0)
+    distiller.compile(
+        keras.optimizers.SGD(0.5), loss=sparse_ce(), metrics=["accuracy"]
+    )
+    history = distiller.fit(
+        tf.data.Dataset.from_tensor_slices(x).batch(32), epochs=3, verbose=0
+    )
+    kd = history.history["distillation_loss"]
+    assert kd[-1] < kd[0]
+    logs = distiller.evaluate(x, y, verbose=0, return_dict=True)
+    assert logs["student_loss"] > 0 and "accuracy" in logs
+
+
+def test_unlabelled_data_with_alpha_above_zero_is_a_clear_error():
+    x, _ = toy_classification()
+    distiller = tfkd.Distiller(*_teacher_student(), alpha=0.5)
+    distiller.compile("sgd", loss=sparse_ce())
+    with pytest.raises(ValueError, match="no labels.*alpha=0.5"):
+        distiller.fit(
+            tf.data.Dataset.from_tensor_slices(x).batch(32), verbose=0
+        )
+
+
+# Confusing errors.
+
+
+def test_teacher_passed_as_student_is_a_clear_error():
+    teacher, _ = _teacher_student()
+    with pytest.raises(ValueError, match="student is the teacher itself"):
+        tfkd.Distiller(teacher, teacher)
+
+
+def test_frozen_student_is_a_clear_error():
+    teacher, student = _teacher_student()
+    student.trainable = False
+    with pytest.raises(ValueError, match="no trainable weights"):
+        tfkd.Distiller(teacher, student)
+
+
+def test_weighted_entry_of_three_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"\(method, weight\)` pair.*3"):
+        tfkd.Distiller(
+            *_teacher_student(),
+            distillation_loss=[(tfkd.losses.KD(), 1.0, "extra")],
+        )
+
+
+def test_teacher_and_student_inputs_as_a_pair_are_refused():
+    x, y = toy_classification()
+    distiller = tfkd.Distiller(*_teacher_student())
+    distiller.compile("sgd", loss=sparse_ce())
+    data = tf.data.Dataset.from_tensor_slices(((x * 255, x), y)).batch(32)
+    with pytest.raises(ValueError, match="takes one input.*Rescaling"):
+        distiller.fit(data, verbose=0)
+
+
+def test_single_key_dict_output_distils_like_a_tensor():
+    x, y = toy_classification()
+
+    def dict_model(name, width, seed):
+        base = make_mlp(width, name=f"{name}_base", seed=seed)
+        return keras.Model(base.inputs, {"logits": base.outputs[0]}, name=name)
+
+    teacher, student = dict_model("t", 16, 1), dict_model("s", 4, 2)
+    distiller = tfkd.Distiller(teacher, student, alpha=0.5, temperature=2.0)
+    distiller.compile("sgd", loss=sparse_ce())
+    logs = distiller.evaluate(x, y, verbose=0, return_dict=True)
+    kd = _np_kd(
+        teacher.predict(x, verbose=0)["logits"],
+        student.predict(x, verbose=0)["logits"],
+        2.0,
+    ).mean()
+    np.testing.assert_allclose(logs["distillation_loss"], kd, rtol=1e-5)
+
+
+# Multi-output models (parity with keras.distillation).
+
+
+def _two_headed(name, width, seed):
+    inputs = keras.Input((8,))
+    hidden = keras.layers.Dense(
+        width,
+        activation="relu",
+        kernel_initializer=keras.initializers.GlorotUniform(seed),
+    )(inputs)
+    a = keras.layers.Dense(
+        3, name="a", kernel_initializer=keras.initializers.GlorotUniform(seed + 1)
+    )(hidden)
+    b = keras.layers.Dense(
+        5, name="b", kernel_initializer=keras.initializers.GlorotUniform(seed + 2)
+    )(hidden)
+    return keras.Model(inputs, [a, b], name=name)
+
+
+def test_multi_output_losses_sum_over_outputs():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(32, 8)).astype("float32")
+    ya = rng.integers(0, 3, size=32).astype("int32")
+    yb = rng.integers(0, 5, size=32).astype("int32")
+    teacher, student = _two_headed("t", 16, 1), _two_headed("s", 4, 7)
+    distiller = tfkd.Distiller(
+        teacher,
+        student,
+        distillation_loss=[tfkd.losses.KD(temperature=2.0), None],
+        alpha=0.3,
+    )
+    distiller.compile(
+        "sgd", loss=[sparse_ce(), sparse_ce()], metrics=[["accuracy"], []]
+    )
+    logs = distiller.evaluate(
+        x, [ya, yb], batch_size=32, verbose=0, return_dict=True
+    )
+    t, s = teacher.predict(x, verbose=0), student.predict(x, verbose=0)
+
+    def ce(logits, labels):
+        z = logits.astype("float64")
+        z = z - z.max(-1, keepdims=True)
+        z -= np.log(np.exp(z).sum(-1, keepdims=True))
+        return -z[np.arange(len(labels)), labels].mean()
+
+    student_loss = ce(s[0], ya) + ce(s[1], yb)
+    kd = _np_kd(t[0], s[0], 2.0).mean()
+    np.testing.assert_allclose(logs["student_loss"], student_loss, rtol=1e-5)
+    np.testing.assert_allclose(logs["distillation_loss"], kd, rtol=1e-5)
+    np.testing.assert_allclose(
+        logs["loss"], 0.3 * student_loss + 0.7 * kd, rtol=1e-5
+    )
+    history = distiller.fit(x, [ya, yb], epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+
+
+def test_multi_output_list_of_the_wrong_length_is_a_clear_error():
+    with pytest.raises(ValueError, match="one entry per output"):
+        tfkd.Distiller(
+            _two_headed("t", 16, 1),
+            _two_headed("s", 4, 7),
+            distillation_loss=[tfkd.losses.KD()] * 3,
+        )
