@@ -516,3 +516,18 @@ def test_half_precision_inputs_compute_in_float32(dtype):
             loss(t_32, s_32, one_hot),
             rtol=1e-6,
         )
+
+
+def test_kd_with_classes_far_below_the_others_matches_float64():
+    # A top-k cache rebuilds dropped classes at min(top-k) - 1e6: the
+    # student's probability of them must not be lost to cancellation.
+    t = np.array([[-1e6, -1e6, 0.439, 0.230, 0.785, -1e6]], "float32")
+    s = np.array([[0.5, -1.0, 0.2, 1.3, -0.4, 0.9]], "float32")
+    t64, s64 = t.astype("float64") / 4.0, s.astype("float64") / 4.0
+    log_p = t64 - np.log(np.exp(t64 - t64.max()).sum()) - t64.max()
+    log_q = s64 - np.log(np.exp(s64 - s64.max()).sum()) - s64.max()
+    expected = 16.0 * (np.exp(log_p) * (log_p - log_q)).sum()
+    got = float(tfkd.losses.kd_loss(t, s, temperature=4.0))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    dkd = tfkd.losses.dkd_loss(t, s, np.array([4]), temperature=4.0)
+    assert np.isfinite(float(dkd))

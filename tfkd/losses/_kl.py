@@ -64,7 +64,7 @@ def _phi_over_square(x):
     return result
 
 
-def _scaled_kl(log_p, differences, temperature, fallback):
+def _scaled_kl(log_p, differences, temperature, fallback, log_shifted=None):
     """`T^2 * KL(p || q)` along the last axis, with `q ~ p * exp(-d / T)`.
 
     `d = t - s` are the unscaled logit differences (for softmaxes of `t / T`
@@ -91,6 +91,11 @@ def _scaled_kl(log_p, differences, temperature, fallback):
         fallback: `(...)` values of `KL` (not scaled by `T^2`) computed
             another way, taken where the distributions are far apart (KL
             above about 60).
+        log_shifted: `log_p - differences / T` computed without
+            cancellation (for softmaxes, `s / T - logsumexp(t / T)`); where
+            a class is far below the others (a top-k cache's floor of
+            -1e6), the difference of the two large terms would lose the
+            student's probability of it. Defaults to that difference.
 
     Returns:
         `(...)` float32 values `>= 0`.
@@ -99,7 +104,11 @@ def _scaled_kl(log_p, differences, temperature, fallback):
     mean = tf.reduce_sum(p * differences, axis=-1, keepdims=True)
     centered = differences - mean
     x = centered / temperature
-    far = tf.reduce_max(log_p - x, axis=-1) > _FAR
+    if log_shifted is None:
+        log_shifted = log_p - differences / temperature
+    # log p - x, with the large terms of both cancelled analytically.
+    log_p_minus_x = log_shifted + mean / temperature
+    far = tf.reduce_max(log_p_minus_x, axis=-1) > _FAR
     # Far rows take `fallback`: give them zeros here, so that neither their
     # value nor their gradient can be inf or NaN (tf.where differentiates
     # both branches).
@@ -113,7 +122,8 @@ def _scaled_kl(log_p, differences, temperature, fallback):
     weight = tf.where(
         small,
         p * _phi_over_square(x_small),
-        (tf.exp(log_p - x_large) - p + p * x_large) / tf.square(x_large),
+        (tf.exp(tf.where(small, 0.0, log_p_minus_x)) - p + p * x_large)
+        / tf.square(x_large),
     )
     phi_sum = tf.reduce_sum(tf.square(centered) * weight, axis=-1)  # A
     centered_mean = tf.reduce_sum(p * centered, axis=-1)  # T * eps
@@ -154,8 +164,15 @@ def softmax_kl(teacher_logits, student_logits, temperature, offset=None):
         s_scaled += offset
     fallback = _kl_divergence(t_scaled, s_scaled)
     log_p = tf.nn.log_softmax(t_scaled, axis=-1)
+    log_shifted = s_scaled - tf.reduce_logsumexp(
+        t_scaled, axis=-1, keepdims=True
+    )
     return _scaled_kl(
-        log_p, teacher_logits - student_logits, temperature, fallback
+        log_p,
+        teacher_logits - student_logits,
+        temperature,
+        fallback,
+        log_shifted,
     )
 
 
