@@ -112,11 +112,11 @@ def test_top_k_is_stored_as_values_and_indices(tmp_path):
     assert stored["top_k_values"].dtype == tf.float32
     assert stored["top_k_indices"].shape.as_list() == [None, 2]
     assert stored["top_k_indices"].dtype == tf.int32
-    with pytest.raises(ValueError, match="top_k=2. Received: top_k=3"):
+    with pytest.raises(ValueError, match="top_k: cached 2, received 3"):
         tfkd.cache_teacher_outputs(
             teacher, data, cache_dir=cache_dir, top_k=3, verbose=0
         )
-    with pytest.raises(ValueError, match="top_k=2. Received: top_k=None"):
+    with pytest.raises(ValueError, match="top_k: cached 2, received None"):
         tfkd.cache_teacher_outputs(teacher, data, cache_dir=cache_dir)
     distiller = tfkd.Distiller(
         teacher,

@@ -1,0 +1,505 @@
+"""Cached teacher outputs: the teacher pass, its storage and its checks.
+
+The public names are re-exported by `tfkd.teachers` (and
+`tfkd.cache_teacher_outputs`). This module imports nothing from
+`tfkd.distiller`, which imports it: a Distiller is recognised by its
+`teacher_outputs` method.
+"""
+
+import itertools
+import json
+import os
+import shutil
+import uuid
+
+import tensorflow as tf
+
+from tfkd import _keras
+from tfkd import _fingerprint
+from tfkd._keras import keras
+
+# Gap between the smallest kept top-k logit and the logits rebuilt for the
+# classes that were not kept: exp(-gap / T) is exactly 0 in float32 for any
+# temperature T up to ~9,000 (float32 underflows below exp(-104)).
+_TOP_K_GAP = 1e6
+_TOP_K_KEYS = ("top_k_values", "top_k_indices", "num_classes")
+_SPEC_FILE = "dataset_spec.pb"
+_FINGERPRINT_FILE = "tfkd_fingerprint.json"
+_REBUILD = (
+    "Delete that folder to rebuild the cache, or pass another `cache_dir`."
+)
+
+# Inputs of a dataset made by `cache_teacher_outputs`: a dict with the
+# student's inputs and the teacher's precomputed outputs.
+INPUTS_KEY = "inputs"
+TEACHER_OUTPUTS_KEY = "tfkd_teacher_outputs"
+
+
+def split_inputs(x):
+    """`(inputs, cached teacher outputs or None)` of a batch's inputs."""
+    if isinstance(x, dict) and TEACHER_OUTPUTS_KEY in x:
+        return x[INPUTS_KEY], x[TEACHER_OUTPUTS_KEY]
+    return x, None
+
+
+def is_distiller(teacher):
+    # Duck-typed: tfkd.distiller imports this module, not the reverse.
+    return isinstance(teacher, keras.Model) and hasattr(
+        teacher, "teacher_outputs"
+    )
+
+
+def cache_teacher_outputs(
+    teacher, dataset, cache_dir=None, *, top_k=None, verbose=1
+):
+    """Runs the teacher once over `dataset`; returns data that carries it.
+
+    Each element of the returned dataset is
+    `({"inputs": x, "tfkd_teacher_outputs": (logits, features)}, y[, w])`
+    (keys `tfkd.teachers.INPUTS_KEY` and `TEACHER_OUTPUTS_KEY`; `logits` is
+    a tuple for a teacher with several outputs), which
+    `tfkd.Distiller.fit` / `evaluate` recognise: they then never call the
+    teacher. With no augmentation and the same order, training is exactly
+    live distillation, at about the cost of training the student alone.
+
+    Storage: in memory by default (batched like `dataset`, which must then
+    have one batch size, bar a smaller last batch). With `cache_dir`, the
+    batches are streamed to disk with `tf.data.Dataset.save` (one shard, so
+    the order is kept; uncompressed) and read back with
+    `tf.data.Dataset.load`; the next call with the same `cache_dir` loads
+    them and does not run the teacher.
+
+    Fingerprint: the folder also holds `tfkd_fingerprint.json`: SHA-256
+    hashes of the teacher's architecture (its config JSON, without layer
+    names, `trainable` flags, initializers, regularizers, constraints and
+    compile settings, which cannot change its outputs) and of its weights
+    (dtype, shape and bytes of each), the tapped teacher layers, `top_k`,
+    the data set's `element_spec`, its numbers of batches and examples, and
+    the tfkd version. Reusing the folder recomputes it (0.2-0.3 s for
+    ResNet-50's 25.6M weights; no teacher pass, no pass over `dataset`) and
+    refuses any difference; the number of batches is compared when
+    `dataset.cardinality()` is known. Then the cached examples are counted
+    (one read of the folder, no teacher) against the fingerprint, so a
+    truncated or damaged file is refused too. The cache stores the inputs
+    with the outputs, so the returned data is always consistent; a data set
+    with the same spec and size but other values is not detected (that
+    needs a pass over it): use one folder per data set.
+
+    Concurrency: the cache is written into a uniquely named folder beside
+    `cache_dir` (`.<name>.tfkd-<random>`), then renamed to `cache_dir` in
+    one atomic step, so `cache_dir` only ever holds a complete cache. When
+    several processes fill one `cache_dir` at once, the first rename wins;
+    the others discard their copy and return the winner's (after checking
+    its fingerprint). A killed process can leave its `.<name>.tfkd-*`
+    folder behind; it is safe to delete.
+
+    Top-k: `top_k=k` stores only the `k` largest logits of each example
+    (`k` float32 values and `k` int32 indices). When read, the logits are
+    rebuilt dense with `min(top-k) - 1e6` for the other classes, whose
+    teacher probabilities are then exactly 0, so KD is the KL divergence of
+    the renormalised top-k teacher distribution from the full student
+    softmax:
+
+    ```
+    p_i = exp(t_i / T) / sum_{j in top-k} exp(t_j / T)  for i in top-k
+    KD = T^2 * sum_{i in top-k} p_i * (log p_i - log_softmax(s / T)_i)
+    ```
+
+    This suits methods that read the teacher's softmax (`KD`, `DKD`,
+    `DIST`), not `KD(standardize=True)` (its z-score needs every logit).
+
+    When caching is wrong: with random augmentation the teacher must see
+    the augmented view the student sees ("a good teacher is patient and
+    consistent", Beyer et al. 2022): a cache would pair a new view with the
+    teacher's outputs for another one. Distil live instead, with the
+    augmentation inside the dataset (or in a preprocessing model applied
+    before both models), so both models see one view:
+
+    ```python
+    augment = keras.Sequential([keras.layers.RandomFlip("horizontal"),
+                                keras.layers.RandomTranslation(0.1, 0.1)])
+    views = train.map(lambda x, y: (augment(x, training=True), y))
+    distiller.fit(views, epochs=300)  # live: the teacher sees each view
+    ```
+
+    Args:
+        teacher: a Keras model (its logits are cached), or a
+            `tfkd.Distiller`: `distiller.teacher_outputs(x)` also gives the
+            teacher features that its feature methods tap.
+        dataset: a finite `tf.data.Dataset` of `(x, y)`, `(x, y, w)` or `x`
+            batches (every tensor with a batch axis), in the order to train
+            on, with no random augmentation. For NumPy arrays, pass
+            `tf.data.Dataset.from_tensor_slices((x, y)).batch(32)`. To cache
+            a repeated data set, cache it before `.repeat()` and repeat the
+            result.
+        cache_dir: a folder (`str` or path) to store the cache in: a new or
+            empty folder, or one that this function filled. Defaults to
+            `None` (memory).
+        top_k: keep only the `k` largest logits per example. Defaults to
+            `None` (all). Needs a teacher with one output and no tapped
+            features.
+        verbose: `1` shows a progress bar, `0` nothing. Defaults to `1`.
+
+    Returns:
+        A `tf.data.Dataset` for `Distiller.fit` / `evaluate`.
+
+    Raises:
+        TypeError: `teacher` is neither a Keras model nor a Distiller, or
+            `dataset` is not a `tf.data.Dataset` (e.g. NumPy arrays).
+        ValueError: raised before the teacher runs when `top_k` is not a
+            positive integer, exceeds the teacher's number of classes, or is
+            asked for a teacher with several outputs or a Distiller with
+            feature methods; when `dataset` is infinite (`.repeat()`),
+            empty or unbatched, or (in memory) has several batch sizes; when
+            `cache_dir` is a file or a non-empty folder without a tfkd
+            cache; and when a cache in `cache_dir` has another fingerprint
+            (the message lists the differences), has no fingerprint, or
+            holds fewer examples than its fingerprint says (truncated).
+
+    Example:
+        >>> cached = tfkd.cache_teacher_outputs(distiller, train_ds)
+        >>> distiller.fit(cached, epochs=30)  # the teacher never runs
+
+    References:
+        Beyer, Zhai, Royer, Markeeva, Anil, Kolesnikov. "Knowledge
+        distillation: A good teacher is patient and consistent", CVPR 2022.
+    """
+    top_k = _checked_top_k(top_k)
+    model, taps = _teacher_model_and_taps(teacher)
+    if top_k is not None and taps:
+        raise ValueError(
+            f"`top_k` caches logits only, but the Distiller's methods "
+            f"tap teacher layers {taps}. Received: top_k={top_k}. Use "
+            "top_k=None."
+        )
+    _check_dataset(dataset, model)
+    outputs_of = tf.function(
+        teacher.teacher_outputs if is_distiller(teacher) else _logits_of(model)
+    )
+    if top_k is not None:
+        # A trace on the element spec gives the output shape; no data read.
+        x_spec = _split_element(dataset.element_spec)[0]
+        logits = outputs_of.get_concrete_function(x_spec).structured_outputs
+        _check_top_k_fits(top_k, logits[0])
+    if cache_dir is not None:
+        cache_dir = os.fspath(cache_dir)
+        _check_cache_dir(cache_dir)
+        fingerprint = _fingerprint.fingerprint(model, taps, top_k, dataset)
+        if os.path.exists(os.path.join(cache_dir, _SPEC_FILE)):
+            return _expand(_load(cache_dir, fingerprint))
+    batches = _teacher_batches(outputs_of, dataset, top_k, verbose)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError("`dataset` is empty: there is nothing to cache.")
+    batches = itertools.chain([first], batches)
+    if cache_dir is None:
+        return _expand(_in_memory(list(batches)))
+    return _expand(_save(batches, first, cache_dir, fingerprint))
+
+
+# Checks made before the teacher runs.
+
+
+def _checked_top_k(top_k):
+    if top_k is not None and (
+        isinstance(top_k, bool) or int(top_k) != top_k or top_k < 1
+    ):
+        raise ValueError(
+            f"`top_k` must be a positive integer or None. Received: "
+            f"top_k={top_k!r}"
+        )
+    return None if top_k is None else int(top_k)
+
+
+def _teacher_model_and_taps(teacher):
+    """`(the Keras model whose outputs are cached, tapped layer names)`."""
+    if is_distiller(teacher):
+        return teacher.teacher, list(teacher.teacher_taps)
+    if isinstance(teacher, keras.Model):
+        return teacher, []
+    raise TypeError(
+        f"`teacher` must be a `{_keras.KERAS_NAME}.Model` or a "
+        f"`tfkd.Distiller`. Received: teacher={teacher!r} of type "
+        f"{type(teacher).__name__}"
+    )
+
+
+def _logits_of(model):
+    def logits_only(x):
+        # Mapped: `tf.stop_gradient` would stack a multi-output model's list.
+        outputs = model(x, training=False)
+        return tf.nest.map_structure(tf.stop_gradient, outputs), {}
+
+    return logits_only
+
+
+def _describe(value):
+    if isinstance(value, (tuple, list)):
+        parts = ", ".join(type(part).__name__ for part in value)
+        return f"a {type(value).__name__} of ({parts})"
+    return f"{value!r} of type {type(value).__name__}"
+
+
+def _check_dataset(dataset, model):
+    """Refuses what is not a finite, non-empty data set of batches."""
+    if not isinstance(dataset, tf.data.Dataset):
+        raise TypeError(
+            "`dataset` must be a `tf.data.Dataset` of batches. Received: "
+            f"dataset={_describe(dataset)}. For NumPy arrays pass "
+            "`tf.data.Dataset.from_tensor_slices((x, y)).batch(32)` (the "
+            "batches to train on, in their order)."
+        )
+    cardinality = int(dataset.cardinality())
+    if cardinality == tf.data.INFINITE_CARDINALITY:
+        raise ValueError(
+            "`dataset` is infinite (a `.repeat()` without a count): the "
+            "teacher pass would never end. Cache a finite number of batches, "
+            "e.g. `dataset.take(n)`, or cache before `.repeat()` and repeat "
+            "the result: `tfkd.cache_teacher_outputs(teacher, data).repeat()`."
+        )
+    if cardinality == 0:
+        raise ValueError("`dataset` is empty: there is nothing to cache.")
+    spec = dataset.element_spec
+    x_spec = _split_element(spec)[0]
+    unbatched = any(s.shape.rank == 0 for s in tf.nest.flatten(spec))
+    inputs = getattr(model, "inputs", None) or []
+    flat_x = tf.nest.flatten(x_spec)
+    if len(inputs) == len(flat_x):
+        # One axis short of what the teacher takes: the batch axis.
+        unbatched = unbatched or any(
+            None not in (s.shape.rank, tf.TensorShape(i.shape).rank)
+            and s.shape.rank == tf.TensorShape(i.shape).rank - 1
+            for s, i in zip(flat_x, inputs)
+        )
+    if unbatched:
+        expected = [tuple(i.shape) for i in inputs]
+        raise ValueError(
+            "`dataset` yields unbatched elements (a tensor without a batch "
+            f"axis): element_spec={spec}"
+            + (f"; the teacher takes batches {expected}" if expected else "")
+            + ". Batch it, e.g. `dataset.batch(32)`."
+        )
+
+
+def _check_top_k_fits(top_k, outputs):
+    flat = tf.nest.flatten(outputs)
+    if len(flat) != 1:
+        raise ValueError(
+            f"`top_k` needs a teacher with one logits output, but it has "
+            f"{len(flat)}. Received: top_k={top_k}. Use top_k=None."
+        )
+    classes = flat[0].shape[-1]
+    if classes is not None and top_k > classes:
+        raise ValueError(
+            f"`top_k` exceeds the teacher's {classes} classes (its logits "
+            f"have shape {tuple(flat[0].shape)}). Received: top_k={top_k}. "
+            f"Pass top_k <= {classes}, or top_k=None to keep every logit."
+        )
+
+
+def _check_cache_dir(cache_dir):
+    if os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
+        raise ValueError(
+            "`cache_dir` is a file, but it must be a folder (new, empty, or "
+            f"a tfkd cache). Received: cache_dir={cache_dir!r}. Pass a "
+            "folder path."
+        )
+    if (
+        os.path.isdir(cache_dir)
+        and os.listdir(cache_dir)
+        and not os.path.exists(os.path.join(cache_dir, _SPEC_FILE))
+    ):
+        raise ValueError(
+            f"`cache_dir` holds no tfkd cache (no {_SPEC_FILE}) but is "
+            "not empty, and tfkd does not overwrite other files. Pass a "
+            f"new or empty folder. Received: cache_dir={cache_dir!r}"
+        )
+
+
+# Storage.
+
+
+def _load(cache_dir, fingerprint):
+    """Loads a cache after checking its fingerprint and its size."""
+    try:
+        with open(os.path.join(cache_dir, _FINGERPRINT_FILE)) as file:
+            stored = json.load(file)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"The cache in cache_dir={cache_dir!r} has no readable "
+            f"{_FINGERPRINT_FILE} ({error}): it was made by an older tfkd or "
+            f"damaged, and tfkd cannot tell what it holds. {_REBUILD}"
+        ) from error
+    differences = _fingerprint.differences(stored, fingerprint)
+    if differences:
+        raise ValueError(
+            f"cache_dir={cache_dir!r} holds teacher outputs made with another "
+            f"teacher, data set or settings: {'; '.join(differences)}. "
+            f"{_REBUILD}"
+        )
+    dataset = tf.data.Dataset.load(cache_dir)
+    sizes = dataset.map(
+        lambda *element: tf.shape(tf.nest.flatten(element)[0], tf.int64)[0]
+    )
+    try:
+        found = int(sizes.reduce(tf.constant(0, tf.int64), tf.add))
+    except tf.errors.OpError as error:
+        raise ValueError(
+            f"The cache in cache_dir={cache_dir!r} cannot be read "
+            f"({type(error).__name__}: {error.message}). {_REBUILD}"
+        ) from error
+    if found != stored.get("examples"):
+        raise ValueError(
+            f"The cache in cache_dir={cache_dir!r} is incomplete: it holds "
+            f"{found} examples, but {stored.get('examples')} were cached (a "
+            f"truncated or damaged file). {_REBUILD}"
+        )
+    return dataset
+
+
+def _save(batches, first, cache_dir, fingerprint):
+    """Writes beside `cache_dir`, then renames: complete caches only."""
+    target = os.path.abspath(cache_dir)
+    parent, name = os.path.split(target)
+    os.makedirs(parent, exist_ok=True)
+    # Unique per process, and made with `os.mkdir` (unlike `mkdtemp`'s 0700,
+    # the umask's permissions, so others can read the renamed cache).
+    temporary = os.path.join(parent, f".{name}.tfkd-{uuid.uuid4().hex}")
+    os.mkdir(temporary)
+    counts = {"batches": 0, "examples": 0}
+
+    def counted():
+        for element in batches:
+            counts["batches"] += 1
+            counts["examples"] += _batch_size(element)
+            yield element
+
+    signature = tf.nest.map_structure(
+        lambda t: tf.TensorSpec([None] + t.shape[1:], t.dtype), first
+    )
+    renamed = False
+    try:
+        tf.data.Dataset.from_generator(
+            counted, output_signature=signature
+        ).save(temporary, shard_func=lambda *_: tf.constant(0, tf.int64))
+        fingerprint = dict(fingerprint, **counts)
+        with open(os.path.join(temporary, _FINGERPRINT_FILE), "w") as file:
+            json.dump(fingerprint, file, indent=1)
+        if os.path.isdir(target) and not os.listdir(target):
+            try:  # Windows cannot rename onto an (empty) folder.
+                os.rmdir(target)
+            except OSError:  # Another process filled or removed it.
+                pass
+        try:
+            os.rename(temporary, target)
+            renamed = True
+        except OSError:
+            if not os.path.exists(os.path.join(target, _SPEC_FILE)):
+                raise
+    finally:
+        if not renamed:
+            shutil.rmtree(temporary, ignore_errors=True)
+    if renamed:
+        return tf.data.Dataset.load(target)
+    # Another process renamed its cache first: use it if it is the same.
+    return _load(target, fingerprint)
+
+
+# The teacher pass and the cached elements.
+
+
+def _split_element(element):
+    """`(x, (y[, w]))` of a data set element or element spec."""
+    if isinstance(element, tuple):
+        return element[0], tuple(element[1:])
+    return element, ()
+
+
+def _teacher_batches(outputs_of, dataset, top_k, verbose):
+    """Yields `(x, stored_outputs, *rest)`, one element per batch."""
+    cardinality = int(dataset.cardinality())
+    progress = keras.utils.Progbar(
+        cardinality if cardinality > 0 else None,
+        verbose=verbose,
+        unit_name="batch",
+    )
+    for step, element in enumerate(dataset):
+        x, rest = _split_element(element)
+        logits, features = outputs_of(x)
+        if top_k is None:
+            stored = (_lists_as_tuples(logits), dict(features))
+        else:
+            values, indices = tf.math.top_k(logits, k=top_k)
+            stored = dict(
+                zip(
+                    _TOP_K_KEYS,
+                    (
+                        values,
+                        indices,
+                        tf.fill(tf.shape(logits)[:1], tf.shape(logits)[-1]),
+                    ),
+                )
+            )
+        yield (x, stored) + rest
+        progress.update(step + 1, finalize=step + 1 == cardinality)
+
+
+def _lists_as_tuples(outputs):
+    # tf.data takes a list for one tensor to stack: a multi-output model's
+    # list of logits (of several shapes) is kept as a tuple.
+    if isinstance(outputs, list):
+        return tuple(_lists_as_tuples(output) for output in outputs)
+    if isinstance(outputs, dict):
+        return {key: _lists_as_tuples(value) for key, value in outputs.items()}
+    return outputs
+
+
+def _batch_size(element):
+    return int(tf.shape(tf.nest.flatten(element)[0])[0])
+
+
+def _in_memory(elements):
+    """One dataset of the cached batches, batched as the source was."""
+    sizes = [_batch_size(element) for element in elements]
+    if any(size != sizes[0] for size in sizes[:-1]) or sizes[-1] > sizes[0]:
+        raise ValueError(
+            "In memory, `dataset` must have one batch size (the last batch "
+            f"may be smaller). Received batch sizes {sorted(set(sizes))}. "
+            "Batch it with one size, or pass `cache_dir`, which keeps any "
+            "batching."
+        )
+    columns = tf.nest.map_structure(
+        lambda *parts: tf.concat(parts, axis=0), *elements
+    )
+    return tf.data.Dataset.from_tensor_slices(columns).batch(sizes[0])
+
+
+def _dense_from_top_k(values, indices, num_classes):
+    """`(batch, classes)` logits: the top-k values, a floor elsewhere."""
+    floor = tf.reduce_min(values, axis=-1, keepdims=True) - _TOP_K_GAP
+    batch = tf.shape(values)[0]
+    dense = tf.broadcast_to(floor, tf.stack([batch, num_classes]))
+    dense = tf.ensure_shape(dense, [None, num_classes])
+    rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(indices))
+    scatter = tf.stack([rows, indices], axis=-1)
+    return tf.tensor_scatter_nd_update(dense, scatter, values)
+
+
+def _expand(stored):
+    """Maps cached elements to the Distiller's input structure."""
+    num_classes = None
+    if isinstance(stored.element_spec[1], dict):
+        # A static class count (read from the first batch) gives the rebuilt
+        # logits a static shape, as the Distiller's shape checks need.
+        first = next(iter(stored.take(1)))
+        num_classes = int(first[1][_TOP_K_KEYS[2]][0])
+
+    def expand(x, outputs, *rest):
+        if num_classes is not None:
+            values, indices = (outputs[k] for k in _TOP_K_KEYS[:2])
+            outputs = (_dense_from_top_k(values, indices, num_classes), {})
+        return ({INPUTS_KEY: x, TEACHER_OUTPUTS_KEY: outputs},) + rest
+
+    return stored.map(expand, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+        tf.data.AUTOTUNE
+    )
