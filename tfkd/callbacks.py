@@ -4,14 +4,21 @@ Each callback assigns a float32 variable (`distiller.alpha`,
 `distiller.loss_weights[i]`, a method's `temperature`, ...) before an epoch
 or a step. The compiled train step reads the variable, so a schedule never
 retraces it.
+
+Schedules compute every value from the epoch (or the optimizer's step) and
+the Distiller's configuration, never from a variable's current value: a run
+resumed by `keras.callbacks.BackupAndRestore`, which restores the variables
+as they were when it stopped, gets the values of an uninterrupted run.
 """
 
+import math
+import numbers
+
 from tfkd._keras import keras
+from tfkd.distiller import Distiller
 
 
 def _distiller(model, callback):
-    from tfkd.distiller import Distiller
-
     if not isinstance(model, Distiller):
         raise TypeError(
             f"{type(callback).__name__} schedules a `tfkd.Distiller`, but it "
@@ -19,6 +26,28 @@ def _distiller(model, callback):
             "to `distiller.fit(..., callbacks=[...])`."
         )
     return model
+
+
+def _check_index(callback, index, *, optional=False):
+    """`index` must be an int (or `None` if `optional`); returns it."""
+    if (optional and index is None) or (
+        isinstance(index, numbers.Integral) and not isinstance(index, bool)
+    ):
+        return index if index is None else int(index)
+    expected = "an int or None" if optional else "an int"
+    raise TypeError(
+        f"{callback}: `index` (the position of a method in "
+        f"`distillation_loss`) must be {expected}. Received: index={index!r} "
+        f"of type {type(index).__name__}"
+    )
+
+
+def _method_in_range(callback, index, weights):
+    if not -len(weights) <= index < len(weights):
+        raise ValueError(
+            f"{callback} index={index} is out of range: the Distiller has "
+            f"{len(weights)} distillation method(s)."
+        )
 
 
 class HyperparameterSchedule(keras.callbacks.Callback):
@@ -34,12 +63,26 @@ class HyperparameterSchedule(keras.callbacks.Callback):
         name: key under which the current value is logged at each epoch end
             (visible in `History`). Defaults to `None`: not logged.
 
+    Raises:
+        TypeError: if `schedule` is not callable, or returns something that is
+            not a number (raised during `fit`).
+        ValueError: if `schedule` returns a value that is not finite (raised
+            during `fit`, naming the epoch or step).
+
     Example:
         >>> schedule = tfkd.callbacks.HyperparameterSchedule(
         ...     lambda d: d.distillation_losses[0].temperature,
         ...     lambda epoch: max(1.0, 8.0 - epoch), name="temperature")
         >>> distiller.fit(data, epochs=10, callbacks=[schedule])
     """
+
+    # What the scheduled values must be: `_allowed(value)` and the rule that
+    # the error message states. Subclasses narrow it.
+    _rule = "finite"
+
+    @staticmethod
+    def _allowed(value):
+        return math.isfinite(value)
 
     def __init__(self, target, schedule, *, per_step=False, name=None):
         super().__init__()
@@ -68,8 +111,28 @@ class HyperparameterSchedule(keras.callbacks.Callback):
             )
         self._variables = list(variables)
 
+    def _value(self, index):
+        """`schedule(index)` as a float, checked against `_rule`."""
+        value = self.schedule(index)
+        where = f"{'step' if self.per_step else 'epoch'} {index}"
+        label = self.log_name or "value"
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"{type(self).__name__}: the schedule returned {value!r} of "
+                f"type {type(value).__name__} at {where}; it must return a "
+                "number."
+            ) from None
+        if not self._allowed(number):
+            raise ValueError(
+                f"{type(self).__name__} gave {label}={number} at {where}; "
+                f"{label} must be {self._rule}."
+            )
+        return number
+
     def _assign(self, index):
-        value = float(self.schedule(index))
+        value = self._value(index)
         for variable in self._variables:
             variable.assign(value)
 
@@ -97,26 +160,19 @@ class AlphaSchedule(HyperparameterSchedule):
         >>> tfkd.callbacks.AlphaSchedule(lambda epoch: min(0.5, 0.1 * epoch))
     """
 
+    _rule = "in [0, 1]"
+
     def __init__(self, schedule, *, per_step=False):
         super().__init__(
             lambda distiller: distiller.alpha,
-            self._checked(schedule),
+            schedule,
             per_step=per_step,
             name="alpha",
         )
 
     @staticmethod
-    def _checked(schedule):
-        def checked(index):
-            alpha = float(schedule(index))
-            if not 0.0 <= alpha <= 1.0:
-                raise ValueError(
-                    f"AlphaSchedule gave alpha={alpha} at {index}; alpha must "
-                    "be in [0, 1]."
-                )
-            return alpha
-
-        return checked
+    def _allowed(value):
+        return 0.0 <= value <= 1.0
 
 
 class TemperatureSchedule(HyperparameterSchedule):
@@ -130,6 +186,8 @@ class TemperatureSchedule(HyperparameterSchedule):
         >>> tfkd.callbacks.TemperatureSchedule(lambda e: 8.0 if e < 5 else 4.0)
     """
 
+    _rule = "finite and > 0"
+
     def __init__(self, schedule, *, per_step=False):
         def temperatures(distiller):
             found = [
@@ -138,66 +196,81 @@ class TemperatureSchedule(HyperparameterSchedule):
                 if hasattr(loss, "temperature")
             ]
             if not found:
+                names = [
+                    type(term).__name__
+                    for term in distiller.distillation_losses
+                ]
                 raise ValueError(
                     "TemperatureSchedule: none of the Distiller's methods "
-                    f"{[type(l).__name__ for l in distiller.distillation_losses]}"
-                    " has a temperature."
+                    f"{names} has a temperature."
                 )
             return found
 
-        def checked(index):
-            temperature = float(schedule(index))
-            if not temperature > 0:
-                raise ValueError(
-                    f"TemperatureSchedule gave temperature={temperature} at "
-                    f"{index}; it must be > 0."
-                )
-            return temperature
-
         super().__init__(
-            temperatures, checked, per_step=per_step, name="temperature"
+            temperatures, schedule, per_step=per_step, name="temperature"
         )
+
+    @staticmethod
+    def _allowed(value):
+        return math.isfinite(value) and value > 0
 
 
 class LossWeightSchedule(HyperparameterSchedule):
     """Schedules the weight of the `index`-th distillation method.
 
     Args:
-        index: position of the method in `distillation_loss`.
-        schedule: a callable `epoch -> weight >= 0`.
+        index: position of the method in `distillation_loss`, an int.
+        schedule: a callable `epoch -> weight`, finite and `>= 0`.
         per_step: schedule by optimizer step instead. Defaults to `False`.
+
+    Raises:
+        TypeError: if `index` is not an int.
+        ValueError: if `index` is out of range (when training begins), or the
+            schedule gives a weight that is not finite and `>= 0` (naming the
+            epoch or step).
 
     Example:
         >>> tfkd.callbacks.LossWeightSchedule(1, lambda e: 100.0 * 0.9**e)
     """
 
+    _rule = "finite and >= 0"
+
     def __init__(self, index, schedule, *, per_step=False):
+        index = _check_index("LossWeightSchedule", index)
         self.index = index
 
         def weight(distiller):
             weights = distiller.loss_weights
-            if not -len(weights) <= index < len(weights):
-                raise ValueError(
-                    f"LossWeightSchedule index={index} is out of range: the "
-                    f"Distiller has {len(weights)} distillation method(s)."
-                )
+            _method_in_range("LossWeightSchedule", index, weights)
             return weights[index]
 
         super().__init__(
             weight, schedule, per_step=per_step, name=f"loss_weight_{index}"
         )
 
+    @staticmethod
+    def _allowed(value):
+        return math.isfinite(value) and value >= 0
+
 
 class LinearWarmup(keras.callbacks.Callback):
     """Ramps methods' weights up linearly over the first epochs (as DKD).
 
     The weight at epoch `e` (0-based) is `w * min((e + 1) / warmup_epochs, 1)`,
-    `w` being the weight when training begins: mdistiller's
-    `min(epoch / warmup, 1.0)` with epochs counted from 1.
+    `w` being the method's configured weight (`distiller.base_loss_weights`,
+    not the variable's current value): mdistiller's `min(epoch / warmup, 1.0)`
+    with epochs counted from 1. So a run resumed by
+    `keras.callbacks.BackupAndRestore` continues the ramp where it stopped.
 
     Args:
         warmup_epochs: length of the ramp, in epochs (mdistiller uses 20).
-        index: the method to warm up; `None` for all. Defaults to `None`.
+        index: the method to warm up, an int; `None` for all. Defaults to
+            `None`.
+
+    Raises:
+        TypeError: if `index` is neither an int nor `None`.
+        ValueError: if `warmup_epochs` is not a positive integer, or `index`
+            is out of range (when training begins).
 
     Example:
         >>> distiller.fit(data, epochs=240,
@@ -206,27 +279,36 @@ class LinearWarmup(keras.callbacks.Callback):
 
     def __init__(self, warmup_epochs, index=None):
         super().__init__()
-        if int(warmup_epochs) != warmup_epochs or warmup_epochs < 1:
+        if not isinstance(warmup_epochs, numbers.Real) or isinstance(
+            warmup_epochs, bool
+        ):
+            raise TypeError(
+                "`warmup_epochs` must be a positive integer. Received: "
+                f"warmup_epochs={warmup_epochs!r} of type "
+                f"{type(warmup_epochs).__name__}"
+            )
+        if (
+            not math.isfinite(warmup_epochs)
+            or int(warmup_epochs) != warmup_epochs
+            or warmup_epochs < 1
+        ):
             raise ValueError(
                 "`warmup_epochs` must be a positive integer. Received: "
                 f"warmup_epochs={warmup_epochs!r}"
             )
         self.warmup_epochs = int(warmup_epochs)
-        self.index = index
+        self.index = _check_index("LinearWarmup", index, optional=True)
         self._targets = None
 
     def on_train_begin(self, logs=None):
-        weights = _distiller(self.model, self).loss_weights
-        if self.index is not None and not (
-            -len(weights) <= self.index < len(weights)
-        ):
-            raise ValueError(
-                f"LinearWarmup index={self.index} is out of range: the "
-                f"Distiller has {len(weights)} distillation method(s)."
-            )
-        chosen = weights if self.index is None else [weights[self.index]]
-        if self._targets is None:
-            self._targets = [(w, float(w.numpy())) for w in chosen]
+        distiller = _distiller(self.model, self)
+        weights = distiller.loss_weights
+        bases = distiller.base_loss_weights
+        if self.index is None:
+            self._targets = list(zip(weights, bases))
+        else:
+            _method_in_range("LinearWarmup", self.index, weights)
+            self._targets = [(weights[self.index], bases[self.index])]
 
     def on_epoch_begin(self, epoch, logs=None):
         factor = min((epoch + 1) / self.warmup_epochs, 1.0)
