@@ -201,6 +201,7 @@ def to_tflite(
     """
     _quantization._check_model(model)
     _check_quantization(quantization)
+    _check_output_path(output_path)
     qat = _quantization._is_quantization_aware(model)
     if quantization == "int8" and representative_data is None and not qat:
         raise ValueError(
@@ -243,6 +244,25 @@ def to_tflite(
     return content
 
 
+def _check_output_path(output_path):
+    """Refuses a path that cannot be written, before any conversion."""
+    if output_path is None:
+        return
+    path = os.fspath(output_path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(
+            f"`output_path` is a folder: {path!r}. Pass a file path, e.g. "
+            f"{os.path.join(path, 'model.tflite')!r}."
+        )
+    if not os.path.isdir(folder):
+        raise ValueError(
+            f"`output_path` is in a folder that does not exist: {folder!r}. "
+            "Create it first (`os.makedirs(folder, exist_ok=True)`), or pass "
+            f"another path. Received: output_path={path!r}"
+        )
+
+
 def _interpreter(model_content_or_path, num_threads=None):
     try:
         from ai_edge_litert.interpreter import Interpreter
@@ -256,9 +276,16 @@ def _interpreter(model_content_or_path, num_threads=None):
             model_content=bytes(model_content_or_path), num_threads=num_threads
         )
     if isinstance(model_content_or_path, (str, os.PathLike)):
-        return Interpreter(
-            model_path=os.fspath(model_content_or_path), num_threads=num_threads
-        )
+        path = os.fspath(model_content_or_path)
+        if not os.path.isfile(path):
+            raise ValueError(f"No .tflite file at {path!r}.")
+        try:
+            return Interpreter(model_path=path, num_threads=num_threads)
+        except (ValueError, RuntimeError) as error:
+            raise ValueError(
+                f"{path!r} is not a readable .tflite model ({error}). Convert "
+                "it again with `tfkd.export.to_tflite(model, output_path=...)`."
+            ) from error
     raise TypeError(
         "`model` must be the bytes of a .tflite model or its path. Received: "
         f"{type(model_content_or_path).__name__}"
