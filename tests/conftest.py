@@ -257,3 +257,14 @@ def run_two_workers(command, env=None, timeout=300, cleanup=None):
     for p, output in zip(processes, outputs):
         assert p.returncode == 0, output[-3000:]
     return outputs
+
+
+def mirrored_strategy():
+    """A two-replica MirroredStrategy on the two logical CPUs.
+
+    TensorFlow caches collective instances by key for the whole process; its
+    own tests give each new strategy a fresh key range ("only set this in
+    tests"), or a step with other shapes reuses a stale instance.
+    """
+    tf.distribute.MirroredStrategy._collective_key_base += 1000
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

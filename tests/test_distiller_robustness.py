@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import make_mlp
+from conftest import mirrored_strategy
 from conftest import relative_difference
 from conftest import sparse_ce
 from conftest import toy_classification
@@ -189,7 +190,7 @@ def test_per_position_sample_weights_train_alike_on_two_replicas():
         return student.get_weights()
 
     one = train(tf.distribute.get_strategy())
-    two = train(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    two = train(mirrored_strategy())
     assert relative_difference(two, one) < 1e-5
 
 

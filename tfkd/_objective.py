@@ -171,6 +171,65 @@ def method_term(method, teacher, student, labels, sample_weight, scale):
     return Term(value / scale.replicas, value)
 
 
+def hard_label_terms(entries, scale):
+    """The sum of `(loss_fn, labels, logits, sample_weight)` entries' terms
+    (one per output; entries with no `loss_fn` are skipped)."""
+    terms = [
+        hard_label_term(loss_fn, y, logits, weights, scale)
+        for loss_fn, y, logits, weights in entries
+        if loss_fn is not None
+    ]
+    return add(*terms) if terms else zero()
+
+
+def distillation_terms(
+    methods,
+    output_indices,
+    teacher,
+    student,
+    labels,
+    sample_weights,
+    scale,
+    training,
+):
+    """The weighted sum of the distillation methods' terms.
+
+    Args:
+        methods: `(method, weight, adapter or None)` per term.
+        output_indices: per term, the output whose logits it reads (`None`
+            for feature methods, which read their named layers).
+        teacher, student: `(outputs, {layer: features})`, outputs a list in
+            output order.
+        labels, sample_weights: one entry (or None) per output.
+        scale: the step's `Scale`.
+        training: passed to the adapters.
+    """
+    (t_outputs, t_features), (s_outputs, s_features) = teacher, student
+    terms = []
+    for (method, weight, adapter), index in zip(methods, output_indices):
+        position = 0 if index is None else index
+        if method.teacher_layer is None:
+            t, s = t_outputs[position], s_outputs[position]
+        else:
+            t = t_features[method.teacher_layer]
+            s = s_features[method.student_layer]
+        if adapter is not None:
+            s = adapter(s, training=training)
+        method_labels = None
+        if method.requires_labels:
+            method_labels = labels[position]
+            if method_labels is None:
+                raise ValueError(
+                    f"{type(method).__name__} needs the labels, but the data "
+                    "has none. Pass `(x, y)` data."
+                )
+        term = method_term(
+            method, t, s, method_labels, sample_weights[position], scale
+        )
+        terms.append(weigh(weight, term))
+    return add(*terms)
+
+
 def regularization_term(losses, scale):
     """The models' own regularization losses (already global)."""
     if not losses:

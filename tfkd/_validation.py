@@ -222,6 +222,19 @@ def resolve_distillation_losses(distillation_loss, temperature, output_names):
     return terms, False
 
 
+def distillation_loss_from_terms(terms, count):
+    """`distillation_loss` for a model of `count` outputs, from the
+    `(method, weight, output_index)` terms that `get_config` stores."""
+    if count == 1:
+        return [(method, weight) for method, weight, *_ in terms]
+    per_output = [[] for _ in range(count)]
+    for method, weight, *index in terms:
+        # Feature terms (no output) may sit with any output: the first.
+        position = index[0] if index and index[0] is not None else 0
+        per_output[position].append((method, weight))
+    return [entries or None for entries in per_output]
+
+
 def output_names(model):
     """The names of `model`'s outputs, in `tf.nest.flatten` order."""
     try:

@@ -303,6 +303,10 @@ class Distiller(keras.Model):
         if isinstance(metrics, (list, tuple)):
             metrics = [_validation.copy_metric(metric) for metric in metrics]
         student.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+        if student.built:
+            # Built now, so that a saved Distiller holds the optimizer that
+            # `load_model` rebuilds (else Keras warns that it skipped it).
+            student.optimizer.build(student.trainable_variables)
 
     def get_compile_config(self):
         """What `compile` got, so that `keras.models.load_model` recompiles
@@ -424,23 +428,14 @@ class Distiller(keras.Model):
             config[key] = deserialize(
                 config[key], custom_objects=custom_objects
             )
-        terms = [
-            (deserialize(entry[0], custom_objects=custom_objects), entry[1])
-            + tuple(entry[2:])
-            for entry in config["distillation_loss"]
-        ]
-        count = len(_validation.output_names(config["student"]))
-        if count == 1:
-            config["distillation_loss"] = [term[:2] for term in terms]
-        else:
-            # One list per output; feature terms (no output) go with the first.
-            per_output = [[] for _ in range(count)]
-            for term in terms:
-                index = term[2] if len(term) > 2 else 0
-                per_output[0 if index is None else index].append(term[:2])
-            config["distillation_loss"] = [
-                entries or None for entries in per_output
-            ]
+        config["distillation_loss"] = _validation.distillation_loss_from_terms(
+            [
+                (deserialize(entry[0], custom_objects=custom_objects),)
+                + tuple(entry[1:])
+                for entry in config["distillation_loss"]
+            ],
+            len(_validation.output_names(config["student"])),
+        )
         return cls(**config)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
@@ -496,85 +491,19 @@ class Distiller(keras.Model):
             weights = [sample_weight] * len(names)
         scale = _objective.batch_scale(tf.shape(s_flat[0])[0])
 
-        student_terms = []
-        for name, loss_fn, y_i, logits, w in zip(
-            names, self._student_loss_fns, labels, s_flat, weights
-        ):
-            if loss_fn is None:
-                continue
-            if y_i is None:
-                if y is None and self._alpha_now() == 0:
-                    # Unlabelled data: fine while the hard-label term weighs
-                    # 0; checked again at run time, for alpha schedules.
-                    tf.debugging.assert_equal(
-                        self.alpha,
-                        0.0,
-                        message="The data has no labels, but alpha > 0 weighs "
-                        "the hard-label student loss set by `compile(loss=...)`."
-                        " Pass `(x, y)` data, or use alpha=0 for pure "
-                        "distillation on unlabelled data.",
-                    )
-                    continue
-                if y is None:
-                    raise ValueError(
-                        "The data has no labels, but `compile(loss=...)` set a "
-                        f"hard-label student loss and alpha={self._alpha_now():g}"
-                        " weighs it. Pass `(x, y)` data, or use alpha=0 for pure"
-                        " distillation on unlabelled data."
-                    )
-                raise ValueError(
-                    f"The labels have no entry for output {name!r}, which has a "
-                    "hard-label loss. Pass its labels, or set its loss to None."
-                )
-            student_terms.append(
-                _objective.hard_label_term(loss_fn, y_i, logits, w, scale)
-            )
-        student = (
-            _objective.add(*student_terms) if student_terms else _objective.zero()
+        student = _objective.hard_label_terms(
+            zip(self._check_labels(y, labels), labels, s_flat, weights), scale
         )
-
-        distillation_terms = []
-        for method, weight, adapter, index in zip(
-            self.distillation_losses,
-            self.loss_weights,
-            self.adapters,
+        distillation = _objective.distillation_terms(
+            zip(self.distillation_losses, self.loss_weights, self.adapters),
             self._output_indices,
-        ):
-            position = 0 if index is None else index
-            teacher = (
-                t_flat[position]
-                if method.teacher_layer is None
-                else t_features[method.teacher_layer]
-            )
-            student_tensor = (
-                s_flat[position]
-                if method.student_layer is None
-                else s_features[method.student_layer]
-            )
-            if adapter is not None:
-                student_tensor = adapter(student_tensor, training=training)
-            method_labels = None
-            if method.requires_labels:
-                method_labels = labels[position]
-                if method_labels is None:
-                    raise ValueError(
-                        f"{type(method).__name__} needs the labels, but the data "
-                        "has none. Pass `(x, y)` data."
-                    )
-            distillation_terms.append(
-                _objective.weigh(
-                    weight,
-                    _objective.method_term(
-                        method,
-                        teacher,
-                        student_tensor,
-                        method_labels,
-                        weights[position],
-                        scale,
-                    ),
-                )
-            )
-        distillation = _objective.add(*distillation_terms)
+            (t_flat, t_features),
+            (s_flat, s_features),
+            labels,
+            weights,
+            scale,
+            training,
+        )
 
         regularization = _objective.zero()
         if training:
@@ -598,6 +527,39 @@ class Distiller(keras.Model):
         ):
             tracker.update_state(value, sample_weight=scale.local_batch)
         return total.share
+
+    def _check_labels(self, y, labels):
+        """The hard-label losses to apply: None where labels are absent and
+        alpha is 0 (unlabelled data), an error where they are needed."""
+        losses = []
+        for name, loss_fn, y_i in zip(
+            self._output_names, self._student_loss_fns, labels
+        ):
+            if loss_fn is not None and y_i is None:
+                if y is not None:
+                    raise ValueError(
+                        f"The labels have no entry for output {name!r}, which "
+                        "has a hard-label loss. Pass its labels, or set its loss "
+                        "to None."
+                    )
+                if self._alpha_now() > 0:
+                    raise ValueError(
+                        "The data has no labels, but `compile(loss=...)` set a "
+                        f"hard-label student loss and alpha={self._alpha_now():g}"
+                        " weighs it. Pass `(x, y)` data, or use alpha=0 for pure"
+                        " distillation on unlabelled data."
+                    )
+                # Checked again at run time, for alpha schedules.
+                tf.debugging.assert_equal(
+                    self.alpha,
+                    0.0,
+                    message="The data has no labels, but alpha > 0 weighs the "
+                    "hard-label student loss set by `compile(loss=...)`. Pass "
+                    "`(x, y)` data, or keep alpha=0 on unlabelled data.",
+                )
+                loss_fn = None
+            losses.append(loss_fn)
+        return losses
 
     def _alpha_now(self):
         """The current value of `alpha`, also while a step is traced."""
