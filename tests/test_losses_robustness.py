@@ -531,3 +531,27 @@ def test_kd_with_classes_far_below_the_others_matches_float64():
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     dkd = tfkd.losses.dkd_loss(t, s, np.array([4]), temperature=4.0)
     assert np.isfinite(float(dkd))
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        lambda t, s: tfkd.losses.kd_loss(t, s, standardize=True),
+        lambda t, s: tfkd.losses.dist_loss(t, s),
+    ],
+    ids=["kd_standardized", "dist"],
+)
+def test_constant_student_logits_give_bounded_gradients(loss):
+    # A zero input through a zero-bias head gives equal logits: dividing by
+    # eps instead of their (zero) spread gave gradients of ~1e6.
+    t = tf.constant(np.random.default_rng(0).normal(size=(8, 5)), tf.float32)
+    s = tf.Variable(
+        np.concatenate(
+            [np.zeros((1, 5)), np.random.default_rng(1).normal(size=(7, 5))]
+        ).astype("float32")
+    )
+    with tf.GradientTape() as tape:
+        value = loss(t, s)
+    gradient = tape.gradient(value, s)
+    assert np.isfinite(float(value))
+    assert float(tf.reduce_max(tf.abs(gradient))) < 10.0

@@ -26,7 +26,13 @@ def _standardize(logits, eps=1e-7):
     variance = tf.reduce_sum(tf.square(centered), axis=-1, keepdims=True) / (
         classes - 1.0
     )
-    return centered / (_safe_sqrt(variance) + eps)
+    std = _safe_sqrt(variance)
+    # A row of (nearly) equal logits has no scale: its z-scores are 0. Divided
+    # by eps instead, its gradient would be ~1/eps and wreck the student in
+    # one step (a zero input through a zero-bias head).
+    scale = 1.0 + tf.reduce_max(tf.abs(logits), axis=-1, keepdims=True)
+    flat = std <= 1e-6 * scale
+    return tf.where(flat, 0.0, centered / (tf.where(flat, 1.0, std) + eps))
 
 
 def kd_loss_per_example(
@@ -226,7 +232,10 @@ def _pearson(a, b, axis, eps=1e-8):
     b = b - tf.reduce_mean(b, axis=axis, keepdims=True)
     dot = tf.reduce_sum(a * b, axis=axis)
     norms = _norm(a, axis=axis) * _norm(b, axis=axis)
-    return dot / (norms + eps)
+    # A constant vector has no correlation: 0, with a 0 gradient, rather than
+    # a gradient of ~1/eps that wrecks the student in one step.
+    flat = norms <= 1e-12
+    return tf.where(flat, 0.0, dot / (tf.where(flat, 1.0, norms) + eps))
 
 
 def dist_loss(
