@@ -419,3 +419,26 @@ def test_two_processes_on_one_cache_dir_both_succeed(tmp_path):
     assert os.listdir(caches) == ["shared"]  # no temporary folder left
     with open(os.path.join(cache_dir, "tfkd_fingerprint.json")) as file:
         assert json.load(file)["examples"] == 40
+
+
+def test_top_k_cache_of_sequence_logits_equals_the_full_cache():
+    def model(name, seed):
+        inputs = keras.Input((6, 4))
+        outputs = keras.layers.Dense(
+            5, kernel_initializer=keras.initializers.GlorotUniform(seed)
+        )(inputs)
+        return keras.Model(inputs, outputs, name=name)
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 6, 4)).astype("float32")
+    y = rng.integers(0, 5, size=(4, 6))
+    teacher, student = model("t", 1), model("s", 2)
+    distiller = tfkd.Distiller(teacher, student, alpha=0.0)
+    distiller.compile("sgd")
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(2)
+    live = distiller.evaluate(data, verbose=0, return_dict=True)
+    cached = tfkd.cache_teacher_outputs(teacher, data, top_k=5, verbose=0)
+    top_k = distiller.evaluate(cached, verbose=0, return_dict=True)
+    np.testing.assert_allclose(
+        top_k["distillation_loss"], live["distillation_loss"], rtol=1e-5
+    )

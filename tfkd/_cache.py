@@ -475,14 +475,24 @@ def _in_memory(elements):
 
 
 def _dense_from_top_k(values, indices, num_classes):
-    """`(batch, classes)` logits: the top-k values, a floor elsewhere."""
+    """`(..., classes)` logits: the top-k values, a floor elsewhere.
+
+    Leading axes (a sequence's `(batch, time)`) are flattened into rows and
+    restored.
+    """
+    static = values.shape[:-1].concatenate([num_classes])
+    leading = tf.shape(values)[:-1]
+    k = tf.shape(values)[-1]
+    values = tf.reshape(values, [-1, k])
+    indices = tf.reshape(indices, [-1, k])
     floor = tf.reduce_min(values, axis=-1, keepdims=True) - _TOP_K_GAP
-    batch = tf.shape(values)[0]
-    dense = tf.broadcast_to(floor, tf.stack([batch, num_classes]))
-    dense = tf.ensure_shape(dense, [None, num_classes])
-    rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(indices))
-    scatter = tf.stack([rows, indices], axis=-1)
-    return tf.tensor_scatter_nd_update(dense, scatter, values)
+    rows = tf.shape(values)[0]
+    dense = tf.broadcast_to(floor, tf.stack([rows, num_classes]))
+    row_ids = tf.broadcast_to(tf.range(rows)[:, None], tf.shape(indices))
+    scatter = tf.stack([row_ids, indices], axis=-1)
+    dense = tf.tensor_scatter_nd_update(dense, scatter, values)
+    dense = tf.reshape(dense, tf.concat([leading, [num_classes]], axis=0))
+    return tf.ensure_shape(dense, static)
 
 
 def _expand(stored):
