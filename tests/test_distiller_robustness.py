@@ -389,3 +389,50 @@ def test_multi_output_list_of_the_wrong_length_is_a_clear_error():
             _two_headed("s", 4, 7),
             distillation_loss=[tfkd.losses.KD()] * 3,
         )
+
+
+# Found by trying tfkd as a new user (issue 11, "the next ones").
+
+
+def test_keras_masks_are_refused_with_the_fix():
+    x = np.array([[3, 4, 0, 0], [5, 0, 0, 0]], "int32")
+    y = np.zeros((2, 4), "int32")
+
+    def model(name):
+        inputs = keras.Input((4,), dtype="int32")
+        h = keras.layers.Embedding(10, 4, mask_zero=True)(inputs)
+        return keras.Model(inputs, keras.layers.Dense(3)(h), name=name)
+
+    distiller = tfkd.Distiller(model("t"), model("s"))
+    distiller.compile("sgd", loss=sparse_ce())
+    with pytest.raises(ValueError, match="Keras mask.*sample_weight"):
+        distiller.evaluate(x, y, verbose=0)
+
+
+def test_ignore_class_is_refused_with_the_fix():
+    if IS_LEGACY:
+        pytest.skip("tf_keras losses have no ignore_class")
+    distiller = tfkd.Distiller(*_teacher_student())
+    loss = keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, ignore_class=-1
+    )
+    with pytest.raises(ValueError, match="ignore_class.*sample_weight"):
+        distiller.compile("sgd", loss=loss)
+
+
+def test_regularization_counts_in_evaluate_as_in_keras():
+    x, y = toy_classification()
+    teacher, _ = _teacher_student()
+    inputs = keras.Input((8,))
+    outputs = keras.layers.Dense(
+        3, kernel_regularizer=keras.regularizers.L2(1.0)
+    )(inputs)
+    student = keras.Model(inputs, outputs, name="regularized")
+    distiller = tfkd.Distiller(teacher, student, alpha=1.0)
+    distiller.compile("sgd", loss=sparse_ce())
+    student.compile("sgd", loss=sparse_ce())
+    np.testing.assert_allclose(
+        distiller.evaluate(x, y, verbose=0, return_dict=True)["loss"],
+        student.evaluate(x, y, verbose=0),
+        rtol=1e-5,
+    )

@@ -116,14 +116,24 @@ def distribute_strategy_of(model):
     return getattr(model, "_distribute_strategy", None)
 
 
-def loss_from_logits(loss):
-    """The `from_logits` setting of a `keras.losses.Loss`, or None."""
-    from_logits = getattr(loss, "from_logits", None)
-    if from_logits is None:
+def loss_setting(loss, name):
+    """A setting (`from_logits`, `ignore_class`) of a `keras.losses.Loss`."""
+    value = getattr(loss, name, None)
+    if value is None:
         # Keras 3 `LossFunctionWrapper`s keep it among their function's
         # keyword arguments.
-        from_logits = getattr(loss, "_fn_kwargs", {}).get("from_logits")
-    return from_logits
+        value = getattr(loss, "_fn_kwargs", {}).get(name)
+    return value
+
+
+def loss_from_logits(loss):
+    """The `from_logits` setting of a `keras.losses.Loss`, or None."""
+    return loss_setting(loss, "from_logits")
+
+
+def keras_mask(tensor):
+    """The Keras mask a layer attached to `tensor` (`mask_zero=True`)."""
+    return getattr(tensor, "_keras_mask", None)
 
 
 def producing_layer(tensor):
@@ -141,3 +151,10 @@ def is_graph_network(model) -> bool:
     return isinstance(model, keras.Sequential) or (
         type(model).__name__ == "Functional"
     )
+
+
+def build_optimizer(optimizer, variables):
+    """Creates the optimizer's slots for `variables` unless it has them."""
+    built = getattr(optimizer, "_built" if IS_LEGACY else "built", False)
+    if not built and hasattr(optimizer, "build"):
+        optimizer.build(variables)

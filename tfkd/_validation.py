@@ -61,6 +61,13 @@ def _resolve_one_student_loss(loss):
                 "the Distiller's student outputs logits. Pass "
                 f"`keras.losses.{type(loss).__name__}(from_logits=True)`."
             )
+        if _keras.loss_setting(loss, "ignore_class") is not None:
+            raise ValueError(
+                f"The student loss {type(loss).__name__} has ignore_class set; "
+                "the Distiller does not apply it yet (it would average over "
+                "the ignored entries). Pass a per-position `sample_weight` "
+                "that is 0 on them instead, and a loss without ignore_class."
+            )
         return loss.call
     if callable(loss):
         name = _function_name(loss)

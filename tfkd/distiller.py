@@ -294,19 +294,20 @@ class Distiller(keras.Model):
         optimizer of the same configuration (never the Distiller's).
         """
         student = self.student
-        if _keras.is_compiled(student):
-            return
-        if isinstance(loss, str):
-            loss = _validation.STUDENT_LOSSES[loss]()
-        if not isinstance(optimizer, str):
-            optimizer = type(optimizer).from_config(optimizer.get_config())
-        if isinstance(metrics, (list, tuple)):
-            metrics = [_validation.copy_metric(metric) for metric in metrics]
-        student.compile(optimizer=optimizer, loss=loss, metrics=metrics)
-        if student.built:
+        if not _keras.is_compiled(student):
+            if isinstance(loss, str):
+                loss = _validation.STUDENT_LOSSES[loss]()
+            if not isinstance(optimizer, str):
+                optimizer = type(optimizer).from_config(optimizer.get_config())
+            if isinstance(metrics, (list, tuple)):
+                metrics = [_validation.copy_metric(m) for m in metrics]
+            student.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+        if student.built and getattr(student, "optimizer", None) is not None:
             # Built now, so that a saved Distiller holds the optimizer that
             # `load_model` rebuilds (else Keras warns that it skipped it).
-            student.optimizer.build(student.trainable_variables)
+            _keras.build_optimizer(
+                student.optimizer, student.trainable_variables
+            )
 
     def get_compile_config(self):
         """What `compile` got, so that `keras.models.load_model` recompiles
@@ -505,17 +506,30 @@ class Distiller(keras.Model):
             training,
         )
 
-        regularization = _objective.zero()
-        if training:
-            regularization = _objective.regularization_term(
-                self.student.losses
-                + [
-                    loss
-                    for adapter in self.adapters
-                    if adapter is not None
-                    for loss in adapter.losses
-                ],
-                scale,
+        # As Keras: the models' regularization losses count in evaluate too,
+        # so that loss and val_loss compare.
+        regularization = _objective.regularization_term(
+            self.student.losses
+            + [
+                loss
+                for adapter in self.adapters
+                if adapter is not None
+                for loss in adapter.losses
+            ],
+            scale,
+        )
+        masked = [
+            name
+            for name, output in zip(names, s_flat)
+            if _keras.keras_mask(output) is not None
+        ]
+        if masked:
+            raise ValueError(
+                f"The student's output(s) {masked} carry a Keras mask (e.g. "
+                "from `Embedding(mask_zero=True)`), which the Distiller does "
+                "not apply yet (it would average over padding). Pass the "
+                "mask as a per-position `sample_weight` of shape "
+                "`(batch, time)` instead, or remove the mask from the student."
             )
         total = _objective.total(
             self.alpha, student, distillation, regularization
