@@ -77,7 +77,10 @@ _STRATEGY = flags.DEFINE_enum(
     "logical CPUs); multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG.",
 )
 _CPU_REPLICAS = flags.DEFINE_integer(
-    "cpu_replicas", 1, "With --strategy=mirrored and no GPU: logical CPUs."
+    "cpu_replicas",
+    1,
+    "With --strategy=mirrored and no GPU: logical CPUs.",
+    lower_bound=1,
 )
 _MIXED_PRECISION = flags.DEFINE_bool(
     "mixed_precision",
@@ -91,29 +94,58 @@ _CACHE_TEACHER = flags.DEFINE_bool(
     "Run the teacher once over the training set and train on its stored "
     "outputs (the batches are then fixed: no reshuffling between epochs).",
 )
-_EPOCHS = flags.DEFINE_integer("epochs", 60, "Training epochs.")
+_EPOCHS = flags.DEFINE_integer("epochs", 60, "Training epochs.", lower_bound=1)
 _STEPS_PER_EPOCH = flags.DEFINE_integer(
-    "steps_per_epoch", None, "Steps per epoch. Default: one pass."
+    "steps_per_epoch",
+    None,
+    "Steps per epoch. Default: one pass.",
+    lower_bound=1,
 )
 _BATCH_SIZE = flags.DEFINE_integer(
-    "batch_size", 64, "GLOBAL batch size (split over the replicas)."
+    "batch_size",
+    64,
+    "GLOBAL batch size (split over the replicas).",
+    lower_bound=1,
 )
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Adam step size.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of weights and shuffling.")
+_SEED = flags.DEFINE_integer(
+    "seed",
+    0,
+    "Seed of weights and shuffling.",
+    lower_bound=0,
+    upper_bound=2**32 - 1,
+)
 _SHUFFLE = flags.DEFINE_bool(
     "shuffle", True, "Reshuffle the training set every epoch."
 )
 _TRAIN_EXAMPLES = flags.DEFINE_integer(
-    "train_examples", None, "Use only the first N training examples."
+    "train_examples",
+    None,
+    "Use only the first N training examples.",
+    lower_bound=1,
 )
 _TEST_EXAMPLES = flags.DEFINE_integer(
-    "test_examples", None, "Use only the first N test examples."
+    "test_examples", None, "Use only the first N test examples.", lower_bound=1
 )
-_VERBOSE = flags.DEFINE_integer("verbose", 1, "Keras verbosity (0, 1, 2).")
+_VERBOSE = flags.DEFINE_integer(
+    "verbose", 1, "Keras verbosity (0, 1, 2).", lower_bound=0, upper_bound=2
+)
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Where to write student.keras, history and logs."
 )
 flags.mark_flags_as_required(["teacher", "output_dir"])
+training.check_positive(_TEMPERATURE, _LEARNING_RATE)
+training.check_fraction(_ALPHA)
+training.check_model_files(_TEACHER)
+training.check_output_dirs(_OUTPUT_DIR)
+training.check_data_flags(_DATASET, _DATA_DIR, _SOURCE_DIR)
+flags.register_multi_flags_validator(
+    [_STRATEGY, _CPU_REPLICAS],
+    lambda values: (
+        values["cpu_replicas"] == 1 or values["strategy"] == "mirrored"
+    ),
+    message="--cpu_replicas > 1 needs --strategy=mirrored",
+)
 
 
 def _datasets(strategy):

@@ -1,14 +1,16 @@
 """Teacher and student models of the examples and benchmarks.
 
-Small Functional CNNs and an MLP for 28x28 grey and 32x32 RGB images (NHWC),
-built with the Keras that tfkd uses (Keras 3, or tf_keras with
+Small Functional CNNs, an MLP and a ResNet-20 for 28x28 grey and 32x32 RGB
+images (NHWC), built with the Keras that tfkd uses (Keras 3, or tf_keras with
 `TF_USE_LEGACY_KERAS=1`): TFMOT's quantization-aware training needs Functional
 or Sequential models. Every model outputs LOGITS (no softmax) and names the
 layers that feature distillation methods tap:
 
 - `"features"`: the last conv block's ReLU maps, `(batch, h, w, channels)`,
-  with the same `h, w` in the teacher and the CNN student (the MLP has none);
-- `"embedding"`: the penultimate dense layer, `(batch, width)`.
+  with the same `h, w` in `teacher_cnn` and the CNN student (the MLP has
+  none; ResNet-20's are smaller: 8x8 on 32x32 images, the student's 13x13);
+- `"embedding"`: the penultimate dense layer, `(batch, width)` (ResNet-20:
+  the global average pool, `(batch, 64)`).
 
 Example:
     >>> from examples import models
@@ -76,10 +78,78 @@ def student_mlp(input_shape, num_classes):
     return keras.Model(inputs, _logits(x, num_classes), name="student_mlp")
 
 
+def resnet20(input_shape, num_classes):
+    """ResNet-20 for 32x32 images (He et al. 2016, section 4.2).
+
+    A 3x3 conv (16 filters), then 3 stages of 3 basic blocks (two 3x3
+    conv-BatchNorm pairs and a shortcut) with 16, 32 and 64 filters, the
+    second and third stages starting with stride 2; global average pooling
+    (`"embedding"`, `(batch, 64)`) and the logits. `"features"` is the last
+    block's ReLU, `(batch, h / 4, w / 4, 64)`: 8x8 on CIFAR-10. 274,042
+    parameters on 32x32x3 (272,474 trainable).
+
+    Where a block changes the shape, the shortcut is a strided 1x1 conv with
+    BatchNorm (the paper's option B; its CIFAR nets pad with zeros, option A):
+    2,944 more parameters, and no Lambda layer, so the model builds the same
+    in Keras 3 and tf_keras. The last BatchNorm of each block starts at zero
+    scale (Goyal et al. 2017): every block starts as the identity, which
+    helps short schedules. Convs have no bias (BatchNorm follows) and He
+    normal initial weights. Expects inputs of a fixed scale, e.g. [0, 1]:
+    BatchNorm after the first conv absorbs the offset and the scale.
+
+    References:
+        He, Zhang, Ren, Sun. Deep Residual Learning for Image Recognition.
+        CVPR 2016. Goyal et al. Accurate, Large Minibatch SGD: Training
+        ImageNet in 1 Hour. 2017.
+    """
+    inputs = keras.Input(input_shape, name="image")
+    x = _conv_bn(inputs, 16, 1, "stem")
+    x = keras.layers.ReLU(name="stem_relu")(x)
+    for stage, filters in enumerate((16, 32, 64)):
+        for block in range(3):
+            strides = 2 if stage > 0 and block == 0 else 1
+            name = f"stage{stage + 1}_block{block + 1}"
+            last = stage == 2 and block == 2
+            x = _basic_block(x, filters, strides, name, last)
+    x = keras.layers.GlobalAveragePooling2D(name="embedding")(x)
+    return keras.Model(inputs, _logits(x, num_classes), name="resnet20")
+
+
+def _conv_bn(x, filters, strides, name, kernel_size=3, zero_scale=False):
+    x = keras.layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        name=f"{name}_conv",
+    )(x)
+    # momentum 0.9 (PyTorch's 0.1): running statistics that keep up with
+    # the weights in a short schedule.
+    return keras.layers.BatchNormalization(
+        momentum=0.9,
+        gamma_initializer="zeros" if zero_scale else "ones",
+        name=f"{name}_bn",
+    )(x)
+
+
+def _basic_block(x, filters, strides, name, last):
+    shortcut = x
+    if strides != 1 or x.shape[-1] != filters:
+        shortcut = _conv_bn(x, filters, strides, f"{name}_shortcut", 1)
+    y = _conv_bn(x, filters, strides, f"{name}_1")
+    y = keras.layers.ReLU(name=f"{name}_relu1")(y)
+    y = _conv_bn(y, filters, 1, f"{name}_2", zero_scale=True)
+    y = keras.layers.Add(name=f"{name}_add")([shortcut, y])
+    return keras.layers.ReLU(name="features" if last else f"{name}_relu2")(y)
+
+
 MODELS = {
     "teacher_cnn": teacher_cnn,
     "student_cnn": student_cnn,
     "student_mlp": student_mlp,
+    "resnet20": resnet20,
 }
 
 
@@ -88,7 +158,7 @@ def build_model(name, input_shape, num_classes):
 
     Args:
         name: one of `MODELS`: `"teacher_cnn"`, `"student_cnn"`,
-            `"student_mlp"`.
+            `"student_mlp"`, `"resnet20"`.
         input_shape: image shape without the batch axis, `(h, w, channels)`.
         num_classes: number of classes, the width of the logits.
 

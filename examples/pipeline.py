@@ -76,12 +76,20 @@ _TEMPERATURE = flags.DEFINE_float(
 _ALPHA = flags.DEFINE_float(
     "alpha", 0.1, "Weight of the hard-label loss, in [0, 1]."
 )
-_TEACHER_EPOCHS = flags.DEFINE_integer("teacher_epochs", 15, "Teacher epochs.")
+_TEACHER_EPOCHS = flags.DEFINE_integer(
+    "teacher_epochs", 15, "Teacher epochs.", lower_bound=1
+)
 _STUDENT_EPOCHS = flags.DEFINE_integer(
-    "student_epochs", 60, "Epochs of the student, alone and distilled."
+    "student_epochs",
+    60,
+    "Epochs of the student, alone and distilled.",
+    lower_bound=1,
 )
 _SEEDS = flags.DEFINE_integer(
-    "seeds", 3, "Students trained per row (seeds 0..N-1): mean and std."
+    "seeds",
+    3,
+    "Students trained per row (seeds 0..N-1): mean and std.",
+    lower_bound=1,
 )
 _QAT = flags.DEFINE_bool(
     "qat",
@@ -89,25 +97,41 @@ _QAT = flags.DEFINE_bool(
     "Quantization-aware distillation before the int8 export (runs the "
     "pipeline under tf_keras); --noqat: post-training int8.",
 )
-_QAT_EPOCHS = flags.DEFINE_integer("qat_epochs", 5, "QAT epochs.")
+_QAT_EPOCHS = flags.DEFINE_integer(
+    "qat_epochs", 5, "QAT epochs.", lower_bound=1
+)
 _QAT_LEARNING_RATE = flags.DEFINE_float(
     "qat_learning_rate", 1e-4, "Adam step size of QAT fine-tuning."
 )
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Batch size.")
+_BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size", 64, "Batch size.", lower_bound=1
+)
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Adam step size.")
 _TRAIN_EXAMPLES = flags.DEFINE_integer(
-    "train_examples", None, "Use only the first N training examples."
+    "train_examples",
+    None,
+    "Use only the first N training examples.",
+    lower_bound=1,
 )
 _TEST_EXAMPLES = flags.DEFINE_integer(
-    "test_examples", None, "Use only the first N test examples."
+    "test_examples", None, "Use only the first N test examples.", lower_bound=1
 )
 _CALIBRATION_EXAMPLES = flags.DEFINE_integer(
-    "calibration_examples", 512, "Training examples that calibrate int8."
+    "calibration_examples",
+    512,
+    "Training examples that calibrate int8.",
+    lower_bound=1,
 )
-_VERBOSE = flags.DEFINE_integer("verbose", 1, "Keras verbosity (0, 1, 2).")
+_VERBOSE = flags.DEFINE_integer(
+    "verbose", 1, "Keras verbosity (0, 1, 2).", lower_bound=0, upper_bound=2
+)
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", "pipeline_output", "Where to write the table and models."
 )
+training.check_positive(_TEMPERATURE, _LEARNING_RATE, _QAT_LEARNING_RATE)
+training.check_fraction(_ALPHA)
+training.check_output_dirs(_OUTPUT_DIR)
+training.check_data_flags(_DATASET, _DATA_DIR, _SOURCE_DIR)
 
 
 def _stage(number, text):

@@ -67,10 +67,12 @@ _PRUNE = flags.DEFINE_bool(
     "retrains every weight: results.json reports the final sparsity.",
 )
 _TARGET_SPARSITY = flags.DEFINE_float(
-    "target_sparsity", 0.5, "Fraction of zero weights reached by pruning."
+    "target_sparsity",
+    0.5,
+    "Fraction of zero weights reached by pruning, in [0, 1).",
 )
 _EPOCHS = flags.DEFINE_integer(
-    "epochs", 5, "Epochs of each stage (pruning, QAT)."
+    "epochs", 5, "Epochs of each stage (pruning, QAT).", lower_bound=1
 )
 _TEMPERATURE = flags.DEFINE_float(
     "temperature", 8.0, "KD temperature while compressing."
@@ -78,25 +80,43 @@ _TEMPERATURE = flags.DEFINE_float(
 _ALPHA = flags.DEFINE_float(
     "alpha", 0.1, "Weight of the hard-label loss, in [0, 1]."
 )
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Batch size.")
+_BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size", 64, "Batch size.", lower_bound=1
+)
 _LEARNING_RATE = flags.DEFINE_float(
     "learning_rate", 1e-4, "Adam step size (fine-tuning: small)."
 )
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of shuffling.")
+_SEED = flags.DEFINE_integer(
+    "seed", 0, "Seed of shuffling.", lower_bound=0, upper_bound=2**32 - 1
+)
 _CALIBRATION_EXAMPLES = flags.DEFINE_integer(
-    "calibration_examples", 512, "Training examples that calibrate int8."
+    "calibration_examples",
+    512,
+    "Training examples that calibrate int8.",
+    lower_bound=1,
 )
 _TRAIN_EXAMPLES = flags.DEFINE_integer(
-    "train_examples", None, "Use only the first N training examples."
+    "train_examples",
+    None,
+    "Use only the first N training examples.",
+    lower_bound=1,
 )
 _TEST_EXAMPLES = flags.DEFINE_integer(
-    "test_examples", None, "Use only the first N test examples."
+    "test_examples", None, "Use only the first N test examples.", lower_bound=1
 )
-_VERBOSE = flags.DEFINE_integer("verbose", 1, "Keras verbosity (0, 1, 2).")
+_VERBOSE = flags.DEFINE_integer(
+    "verbose", 1, "Keras verbosity (0, 1, 2).", lower_bound=0, upper_bound=2
+)
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Where to write student_int8.tflite, results.json."
 )
 flags.mark_flags_as_required(["teacher", "student", "output_dir"])
+training.check_positive(_TEMPERATURE, _LEARNING_RATE)
+training.check_fraction(_ALPHA)
+training.check_fraction(_TARGET_SPARSITY, include_one=False)
+training.check_model_files(_TEACHER, _STUDENT)
+training.check_output_dirs(_OUTPUT_DIR)
+training.check_data_flags(_DATASET, _DATA_DIR, _SOURCE_DIR)
 
 
 def main(argv):

@@ -45,21 +45,37 @@ _SOURCE_DIR = flags.DEFINE_string(
 _MODEL = flags.DEFINE_enum(
     "model", "teacher_cnn", sorted(models.MODELS), "Model to train."
 )
-_EPOCHS = flags.DEFINE_integer("epochs", 15, "Training epochs.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Batch size.")
+_EPOCHS = flags.DEFINE_integer("epochs", 15, "Training epochs.", lower_bound=1)
+_BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size", 64, "Batch size.", lower_bound=1
+)
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Adam step size.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of weights and shuffling.")
+_SEED = flags.DEFINE_integer(
+    "seed",
+    0,
+    "Seed of weights and shuffling.",
+    lower_bound=0,
+    upper_bound=2**32 - 1,
+)
 _TRAIN_EXAMPLES = flags.DEFINE_integer(
-    "train_examples", None, "Use only the first N training examples."
+    "train_examples",
+    None,
+    "Use only the first N training examples.",
+    lower_bound=1,
 )
 _TEST_EXAMPLES = flags.DEFINE_integer(
-    "test_examples", None, "Use only the first N test examples."
+    "test_examples", None, "Use only the first N test examples.", lower_bound=1
 )
-_VERBOSE = flags.DEFINE_integer("verbose", 1, "Keras verbosity (0, 1, 2).")
+_VERBOSE = flags.DEFINE_integer(
+    "verbose", 1, "Keras verbosity (0, 1, 2).", lower_bound=0, upper_bound=2
+)
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Where to write teacher.keras and history.json."
 )
 flags.mark_flags_as_required(["output_dir"])
+training.check_positive(_LEARNING_RATE)
+training.check_output_dirs(_OUTPUT_DIR)
+training.check_data_flags(_DATASET, _DATA_DIR, _SOURCE_DIR)
 
 
 def main(argv):

@@ -124,10 +124,12 @@ def test_models_output_logits_and_name_their_taps(name, shape):
     assert not np.allclose(logits.sum(axis=1), 1.0)  # no softmax
     assert model.name == name
     assert model.get_layer("logits").get_config()["activation"] == "linear"
-    assert model.get_layer("embedding").output.shape[-1] in (32, 128)
-    if name != "student_mlp":
+    assert model.get_layer("embedding").output.shape[-1] in (32, 64, 128)
+    maps = lambda m: tuple(m.get_layer("features").output.shape[1:3])
+    if name == "resnet20":  # Two stride-2 stages.
+        assert maps(model) == (shape[0] // 4, shape[1] // 4)
+    elif name != "student_mlp":
         teacher = models.build_model("teacher_cnn", shape, 10)
-        maps = lambda m: tuple(m.get_layer("features").output.shape[1:3])
         assert maps(model) == maps(teacher)
 
 
@@ -249,6 +251,170 @@ def test_helpfull_documents_every_flag(script):
     for flag in README_FLAGS[script]:
         # The flag's own help line, not a mention in the usage text.
         assert re.search(rf"^\s+--(\[no\])?{flag}: \S", stdout, re.M), flag
+
+
+def _run_module(script, *args, timeout=120):
+    """Runs `python -m examples.<script> args` from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", f"examples.{script}", *args],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+# Each script with cheap settings, so that a flag that wrongly passes fails
+# fast; the bad flag comes last and overrides them.
+_CHEAP = {
+    "train_teacher": ["--epochs=1", "--train_examples=8", "--test_examples=8"],
+    "distill": [
+        "--teacher={tmp}/teacher.keras",
+        "--epochs=1",
+        "--train_examples=8",
+        "--test_examples=8",
+    ],
+    "quantize": [
+        "--teacher={tmp}/teacher.keras",
+        "--student={tmp}/student.keras",
+        "--noqat",
+        "--calibration_examples=8",
+        "--train_examples=8",
+        "--test_examples=8",
+    ],
+    "pipeline": [
+        "--noqat",
+        "--seeds=1",
+        "--teacher_epochs=1",
+        "--student_epochs=1",
+        "--train_examples=8",
+        "--test_examples=8",
+        "--calibration_examples=8",
+    ],
+}
+# (script, bad flags, their errors); {tmp} is the test's folder, where
+# teacher.keras and student.keras exist. A bound of `DEFINE_integer` stops
+# the parsing at once; the validators report every bad flag, one line each.
+_BAD_FLAGS = [
+    (
+        "train_teacher",
+        ["--epochs=-3"],
+        ["flag --epochs=-3: -3 is not a positive integer"],
+    ),
+    (
+        "train_teacher",
+        [
+            "--learning_rate=0",
+            "--output_dir={tmp}/teacher.keras",
+            "--source_dir={tmp}",
+        ],
+        [
+            "flag --learning_rate=0.0: must be a finite number > 0",
+            "flag --output_dir={tmp}/teacher.keras: must be a folder to "
+            "write to, but {tmp}/teacher.keras is an existing file",
+            "flags dataset=mnist_5k, source_dir={tmp}: --source_dir is only "
+            "for --dataset in ['cifar10', 'fashion_mnist'] (local source "
+            "files)",
+        ],
+    ),
+    (
+        "distill",
+        ["--steps_per_epoch=0"],
+        ["flag --steps_per_epoch=0: 0 is not a positive integer"],
+    ),
+    (
+        "distill",
+        [
+            "--temperature=0",
+            "--alpha=1.5",
+            "--teacher={tmp}/missing.keras",
+            "--cpu_replicas=2",
+        ],
+        [
+            "flag --temperature=0.0: must be a finite number > 0",
+            "flag --alpha=1.5: must be in [0, 1]",
+            "flag --teacher={tmp}/missing.keras: must be an existing file",
+            "flags strategy=default, cpu_replicas=2: --cpu_replicas > 1 "
+            "needs --strategy=mirrored",
+        ],
+    ),
+    (
+        "quantize",
+        ["--calibration_examples=0"],
+        ["flag --calibration_examples=0: 0 is not a positive integer"],
+    ),
+    (
+        "quantize",
+        [
+            "--temperature=nan",
+            "--target_sparsity=1",
+            "--student={tmp}/student.h5",
+        ],
+        [
+            "flag --temperature=nan: must be a finite number > 0",
+            "flag --target_sparsity=1.0: must be in [0, 1)",
+            "flag --student={tmp}/student.h5: must be a path ending in .keras",
+        ],
+    ),
+    (
+        "pipeline",
+        ["--seeds=0"],
+        ["flag --seeds=0: 0 is not a positive integer"],
+    ),
+    (
+        "pipeline",
+        [
+            "--alpha=-0.1",
+            "--qat_learning_rate=-1",
+            "--output_dir={tmp}/teacher.keras/run",
+        ],
+        [
+            "flag --qat_learning_rate=-1.0: must be a finite number > 0",
+            "flag --alpha=-0.1: must be in [0, 1]",
+            "flag --output_dir={tmp}/teacher.keras/run: must be a folder to "
+            "write to, but {tmp}/teacher.keras is an existing file",
+        ],
+    ),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    _keras.IS_LEGACY, reason="flags do not depend on the Keras mode"
+)
+@pytest.mark.parametrize(
+    "script, bad_flags, errors",
+    _BAD_FLAGS,
+    ids=[f"{script}-{len(flags)}" for script, flags, _ in _BAD_FLAGS],
+)
+def test_bad_flags_stop_the_script_before_any_work(
+    script, bad_flags, errors, tmp_path
+):
+    tmp = str(tmp_path)
+    for name in ("teacher.keras", "student.keras"):
+        (tmp_path / name).write_text("")
+    output_dir, data_dir = tmp_path / "output", tmp_path / "tfds"
+    result = _run_module(
+        script,
+        f"--output_dir={output_dir}",
+        f"--data_dir={data_dir}",
+        *[arg.format(tmp=tmp) for arg in _CHEAP[script] + bad_flags],
+    )
+    assert result.returncode == 1, result.stdout + result.stderr[-3000:]
+    # One line per bad flag: the flag, its value and the rule.
+    errors = [error.format(tmp=tmp) for error in errors]
+    if len(errors) == 1:
+        report = f"FATAL Flags parsing error: {errors[0]}\n"
+    else:
+        report = "FATAL Flags parsing error:\n" + "".join(
+            f"  {error}\n" for error in errors
+        )
+    hint = "Pass --helpshort or --helpfull to see help on flags.\n"
+    assert report + hint in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""  # no stage, no epoch
+    assert not output_dir.exists() and not data_dir.exists()
 
 
 @pytest.mark.slow
