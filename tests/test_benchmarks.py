@@ -6,8 +6,11 @@ run and that what they write holds what the README quotes, not the figures.
 
 import json
 import os
+import sys
 
+import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import REPO_ROOT
 from conftest import run_script
 
@@ -81,3 +84,83 @@ def test_step_cost_benchmark_times_every_contender(data_dir, tmp_path):
         assert all(t > 0 for t in times["wall"])
         memory = result["memory_kib"][name]
         assert memory["peak_kib"] >= memory["before_kib"] > 0
+
+
+def _fake_cifar10(folder, train=128, test=64):
+    """A CIFAR-10 npz (examples/datasets.py's source format) of random
+    JPEGs: the script's plumbing, in seconds."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(
+        0, 256, size=(train + test, 32, 32, 3), dtype=np.uint8
+    )
+    jpegs = [tf.io.encode_jpeg(image).numpy() for image in images]
+    os.makedirs(folder)
+    np.savez(
+        os.path.join(folder, "cifar10_jpeg_bytes.npz"),
+        jpeg=np.frombuffer(b"".join(jpegs), np.uint8),
+        offsets=np.cumsum([0] + [len(j) for j in jpegs]),
+        y=rng.integers(0, 10, size=train + test).astype(np.uint8),
+        is_test=np.arange(train + test) >= train,
+        classes=np.array([str(c) for c in range(10)]),
+    )
+
+
+@pytest.mark.slow
+def test_train_teachers_resumes_and_writes_a_loadable_teacher(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    source = tmp_path / "source"
+    _fake_cifar10(source)
+    args = [
+        "--dataset=cifar10",
+        "--batch_size=32",
+        "--max_train_examples=96",
+        "--max_test_examples=48",
+        f"--source_dir={source}",
+        f"--data_dir={tmp_path / 'tfds'}",
+        f"--output_dir={tmp_path / 'out'}",
+        f"--backup_dir={tmp_path / 'backup'}",
+    ]
+    first = _run("train_teachers.py", *args, "--epochs=1")
+    assert "epoch 1/1 loss " in first
+    # The same command with more epochs resumes: only the second one runs.
+    second = _run("train_teachers.py", *args, "--epochs=2")
+    assert "epoch 2/2 loss " in second and "epoch 1/2" not in second
+
+    with open(tmp_path / "out" / "results" / "teachers.json") as f:
+        row = json.load(f)["teachers"]["cifar10"]
+    assert row["model"] == "resnet20" and row["params"] == 274_042
+    assert row["epochs"] == 2 and [r["epoch"] for r in row["epoch_log"]] == [
+        1,
+        2,
+    ]
+    assert row["train_examples"] == 96 and row["test_examples"] == 48
+    assert 0.0 <= row["test_accuracy"] <= 1.0 and row["train_seconds"] > 0
+    assert row["command"].endswith(" ".join(args + ["--epochs=2"]))
+    assert "| cifar10 | resnet20 | 274,042 | 2 |" in "\n".join(
+        _table_rows(tmp_path / "out" / "results" / "teachers.md")
+    )
+    weights = tmp_path / "out" / "teachers" / "cifar10_resnet20.weights.h5"
+    assert os.path.getsize(weights) < 1_500_000  # No optimizer state.
+
+    if REPO_ROOT not in sys.path:
+        sys.path.insert(0, REPO_ROOT)
+    from benchmarks import strong_teachers
+
+    teacher = strong_teachers.load_teacher(
+        "cifar10", weights_dir=tmp_path / "out" / "teachers"
+    )
+    images, labels = strong_teachers.load_arrays(
+        "cifar10",
+        "test",
+        data_dir=str(tmp_path / "tfds"),
+        source_dir=str(source),
+        num_examples=48,
+    )
+    # The recorded accuracy, to one example (float rounding near a tie).
+    assert strong_teachers.accuracy(teacher, images, labels) == pytest.approx(
+        row["test_accuracy"], abs=1.01 / 48
+    )
+    with pytest.raises(ValueError, match="benchmarks.train_teachers "):
+        strong_teachers.load_teacher(
+            "fashion_mnist", weights_dir=tmp_path / "out" / "teachers"
+        )
