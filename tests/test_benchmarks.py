@@ -106,6 +106,9 @@ def _fake_cifar10(folder, train=128, test=64):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    _keras.IS_LEGACY, reason="the benchmark teachers are Keras 3 models"
+)
 def test_train_teachers_resumes_and_writes_a_loadable_teacher(tmp_path):
     pytest.importorskip("tensorflow_datasets")
     source = tmp_path / "source"
