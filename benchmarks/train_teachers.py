@@ -104,8 +104,9 @@ _SOURCE_DIR = flags.DEFINE_string(
 
 flags.register_validator(
     "dataset",
-    lambda names: bool(names)
-    and all(name in strong_teachers.RECIPES for name in names),
+    lambda names: (
+        bool(names) and all(name in strong_teachers.RECIPES for name in names)
+    ),
     message=f"--dataset takes names of {sorted(strong_teachers.RECIPES)}.",
 )
 flags.register_multi_flags_validator(

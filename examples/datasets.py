@@ -276,10 +276,13 @@ class Cifar10Local(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         jpeg, offsets, labels = arrays["jpeg"], arrays["offsets"], arrays["y"]
         for i in indices:
             start, end = int(offsets[i]), int(offsets[i + 1])
-            yield int(i), {
-                "image": jpeg[start:end].tobytes(),
-                "label": int(labels[i]),
-            }
+            yield (
+                int(i),
+                {
+                    "image": jpeg[start:end].tobytes(),
+                    "label": int(labels[i]),
+                },
+            )
 
 
 BUILDERS = {

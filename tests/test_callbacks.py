@@ -109,8 +109,10 @@ def test_generic_schedule_assigns_a_variable_and_warmup_picks_an_index():
         rkd.angle_weight, lambda epoch: 10.0 * epoch, name="angle_weight"
     )
     record = _Record(
-        lambda d: [float(rkd.angle_weight.numpy())]
-        + [float(w.numpy()) for w in d.loss_weights]
+        lambda d: (
+            [float(rkd.angle_weight.numpy())]
+            + [float(w.numpy()) for w in d.loss_weights]
+        )
     )
     warmup = tfkd.callbacks.LinearWarmup(2, index=1)
     _, history = _fit(

@@ -134,9 +134,9 @@ def _np_kd(t, s, temperature):
 
     t = t.astype("float64") / temperature
     s = s.astype("float64") / temperature
-    return temperature**2 * (np.exp(log_softmax(t)) * (
-        log_softmax(t) - log_softmax(s)
-    )).sum(-1)
+    return temperature**2 * (
+        np.exp(log_softmax(t)) * (log_softmax(t) - log_softmax(s))
+    ).sum(-1)
 
 
 def _sequence_data():
@@ -337,10 +337,14 @@ def _two_headed(name, width, seed):
         kernel_initializer=keras.initializers.GlorotUniform(seed),
     )(inputs)
     a = keras.layers.Dense(
-        3, name="a", kernel_initializer=keras.initializers.GlorotUniform(seed + 1)
+        3,
+        name="a",
+        kernel_initializer=keras.initializers.GlorotUniform(seed + 1),
     )(hidden)
     b = keras.layers.Dense(
-        5, name="b", kernel_initializer=keras.initializers.GlorotUniform(seed + 2)
+        5,
+        name="b",
+        kernel_initializer=keras.initializers.GlorotUniform(seed + 2),
     )(hidden)
     return keras.Model(inputs, [a, b], name=name)
 

@@ -457,8 +457,9 @@ def test_teacher_then_distill_then_quantize(teacher_path, data_dir, tmp_path):
         results = json.load(f)
     assert results["num_examples"] == 128
     assert abs(results["accuracy"] - results["keras_accuracy"]) < 0.1
-    assert os.path.getsize(tmp_path / "int8" / "student_int8.tflite") == (
-        results["size_bytes"]
+    assert (
+        os.path.getsize(tmp_path / "int8" / "student_int8.tflite")
+        == (results["size_bytes"])
     )
     if _keras.IS_LEGACY:
         assert results["sparsity"] == pytest.approx(0.5, abs=0.02)

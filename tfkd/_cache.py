@@ -14,8 +14,8 @@ import uuid
 
 import tensorflow as tf
 
-from tfkd import _keras
 from tfkd import _fingerprint
+from tfkd import _keras
 from tfkd._keras import keras
 
 # Gap between the smallest kept top-k logit and the logits rebuilt for the

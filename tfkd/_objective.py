@@ -32,7 +32,6 @@ Scale.__doc__ = """The replica count and the local and global batch sizes
 (float32) that every term of one step is scaled by."""
 
 
-
 def zero():
     """A `Term` of 0. (Built on call: tensors made when tfkd is imported
     would initialise TensorFlow's devices before users can configure them.)"""

@@ -272,9 +272,7 @@ def _trace_shapes(model, forward):
     # A plain call first: a tf_keras Sequential built without an `Input`
     # builds its graph network on its first call, calling its layers once
     # more, which the recorded trace would take for a second call.
-    tf.function(lambda x: model(x, training=False)).get_concrete_function(
-        specs
-    )
+    tf.function(lambda x: model(x, training=False)).get_concrete_function(specs)
     # AutoGraph on, as in Keras' own step functions: Keras 3 layers rely on
     # the enclosing `tf.function` to convert their Python control flow.
     tf.function(trace).get_concrete_function(specs)

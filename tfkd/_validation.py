@@ -13,8 +13,8 @@ from tfkd.losses._wrappers import DKD
 from tfkd.losses._wrappers import KD
 
 STUDENT_LOSSES = {
-    "sparse_categorical_crossentropy": lambda: keras.losses.SparseCategoricalCrossentropy(
-        from_logits=True
+    "sparse_categorical_crossentropy": lambda: (
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     ),
     "categorical_crossentropy": lambda: keras.losses.CategoricalCrossentropy(
         from_logits=True

@@ -159,7 +159,9 @@ class Distiller(keras.Model):
             ):
                 if shapes[index] is not None and shapes[index][-1] == 1:
                     method.activation = "sigmoid"
-        _validation.softmax_methods_on_one_class(terms, shapes, self._output_names)
+        _validation.softmax_methods_on_one_class(
+            terms, shapes, self._output_names
+        )
         self.adapters = _taps.make_adapters(
             teacher, student, self.distillation_losses
         )
@@ -326,7 +328,9 @@ class Distiller(keras.Model):
         """Recompiles from `get_compile_config()`; builds the optimizer so
         that its saved state (iterations, moments) can be loaded."""
         deserialize = keras.saving.deserialize_keras_object
-        self.compile(**{key: deserialize(value) for key, value in config.items()})
+        self.compile(
+            **{key: deserialize(value) for key, value in config.items()}
+        )
         if self.built:
             self.optimizer.build(self.trainable_variables)
 
