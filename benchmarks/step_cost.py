@@ -370,12 +370,12 @@ def main(argv):
         f"Command: `{command.strip()}`",
         "",
         f"Data: {_DATASET.value} train, {steps} batches of "
-        f"{_BATCH_SIZE.value}, in memory. Teacher `teacher_cnn`, student `student_cnn` "
-        f"(examples/models.py); Adam; KD T={TEMPERATURE:g}, hard-label "
-        f"weight {ALPHA:g}; jit_compile default (off on CPU). Median of "
-        f"{_ROUNDS.value} interleaved epochs after one warm-up epoch each, "
-        "timed from the first step's start to the last step's end; wall "
-        "and process CPU time (all threads).",
+        f"{_BATCH_SIZE.value}, in memory. Teacher `teacher_cnn`, student "
+        f"`student_cnn` (examples/models.py); Adam; KD T={TEMPERATURE:g}, "
+        f"hard-label weight {ALPHA:g}; jit_compile default (off on CPU). "
+        f"Median of {_ROUNDS.value} interleaved epochs after one warm-up "
+        "epoch each, timed from the first step's start to the last step's "
+        "end; wall and process CPU time (all threads).",
         "",
         *_table(times, steps, memory, cache_seconds),
         "",

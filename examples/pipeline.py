@@ -21,7 +21,8 @@ and the last row is post-training int8.
 
 Usage:
     python examples/pipeline.py
-    python examples/pipeline.py --dataset=fashion_mnist --student_model=student_cnn
+    python examples/pipeline.py --dataset=fashion_mnist \
+        --student_model=student_cnn
 """
 
 import json

@@ -197,7 +197,8 @@ def make_strategy(name, cpu_replicas=1):
 
 
 def is_chief(strategy):
-    """Whether this process writes the outputs (task 0 of a multi-worker run)."""
+    """Whether this process writes the outputs (task 0 of a multi-worker
+    run)."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return True

@@ -71,7 +71,10 @@ def make_cnn(
     batch_norm=False,
 ):
     """A small Functional CNN on NHWC images; taps: "features", "embedding"."""
-    init = lambda s: keras.initializers.GlorotUniform(seed=seed + s)
+
+    def init(s):
+        return keras.initializers.GlorotUniform(seed=seed + s)
+
     inputs = keras.Input((size, size, channels))
     x = keras.layers.Conv2D(
         filters, 3, padding="same", kernel_initializer=init(0), name="conv"

@@ -167,11 +167,14 @@ def test_cifar10_builder_reads_jpeg_bytes_npz(tmp_path):
 
 def test_load_gives_float_batches_and_a_seeded_shuffle(mnist_5k):
     data_dir = os.path.dirname(os.path.dirname(mnist_5k.data_dir))
-    load = lambda **kwargs: list(
-        data.load(
-            "mnist_5k", "test", data_dir=data_dir, batch_size=300, **kwargs
+
+    def load(**kwargs):
+        return list(
+            data.load(
+                "mnist_5k", "test", data_dir=data_dir, batch_size=300, **kwargs
+            )
         )
-    )
+
     batches = load()
     assert [len(y) for _, y in batches] == [300, 300, 300, 100]
     x, y = batches[0]
@@ -184,7 +187,10 @@ def test_load_gives_float_batches_and_a_seeded_shuffle(mnist_5k):
 
     shuffled = load(shuffle=True, seed=1)
     again = load(shuffle=True, seed=1)
-    labels_of = lambda batches: np.concatenate([b[1].numpy() for b in batches])
+
+    def labels_of(batches):
+        return np.concatenate([b[1].numpy() for b in batches])
+
     np.testing.assert_array_equal(labels_of(shuffled), labels_of(again))
     assert not np.array_equal(labels_of(shuffled), labels)
     np.testing.assert_array_equal(np.sort(labels_of(shuffled)), np.sort(labels))

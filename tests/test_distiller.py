@@ -1,4 +1,5 @@
-"""The Distiller's contract: losses, frozen teacher, data forms, errors, saving."""
+"""The Distiller's contract: losses, frozen teacher, data forms, errors,
+saving."""
 
 import numpy as np
 import pytest

@@ -125,7 +125,10 @@ def test_models_output_logits_and_name_their_taps(name, shape):
     assert model.name == name
     assert model.get_layer("logits").get_config()["activation"] == "linear"
     assert model.get_layer("embedding").output.shape[-1] in (32, 64, 128)
-    maps = lambda m: tuple(m.get_layer("features").output.shape[1:3])
+
+    def maps(m):
+        return tuple(m.get_layer("features").output.shape[1:3])
+
     if name == "resnet20":  # Two stride-2 stages.
         assert maps(model) == (shape[0] // 4, shape[1] // 4)
     elif name != "student_mlp":

@@ -25,8 +25,9 @@ if IS_LEGACY:
     except ImportError as error:  # pragma: no cover - depends on the install
         raise ImportError(
             "TF_USE_LEGACY_KERAS=1 asks for tf_keras, which is not installed. "
-            "Install it with `pip install tfkd[qat]` (or `pip install tf-keras`), "
-            "or unset TF_USE_LEGACY_KERAS to use Keras 3."
+            "Install it with `pip install tfkd[qat]` (or "
+            "`pip install tf-keras`), or unset TF_USE_LEGACY_KERAS to use "
+            "Keras 3."
         ) from error
 else:
     import keras  # noqa: F401

@@ -125,15 +125,16 @@ def make_adapters(teacher, student, losses):
             if len(t_shape) != len(s_shape):
                 raise ValueError(
                     f"{type(loss).__name__} compares teacher layer "
-                    f"{loss.teacher_layer!r} of shape {t_shape} with student layer "
-                    f"{loss.student_layer!r} of shape {s_shape}: their ranks differ. "
-                    "Tap layers of the same kind (both NHWC maps or both vectors)."
+                    f"{loss.teacher_layer!r} of shape {t_shape} with student "
+                    f"layer {loss.student_layer!r} of shape {s_shape}: their "
+                    "ranks differ. Tap layers of the same kind (both NHWC "
+                    "maps or both vectors)."
                 )
             if t_shape[1:-1] != s_shape[1:-1]:
                 raise ValueError(
-                    f"{type(loss).__name__} needs the same spatial size: teacher "
-                    f"layer {loss.teacher_layer!r} is {t_shape}, student layer "
-                    f"{loss.student_layer!r} is {s_shape}."
+                    f"{type(loss).__name__} needs the same spatial size: "
+                    f"teacher layer {loss.teacher_layer!r} is {t_shape}, "
+                    f"student layer {loss.student_layer!r} is {s_shape}."
                 )
             if t_shape[-1] != s_shape[-1]:
                 width = t_shape[-1]

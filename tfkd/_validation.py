@@ -49,16 +49,18 @@ def _resolve_one_student_loss(loss):
     if isinstance(loss, str):
         if loss not in STUDENT_LOSSES:
             raise ValueError(
-                f"Unknown student loss {loss!r}. The student outputs logits; pass "
-                f"one of {sorted(STUDENT_LOSSES)} (each with from_logits=True) or "
-                f"a `keras.losses.Loss` instance. Received: loss={loss!r}"
+                f"Unknown student loss {loss!r}. The student outputs logits; "
+                f"pass one of {sorted(STUDENT_LOSSES)} (each with "
+                "from_logits=True) or a `keras.losses.Loss` instance. "
+                f"Received: loss={loss!r}"
             )
         loss = STUDENT_LOSSES[loss]()
     if isinstance(loss, keras.losses.Loss):
         if _keras.loss_from_logits(loss) is False:
             raise ValueError(
-                f"The student loss {type(loss).__name__} has from_logits=False, but "
-                "the Distiller's student outputs logits. Pass "
+                f"The student loss {type(loss).__name__} has "
+                "from_logits=False, but the Distiller's student outputs "
+                "logits. Pass "
                 f"`keras.losses.{type(loss).__name__}(from_logits=True)`."
             )
         if _keras.loss_setting(loss, "ignore_class") is not None:
@@ -78,10 +80,11 @@ def _resolve_one_student_loss(loss):
             and not keywords.get("from_logits", False)
         ):
             raise ValueError(
-                f"`keras.losses.{name}` takes probabilities (from_logits=False) "
-                "by default, but the Distiller's student outputs logits, so it "
-                f"would train on a wrong loss. Pass loss={name!r} (taken from "
-                "logits), a `keras.losses` class with from_logits=True, or "
+                f"`keras.losses.{name}` takes probabilities "
+                "(from_logits=False) by default, but the Distiller's student "
+                "outputs logits, so it would train on a wrong loss. Pass "
+                f"loss={name!r} (taken from logits), a `keras.losses` class "
+                "with from_logits=True, or "
                 f"`functools.partial(keras.losses.{name}, from_logits=True)`."
             )
         return loss
@@ -185,8 +188,8 @@ def resolve_distillation_losses(distillation_loss, temperature, output_names):
     if temperature is not None and distillation_loss is not None:
         raise ValueError(
             "`temperature` configures the default KD loss only. With "
-            "`distillation_loss=...`, set the temperature on the method itself, "
-            "e.g. `tfkd.losses.KD(temperature=4.0)`. Received: "
+            "`distillation_loss=...`, set the temperature on the method "
+            "itself, e.g. `tfkd.losses.KD(temperature=4.0)`. Received: "
             f"temperature={temperature!r}"
         )
     if distillation_loss is None:
@@ -264,8 +267,8 @@ def flatten_outputs(outputs, names, role):
         missing = sorted(set(names) - set(outputs))
         if missing:
             raise ValueError(
-                f"The {role}'s outputs {sorted(outputs)} lack {missing}: teacher "
-                "and student need the same output structure."
+                f"The {role}'s outputs {sorted(outputs)} lack {missing}: "
+                "teacher and student need the same output structure."
             )
         return [outputs[name] for name in names]
     flat = tf.nest.flatten(outputs)
@@ -340,8 +343,8 @@ def check_outputs_logits(model, role):
         raise ValueError(
             f"The {role} model {model.name!r} ends in a {found}, so it outputs "
             "probabilities, but distillation needs logits (the temperature "
-            f"divides logits). Rebuild the {role} with `activation=None` on its "
-            f"last layer and no final {found} op (keep the {found} for "
+            f"divides logits). Rebuild the {role} with `activation=None` on "
+            f"its last layer and no final {found} op (keep the {found} for "
             f"inference with `keras.Sequential([model, keras.layers.Activation("
             f"{found!r})])`)."
         )
@@ -370,10 +373,10 @@ def softmax_methods_on_one_class(terms, shapes, output_names):
         shape = shapes[index]
         if shape is not None and shape[-1] == 1:
             raise ValueError(
-                f"{type(method).__name__} is a softmax over classes, but output "
-                f"{output_names[index]!r} has one logit (shape {shape}): the "
-                "softmax of one logit is constant, so the loss would be 0. For a "
-                "binary or multi-label head use "
+                f"{type(method).__name__} is a softmax over classes, but "
+                f"output {output_names[index]!r} has one logit (shape "
+                f"{shape}): the softmax of one logit is constant, so the loss "
+                "would be 0. For a binary or multi-label head use "
                 "`tfkd.losses.KD(activation='sigmoid')` (the default KD picks "
                 "it by itself)."
             )

@@ -40,12 +40,12 @@ class Distiller(keras.Model):
             (weighted average), see `tfkd.teachers.ensemble`.
         student: the student, a Keras model with the teacher's output shape.
         distillation_loss: a `tfkd.losses` method, or a list of methods or
-            `(method, weight)` tuples whose weighted sum is the distillation term.
-            Defaults to `tfkd.losses.KD(temperature=temperature)`.
+            `(method, weight)` tuples whose weighted sum is the distillation
+            term. Defaults to `tfkd.losses.KD(temperature=temperature)`.
         alpha: weight of the student's hard-label loss, in `[0, 1]`. Defaults to
             `0.1`. A variable: `tfkd.callbacks` can schedule it.
-        temperature: temperature of the default KD loss. Defaults to `4.0`. Set it
-            on the method itself when passing `distillation_loss`.
+        temperature: temperature of the default KD loss. Defaults to `4.0`.
+            Set it on the method itself when passing `distillation_loss`.
         **kwargs: forwarded to `keras.Model` (e.g. `name`).
 
     Example:
@@ -53,7 +53,8 @@ class Distiller(keras.Model):
         ...                            temperature=4.0, alpha=0.1)
         >>> distiller.compile(
         ...     optimizer="adam",
-        ...     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        ...     loss=keras.losses.SparseCategoricalCrossentropy(
+        ...         from_logits=True),
         ...     metrics=["accuracy"])
         >>> distiller.fit(train_data, validation_data=val_data, epochs=10)
         >>> distiller.student.save("student.keras")
@@ -80,10 +81,11 @@ class Distiller(keras.Model):
         for role, model in (("teacher", teacher), ("student", student)):
             if not isinstance(model, keras.Model):
                 raise TypeError(
-                    f"`{role}` must be a `{_keras.KERAS_NAME}.Model`. Received: "
-                    f"{role}={model!r} of type {type(model).__name__}. (Models built "
-                    "with the other Keras cannot be mixed: tfkd uses "
-                    f"{_keras.KERAS_NAME}, see TF_USE_LEGACY_KERAS.)"
+                    f"`{role}` must be a `{_keras.KERAS_NAME}.Model`. "
+                    f"Received: {role}={model!r} of type "
+                    f"{type(model).__name__}. (Models built with the other "
+                    f"Keras cannot be mixed: tfkd uses {_keras.KERAS_NAME}, "
+                    "see TF_USE_LEGACY_KERAS.)"
                 )
         if student is teacher:
             raise ValueError(
@@ -218,10 +220,11 @@ class Distiller(keras.Model):
         if tuple(teacher_shape)[1:] != tuple(student_shape)[1:]:
             where = "" if len(self._output_names) == 1 else f" at {name!r}"
             raise ValueError(
-                f"Teacher {self.teacher.name!r} outputs shape {tuple(teacher_shape)} "
-                f"but student {self.student.name!r} outputs shape "
-                f"{tuple(student_shape)}{where}. Distillation compares them class "
-                "by class: give the student the teacher's number of outputs."
+                f"Teacher {self.teacher.name!r} outputs shape "
+                f"{tuple(teacher_shape)} but student {self.student.name!r} "
+                f"outputs shape {tuple(student_shape)}{where}. Distillation "
+                "compares them class by class: give the student the "
+                "teacher's number of outputs."
             )
 
     @property
@@ -238,12 +241,13 @@ class Distiller(keras.Model):
             optimizer: as in `keras.Model.compile`.
             loss: the student's hard-label loss on logits: a `keras.losses.Loss`
                 with `from_logits=True`, a per-example callable, or one of
-                `"sparse_categorical_crossentropy"`, `"categorical_crossentropy"`,
-                `"binary_crossentropy"` (taken with `from_logits=True`). For
-                multi-output models: one loss for every output, or a list or
-                dict with one per output (None skips an output), as in Keras.
-                May be `None` only with `alpha=0` (pure distillation). A binary
-                loss makes the default KD a sigmoid (Bernoulli) KD.
+                `"sparse_categorical_crossentropy"`,
+                `"categorical_crossentropy"`, `"binary_crossentropy"` (taken
+                with `from_logits=True`). For multi-output models: one loss
+                for every output, or a list or dict with one per output (None
+                skips an output), as in Keras. May be `None` only with
+                `alpha=0` (pure distillation). A binary loss makes the default
+                KD a sigmoid (Bernoulli) KD.
             metrics: metrics of the student's outputs against the labels (per
                 output as in `keras.Model.compile`).
             **kwargs: forwarded to `keras.Model.compile` (`jit_compile`,
@@ -251,8 +255,9 @@ class Distiller(keras.Model):
         """
         if "loss_weights" in kwargs:
             raise ValueError(
-                "`loss_weights` is not used by the Distiller: weigh the student "
-                "loss with `alpha` and the methods with `(method, weight)` tuples."
+                "`loss_weights` is not used by the Distiller: weigh the "
+                "student loss with `alpha` and the methods with "
+                "`(method, weight)` tuples."
             )
         self._student_loss_fns = _validation.resolve_student_losses(
             loss, self._output_names
@@ -557,15 +562,16 @@ class Distiller(keras.Model):
                 if y is not None:
                     raise ValueError(
                         f"The labels have no entry for output {name!r}, which "
-                        "has a hard-label loss. Pass its labels, or set its loss "
-                        "to None."
+                        "has a hard-label loss. Pass its labels, or set its "
+                        "loss to None."
                     )
                 if self._alpha_now() > 0:
                     raise ValueError(
                         "The data has no labels, but `compile(loss=...)` set a "
-                        f"hard-label student loss and alpha={self._alpha_now():g}"
-                        " weighs it. Pass `(x, y)` data, or use alpha=0 for pure"
-                        " distillation on unlabelled data."
+                        "hard-label student loss and "
+                        f"alpha={self._alpha_now():g} weighs it. Pass "
+                        "`(x, y)` data, or use alpha=0 for pure distillation "
+                        "on unlabelled data."
                     )
                 # Checked again at run time, for alpha schedules.
                 tf.debugging.assert_equal(

@@ -47,12 +47,13 @@ class DistillationLoss(keras.losses.Loss):
     Class attributes:
         batch_relational: `compute` returns one scalar for the whole batch (the
             method relates examples to each other) instead of one value per
-            example. Under `tf.distribute`, the `Distiller` gathers the features of
-            all replicas first, so the relations span the global batch.
+            example. Under `tf.distribute`, the `Distiller` gathers the
+            features of all replicas first, so the relations span the global
+            batch.
         requires_labels: `compute` needs the ground-truth labels.
-        requires_matching_width: teacher and student features must have the same
-            last dimension; the `Distiller` inserts a learnable adapter when they
-            differ.
+        requires_matching_width: teacher and student features must have the
+            same last dimension; the `Distiller` inserts a learnable adapter
+            when they differ.
         _hyperparameters: names of the float hyper-parameters, set by
             `_set_hyperparameters`: each is validated (`> 0`, or `>= 0` if
             also in `_may_be_zero`), becomes a float32 variable attribute
@@ -63,7 +64,8 @@ class DistillationLoss(keras.losses.Loss):
     Args:
         teacher_layer: name of the teacher layer whose output this term reads;
             `None` for the teacher's logits.
-        student_layer: name of the student layer; `None` for the student's logits.
+        student_layer: name of the student layer; `None` for the student's
+            logits.
         name: name of the loss.
         **kwargs: forwarded to `keras.losses.Loss` (e.g. `reduction`, used
             only when the loss is called standalone). Defaults to
@@ -84,8 +86,9 @@ class DistillationLoss(keras.losses.Loss):
         if (teacher_layer is None) != (student_layer is None):
             raise ValueError(
                 f"{type(self).__name__} needs both `teacher_layer` and "
-                f"`student_layer` (layer names), or neither (logits). Received: "
-                f"teacher_layer={teacher_layer!r}, student_layer={student_layer!r}"
+                "`student_layer` (layer names), or neither (logits). "
+                f"Received: teacher_layer={teacher_layer!r}, "
+                f"student_layer={student_layer!r}"
             )
         self.teacher_layer = teacher_layer
         self.student_layer = student_layer
@@ -134,14 +137,16 @@ class DistillationLoss(keras.losses.Loss):
         return self._configured[name]
 
     def compute(self, teacher, student, labels=None):
-        """Returns `(batch, ...)` per-example values, or a scalar if relational."""
+        """Returns `(batch, ...)` per-example values, or a scalar if
+        relational."""
         raise NotImplementedError
 
     def call(self, y_true, y_pred):
         if self.requires_labels:
             raise ValueError(
                 f"{type(self).__name__} needs the labels: use it inside "
-                "`tfkd.Distiller`, or call its `compute(teacher, student, labels)`."
+                "`tfkd.Distiller`, or call its "
+                "`compute(teacher, student, labels)`."
             )
         value = self.compute(y_true, y_pred)
         if self.batch_relational:

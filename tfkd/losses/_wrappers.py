@@ -39,7 +39,8 @@ class KD(DistillationLoss):
 
     Example:
         >>> distiller = tfkd.Distiller(
-        ...     teacher, student, distillation_loss=tfkd.losses.KD(temperature=4))
+        ...     teacher, student,
+        ...     distillation_loss=tfkd.losses.KD(temperature=4))
         >>> tfkd.losses.KD(activation="sigmoid")  # binary_crossentropy heads
     """
 
@@ -146,7 +147,8 @@ class DIST(DistillationLoss):
         **kwargs: forwarded to `tfkd.losses.DistillationLoss`.
 
     Example:
-        >>> tfkd.Distiller(teacher, student, distillation_loss=tfkd.losses.DIST())
+        >>> tfkd.Distiller(
+        ...     teacher, student, distillation_loss=tfkd.losses.DIST())
     """
 
     batch_relational = True
