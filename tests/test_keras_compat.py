@@ -72,3 +72,33 @@ def test_strategy_internals():
         assert hasattr(model, "_distribute_strategy")
         assert hasattr(keras.Model, "_maybe_symbolic_build")
     assert hasattr(tf.distribute.MirroredStrategy, "_collective_key_base")
+
+
+def test_graph_steps_of_a_functional_model():
+    if IS_LEGACY:
+        return  # Keras 3's rewrite only (tf_keras uses TFMOT).
+    inputs = keras.Input((4,))
+    a = keras.layers.Dense(3, name="a")(inputs)
+    b = keras.layers.Dense(3, name="b")(inputs)
+    added = keras.layers.Add(name="add")([a, b])
+    model = keras.Model(inputs, added)
+    assert hasattr(model, "_nodes_by_depth")
+    steps = _keras.graph_steps(model)
+    assert [layer.name for layer, *_ in steps][-1] == "add"
+    assert {layer.name for layer, *_ in steps} == {"a", "b", "add"}
+    layer, args, kwargs, outputs = steps[-1]
+    assert args[0][0] is a and args[0][1] is b and kwargs == {}
+    assert outputs == [added]
+
+
+def test_tfmot_quantized_weights():
+    if not IS_LEGACY:
+        assert _keras.tfmot_quantized_weights(keras.layers.Dense(2)) == []
+        return
+    import tensorflow_model_optimization as tfmot
+
+    model = tfmot.quantization.keras.quantize_model(make_mlp(4))
+    dense = [layer for layer in model.layers if hasattr(layer, "_weight_vars")]
+    assert dense, "TFMOT's quantize wrappers have no `_weight_vars`"
+    weights = _keras.tfmot_quantized_weights(dense[0])
+    assert weights and all("kernel" in w.name for w in weights)

@@ -1,4 +1,4 @@
-"""QAT and pruning with TFMOT (tf_keras mode), and the Keras 3 refusal."""
+"""QAT in both modes; pruning with TFMOT (tf_keras mode), refused in Keras 3."""
 
 import sys
 
@@ -57,16 +57,17 @@ def _accuracy(model, x, y):
 
 
 @keras3_only
-@pytest.mark.parametrize("function", ["quantize_aware", "prune"])
-def test_keras3_refuses_tfmot_with_the_way_out(function):
+def test_keras3_pruning_refuses_with_the_way_out():
     model = make_mlp(8)
-    args = (0.5,) if function == "prune" else ()
     with pytest.raises(RuntimeError) as info:
-        getattr(tfkd.quantization, function)(model, *args)
+        tfkd.quantization.prune(model, 0.5)
     message = str(info.value)
     assert "TF_USE_LEGACY_KERAS=1" in message
-    assert "tf_keras" in message and "model.quantize" in message
-    assert "tfkd.export.to_tflite" in message
+    assert "tf_keras" in message
+    # Keras 3 quantization-aware training needs no TFMOT.
+    assert "tfkd.quantization.quantize_aware" in message
+    student = tfkd.quantization.quantize_aware(model)
+    assert tfkd.quantization.is_quantization_aware(student)
     # TFMOT would set TF_USE_LEGACY_KERAS=1 for the process.
     assert "tensorflow_model_optimization" not in sys.modules
 
@@ -97,13 +98,13 @@ def test_sparsity_counts_zero_kernel_weights():
 # tf_keras mode: TFMOT.
 
 
-@legacy_only
 def test_qat_student_distilled_exports_int8_with_keras_accuracy(mnist, teacher):
+    # The same call in both modes: TFMOT (tf_keras) or tfkd's own (Keras 3).
     x_train, y_train, x_test, y_test = mnist
     teacher_weights = [w.copy() for w in teacher.get_weights()]
     float_student = _cnn(8, 32, "student")
     student = tfkd.quantization.quantize_aware(float_student)
-    assert tfkd.quantization._is_quantization_aware(student)
+    assert tfkd.quantization.is_quantization_aware(student)
     assert tfkd.quantization.strip(student) is student  # the converter's job
     distiller = _distiller(teacher, student)
     distiller.fit(x_train, y_train, epochs=3, batch_size=32, verbose=0)
@@ -136,7 +137,7 @@ def test_pruned_student_reaches_target_and_survives_export(mnist, teacher):
     # No pruning callback passed: Distiller.fit adds UpdatePruningStep.
     distiller.fit(x_train, y_train, epochs=2, batch_size=32, verbose=0)
     stripped = tfkd.quantization.strip(distiller.student)
-    assert not tfkd.quantization._is_pruned(stripped)
+    assert not tfkd.quantization.is_pruned(stripped)
     kernels = [
         layer.kernel.numpy()
         for layer in stripped.layers
@@ -297,7 +298,7 @@ def test_models_tfmot_cannot_wrap_get_clear_errors():
     partial = tfkd.quantization.quantize_aware(
         unsupported, layers=[keras.layers.Dense]
     )
-    assert tfkd.quantization._is_quantization_aware(partial)
+    assert tfkd.quantization.is_quantization_aware(partial)
 
     inputs = keras.Input((8,))
     x = _Doubler(name="double")(inputs)
@@ -327,4 +328,4 @@ def test_prune_argument_errors():
     with pytest.raises(ValueError, match="Expected one of.*schedule='cubic'"):
         tfkd.quantization.prune(model, 0.5, end_step=10, schedule="cubic")
     constant = tfkd.quantization.prune(model, 0.5, schedule="constant")
-    assert tfkd.quantization._is_pruned(constant)
+    assert tfkd.quantization.is_pruned(constant)

@@ -159,3 +159,32 @@ def build_optimizer(optimizer, variables):
     built = getattr(optimizer, "_built" if IS_LEGACY else "built", False)
     if not built and hasattr(optimizer, "build"):
         optimizer.build(variables)
+
+
+def tfmot_quantized_weights(layer):
+    """The float variables that a TFMOT quantize wrapper fake-quantizes.
+
+    The wrapper swaps its layer's kernel for a fake-quantized tensor when
+    called; the variables are in its `_weight_vars`.
+    """
+    return [weight for weight, _, _ in getattr(layer, "_weight_vars", ())]
+
+
+def graph_steps(model):
+    """A Keras 3 Functional model's layer calls, in execution order.
+
+    Returns a list of `(layer, args, kwargs, outputs)`: the arguments of each
+    call hold the model's own symbolic tensors, `outputs` the flat list of
+    the tensors it produced. Input layers are left out.
+    """
+    nodes_by_depth = model._nodes_by_depth
+    steps = []
+    for depth in sorted(nodes_by_depth, reverse=True):
+        for node in nodes_by_depth[depth]:
+            if node.is_input:
+                continue
+            arguments = node.arguments
+            steps.append(
+                (node.operation, arguments.args, arguments.kwargs, node.outputs)
+            )
+    return steps

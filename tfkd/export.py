@@ -199,10 +199,10 @@ def to_tflite(
         Jacob et al. "Quantization and Training of Neural Networks for
         Efficient Integer-Arithmetic-Only Inference", CVPR 2018.
     """
-    _quantization._check_model(model)
+    _quantization.check_model(model)
     _check_quantization(quantization)
     _check_output_path(output_path)
-    qat = _quantization._is_quantization_aware(model)
+    qat = _quantization.is_quantization_aware(model)
     if quantization == "int8" and representative_data is None and not qat:
         raise ValueError(
             f'quantization="int8" calibrates the activation ranges of '
@@ -215,7 +215,8 @@ def to_tflite(
     if quantization == "int8" and representative_data is not None:
         calibration = _representative_dataset(representative_data)
     model = _quantization.strip(model)
-    converter, directory = _converter(model, input_signature)
+    with _quantization.learned_ranges(model):
+        converter, directory = _converter(model, input_signature)
     try:
         _configure(converter, quantization, calibration)
         for attribute, value in converter_kwargs.items():

@@ -1,21 +1,22 @@
-"""Quantization-aware training and pruning of students, with TFMOT.
+"""The TFMOT back end: quantization-aware training and pruning in tf_keras.
 
 TFMOT (TensorFlow Model Optimization) only knows tf_keras models: this module
-needs `TF_USE_LEGACY_KERAS=1`, set before TensorFlow is imported. Keras 3 has
-no quantization-aware training, only post-training quantization: with Keras
-3, export a float student with `tfkd.export.to_tflite(student, "int8", data)`.
-TFMOT is imported lazily, in tf_keras mode only: importing it sets
-`TF_USE_LEGACY_KERAS=1` for the whole process.
+needs `TF_USE_LEGACY_KERAS=1`, set before TensorFlow is imported (Keras 3
+quantization-aware training is `_rewrite.py`'s). TFMOT is imported lazily, in
+tf_keras mode only: importing it sets `TF_USE_LEGACY_KERAS=1` for the whole
+process.
 """
 
 import re
 
 from tfkd import _keras
 from tfkd._keras import keras
+from tfkd.quantization._common import check_model
+from tfkd.quantization._common import has_layer
+from tfkd.quantization._common import is_pruned
+from tfkd.quantization._common import iter_layers
 
 # TFMOT classes, recognised by name so that no check imports TFMOT.
-_PRUNE_WRAPPERS = ("PruneLowMagnitude",)
-_QUANTIZE_LAYERS = ("QuantizeWrapper", "QuantizeWrapperV2", "QuantizeLayer")
 _QUANTIZE_ANNOTATIONS = ("QuantizeAnnotate",)
 _PRUNE_STEP_CALLBACK = "UpdatePruningStep"
 # Weights that TFMOT prunes in its built-in layers.
@@ -29,12 +30,9 @@ def _tfmot(feature):
         raise RuntimeError(
             f"{feature} needs TF_USE_LEGACY_KERAS=1, set in the environment "
             "before TensorFlow is imported (e.g. `TF_USE_LEGACY_KERAS=1 python "
-            "train.py`). The TensorFlow Model Optimization Toolkit (TFMOT) "
-            "only knows tf_keras models, and Keras 3 has no quantization-aware "
-            "training API, only post-training `model.quantize(...)`. With "
-            "Keras 3, distill a float student and quantize it after training "
-            "with "
-            '`tfkd.export.to_tflite(student, "int8", representative_data)`.'
+            "train.py`): the TensorFlow Model Optimization Toolkit (TFMOT) "
+            "only knows tf_keras models. (Keras 3 has quantization-aware "
+            "training through `tfkd.quantization.quantize_aware`.)"
         )
     try:
         import tensorflow_model_optimization as tfmot
@@ -46,25 +44,9 @@ def _tfmot(feature):
     return tfmot
 
 
-def _check_model(model, argument="model"):
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            f"`{argument}` must be a `{_keras.KERAS_NAME}.Model`. Received: "
-            f"{argument}={model!r} of type {type(model).__name__}. (A Keras 3 "
-            "model cannot be used in tf_keras mode: build it with "
-            "`from tfkd._keras import keras`.)"
-        )
-
-
-def _is_graph_model(model):
-    return isinstance(model, keras.Sequential) or getattr(
-        model, "_is_graph_network", False
-    )
-
-
 def _check_flat_graph_model(model, feature):
     """TFMOT wraps the layers of one flat Sequential or Functional model."""
-    if not _is_graph_model(model):
+    if not _keras.is_graph_network(model):
         raise ValueError(
             f"{feature} cannot wrap {model.name!r}, a subclassed "
             f"{type(model).__name__}: TFMOT only handles Sequential and "
@@ -84,31 +66,6 @@ def _check_flat_graph_model(model, feature):
         )
 
 
-def _iter_layers(model):
-    """Every layer, entering nested models and TFMOT wrappers."""
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from _iter_layers(layer)
-        inner = getattr(layer, "layer", None)
-        if isinstance(inner, keras.layers.Layer):
-            yield inner
-
-
-def _has_layer(model, class_names):
-    return any(
-        type(layer).__name__ in class_names for layer in _iter_layers(model)
-    )
-
-
-def _is_quantization_aware(model):
-    return _has_layer(model, _QUANTIZE_LAYERS)
-
-
-def _is_pruned(model):
-    return _has_layer(model, _PRUNE_WRAPPERS)
-
-
 def _select(model, layers):
     """Resolves `layers` (names and/or classes) to a set of layer names."""
     names = [layer.name for layer in model.layers]
@@ -117,7 +74,9 @@ def _select(model, layers):
         if isinstance(entry, str):
             found = [entry] if entry in names else []
         elif isinstance(entry, type):
-            found = [l.name for l in model.layers if isinstance(l, entry)]
+            found = [
+                layer.name for layer in model.layers if isinstance(layer, entry)
+            ]
         else:
             raise TypeError(
                 "`layers` must list layer names (str) or layer classes. "
@@ -137,7 +96,7 @@ def _custom_objects(model, custom_objects):
     """Custom classes TFMOT needs to clone the model, keyed by class name."""
     objects = {
         type(layer).__name__: type(layer)
-        for layer in _iter_layers(model)
+        for layer in iter_layers(model)
         if not type(layer).__module__.startswith(("tf_keras", "keras"))
     }
     objects.update(custom_objects or {})
@@ -145,49 +104,9 @@ def _custom_objects(model, custom_objects):
 
 
 def quantize_aware(model, *, layers=None, custom_objects=None):
-    """A quantization-aware copy of a student, ready to train or distill.
-
-    Wraps the student's layers with TFMOT's default 8-bit fake quantization
-    (`tfmot.quantization.keras.quantize_model`), so that training sees the
-    rounding of int8 inference. Distill the copy from a float teacher with
-    `tfkd.Distiller`, then export it with `tfkd.export.to_tflite(student,
-    "int8")`: the converter reads the learned ranges from the wrappers.
-
-    ```
-    fake_quant(w) = scale * (clip(round(w / scale) + z, -128, 127) - z)
-    ```
-
-    Args:
-        model: a tf_keras Sequential or Functional model with no nested model.
-            It is not modified; its weights are copied.
-        layers: names and/or classes of the layers to quantize; the others stay
-            float (annotated with `quantize_annotate_layer`, then
-            `quantize_apply`). Defaults to `None`: every layer. Layers already
-            annotated with `tfmot.quantization.keras.quantize_annotate_layer`
-            (e.g. with a custom `QuantizeConfig`) are kept as annotated.
-        custom_objects: classes TFMOT needs to clone the model (custom layers,
-            custom `QuantizeConfig`s), as `{name: class}`. The model's own
-            custom layer classes are added automatically. Defaults to `None`.
-
-    Returns:
-        A new tf_keras model with TFMOT quantize wrappers.
-
-    Raises:
-        RuntimeError: in Keras 3 mode (set `TF_USE_LEGACY_KERAS=1`).
-        TypeError: if `model` is not a tf_keras model.
-        ValueError: if TFMOT cannot wrap the model (subclassed or nested
-            models, unsupported layers), naming the model or layer and the fix.
-
-    Example:
-        >>> student = tfkd.quantization.quantize_aware(student)
-        >>> distiller = tfkd.Distiller(teacher, student)
-
-    References:
-        Jacob et al. "Quantization and Training of Neural Networks for
-        Efficient Integer-Arithmetic-Only Inference", CVPR 2018.
-    """
+    """TFMOT: `quantize_model` (or annotate + `quantize_apply`)."""
     tfmot = _tfmot("Quantization-aware training")
-    _check_model(model)
+    check_model(model)
     _check_flat_graph_model(model, "quantize_aware")
     quantize = tfmot.quantization.keras
     selected = None if layers is None else _select(model, layers)
@@ -198,7 +117,7 @@ def quantize_aware(model, *, layers=None, custom_objects=None):
                     model, selected, quantize.quantize_annotate_layer
                 )
                 return quantize.quantize_apply(annotated)
-            if _has_layer(model, _QUANTIZE_ANNOTATIONS):
+            if has_layer(model, _QUANTIZE_ANNOTATIONS):
                 return quantize.quantize_apply(model)
             return quantize.quantize_model(model)
     except (ValueError, TypeError, RuntimeError) as error:
@@ -275,7 +194,7 @@ def prune(
         pruning for model compression", 2017. arXiv:1710.01878.
     """
     tfmot = _tfmot("Pruning")
-    _check_model(model)
+    check_model(model)
     _check_flat_graph_model(model, "prune")
     sparsity_api = tfmot.sparsity.keras
     if not 0 <= initial_sparsity <= target_sparsity < 1:
@@ -386,7 +305,7 @@ def pruning_callbacks(model, callbacks=None, *, log_dir=None):
     """
     callbacks = list(callbacks or [])
     student = getattr(model, "student", model)
-    if not _is_pruned(student):
+    if not is_pruned(student):
         return callbacks
     sparsity_api = _tfmot("Pruning").sparsity.keras
     names = {type(callback).__name__ for callback in callbacks}
@@ -416,8 +335,8 @@ def strip(model):
     Example:
         >>> sparse_student = tfkd.quantization.strip(distiller.student)
     """
-    _check_model(model)
-    if not _is_pruned(model):
+    check_model(model)
+    if not is_pruned(model):
         return model
     return _tfmot("Stripping pruning wrappers").sparsity.keras.strip_pruning(
         model
@@ -425,11 +344,8 @@ def strip(model):
 
 
 def _kernels(model):
-    for layer in _iter_layers(model):
-        # A QAT wrapper swaps its layer's kernel for a fake-quantized tensor
-        # when called; the float variables it quantizes are in `_weight_vars`.
-        for weight, _, _ in getattr(layer, "_weight_vars", ()):
-            yield weight
+    for layer in iter_layers(model):
+        yield from _keras.tfmot_quantized_weights(layer)
         if isinstance(layer, keras.Model) or hasattr(layer, "pruning_vars"):
             continue  # Their kernels are reached through their layers.
         for attribute in _KERNELS:
@@ -462,7 +378,7 @@ def sparsity(model) -> float:
         >>> tfkd.quantization.sparsity(tfkd.quantization.strip(student))
         0.75
     """
-    _check_model(model)
+    check_model(model)
     kernels = {id(kernel): kernel.numpy() for kernel in _kernels(model)}
     zeros = sum(int((k == 0).sum()) for k in kernels.values())
     total = sum(k.size for k in kernels.values())

@@ -1,0 +1,125 @@
+"""Quantization-aware training and pruning of students.
+
+One API over two back ends:
+
+- Keras 3 (the default): tfkd's own fake quantization (`_rewrite.py`,
+  `_layers.py`): `quantize_aware` rewrites a Sequential or Functional model
+  (nested ones too) with int8 fake-quantized kernels and learned activation
+  ranges, BatchNormalization folded; no TFMOT needed.
+- tf_keras (`TF_USE_LEGACY_KERAS=1`): TFMOT (`_tfmot.py`) for
+  `quantize_aware` and for pruning (`prune`, `pruning_callbacks`, `strip`).
+
+Either way the result trains under `tfkd.Distiller` and exports with
+`tfkd.export.to_tflite(model, "int8")` to a full-integer `.tflite` file that
+uses the ranges learned in training.
+"""
+
+import contextlib
+
+from tfkd import _keras
+from tfkd.quantization import _tfmot
+from tfkd.quantization._common import check_model
+from tfkd.quantization._common import is_pruned
+from tfkd.quantization._common import is_quantization_aware
+from tfkd.quantization._tfmot import prune
+from tfkd.quantization._tfmot import pruning_callbacks
+from tfkd.quantization._tfmot import sparsity
+from tfkd.quantization._tfmot import strip
+
+if not _keras.IS_LEGACY:
+    # Registers the fake-quant layers, so `keras.models.load_model` finds
+    # them once tfkd is imported.
+    from tfkd.quantization import _rewrite
+
+__all__ = [
+    "is_pruned",
+    "is_quantization_aware",
+    "prune",
+    "pruning_callbacks",
+    "quantize_aware",
+    "sparsity",
+    "strip",
+]
+
+
+def quantize_aware(model, *, layers=None, custom_objects=None):
+    """A quantization-aware copy of a student, ready to train or distill.
+
+    The copy fake-quantizes what an int8 TFLite model quantizes, so training
+    sees the rounding of int8 inference: kernels symmetric int8 (per output
+    channel for convolutions), activations on moving-average ranges learned
+    in training. Distill it from a float teacher with `tfkd.Distiller`, then
+    export it with `tfkd.export.to_tflite(student, "int8")`: the converter
+    takes the learned ranges (no calibration data needed).
+
+    ```
+    fake_quant(x) = s * (clip(round(x / s) - z, q_min, q_max) + z)
+    s = (max - min) / (q_max - q_min)
+    ```
+
+    Keras 3: tfkd's own rewrite. BatchNormalization following a convolution
+    or Dense layer is folded into it (as TFLite folds it); Dense, Conv1D,
+    Conv2D and DepthwiseConv2D kernels are fake-quantized; ranges sit at the
+    input, after each activation, Add and pooling, and are shared by the
+    inputs of a Concatenate; each range starts from the first training batch
+    (before any training, each batch's own range is used). Other layers with
+    weights stay float and are listed in one warning.
+
+    tf_keras: TFMOT's `quantize_model` (TFMOT's default 8-bit scheme); with
+    `layers=`, the others are left out with `quantize_annotate_layer` +
+    `quantize_apply`. Layers already annotated with
+    `tfmot.quantization.keras.quantize_annotate_layer` are kept as annotated.
+
+    Args:
+        model: a Sequential or Functional model (with Keras 3, nested models
+            too; TFMOT needs one flat model). It is not modified; its weights
+            are copied.
+        layers: names and/or classes of the layers whose kernels are
+            quantized; the others stay float. Defaults to `None`: every
+            supported layer.
+        custom_objects: custom layer classes needed to rebuild the model
+            from its config, as `{name: class}` (and, with TFMOT, custom
+            `QuantizeConfig`s). Defaults to `None`.
+
+    Returns:
+        A new model of the Keras in use, with fake-quantization layers.
+
+    Raises:
+        TypeError: if `model` is not a model of the Keras in use.
+        ValueError: if the model cannot be rewritten (a subclassed model, a
+            layer that cannot be rebuilt from its config, a layer TFMOT
+            cannot wrap), naming the model or layer and the fix.
+
+    Example:
+        >>> student = tfkd.quantization.quantize_aware(float_student)
+        >>> distiller = tfkd.Distiller(teacher, student)
+        >>> distiller.compile("adam", "sparse_categorical_crossentropy")
+        >>> distiller.fit(train_data, epochs=2)
+        >>> tfkd.export.to_tflite(student, "int8", output_path="s.tflite")
+
+    References:
+        Jacob et al. "Quantization and Training of Neural Networks for
+        Efficient Integer-Arithmetic-Only Inference", CVPR 2018.
+        Krishnamoorthi. "Quantizing deep convolutional networks for efficient
+        inference: A whitepaper", 2018. arXiv:1806.08342.
+    """
+    check_model(model)
+    if _keras.IS_LEGACY:
+        return _tfmot.quantize_aware(
+            model, layers=layers, custom_objects=custom_objects
+        )
+    return _rewrite.quantize_aware(
+        model, layers=layers, custom_objects=custom_objects
+    )
+
+
+def learned_ranges(model):
+    """A context in which `model`'s fake quants read their learned ranges.
+
+    `tfkd.export.to_tflite` traces a Keras 3 quantization-aware model in it,
+    so that the converter sees each range as a constant. Refuses a model
+    whose ranges were never learned (no training batch yet).
+    """
+    if _keras.IS_LEGACY or not is_quantization_aware(model):
+        return contextlib.nullcontext()
+    return _rewrite.learned_ranges(model)
