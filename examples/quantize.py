@@ -5,8 +5,10 @@ Distils the student from the teacher again while it learns int8 rounding
 pruning), exports a full-integer int8 `.tflite` and measures it with LiteRT.
 With `--noqat --noprune`: post-training int8 only.
 
-QAT and pruning use TFMOT, which needs tf_keras: the script re-runs itself
-with `TF_USE_LEGACY_KERAS=1` when they are asked for. It reads the teacher and
+QAT runs in the Keras mode the script was started in (Keras 3: tfkd's own
+fake quantization; tf_keras: TFMOT). Pruning uses TFMOT, which needs tf_keras:
+with `--prune` the script re-runs itself with `TF_USE_LEGACY_KERAS=1` (QAT is
+then TFMOT's too). It reads the teacher and
 student saved by `train_teacher.py` and `distill.py` in either Keras mode
 (their `.weights.h5` and `.json`).
 
@@ -121,8 +123,8 @@ training.check_data_flags(_DATASET, _DATA_DIR, _SOURCE_DIR)
 
 def main(argv):
     del argv
-    if _QAT.value or _PRUNE.value:
-        training.relaunch_with_legacy_keras("QAT and pruning (TFMOT)")
+    if _PRUNE.value:
+        training.relaunch_with_legacy_keras("Pruning (TFMOT)")
     training.quiet_logs()
     keras.utils.set_random_seed(_SEED.value)
     common = dict(
