@@ -30,7 +30,8 @@ RUNNABLE = {
     "README.md": False,
     "docs/distillation.md": False,
     "docs/methods.md": False,
-    "docs/edge.md": True,
+    "docs/edge.md": False,
+    "docs/tfmot.md": True,
 }
 README_MAX_BYTES = 12_000
 MACHINE_FOLDERS = ("../shared", "/usr/share/datasets")
@@ -162,12 +163,15 @@ def test_readme_quickstart_and_export_run(tmp_path):
     assert abs(float(int8.group(1)) - accuracy["distilled student"]) <= 1.0
     assert int(int8.group(2)) < 40
     assert (tmp_path / "student_int8.tflite").exists()
+    # Keras 3 quantization-aware distillation keeps the accuracy too.
+    qat = re.search(r"^QAT int8: ([\d.]+)%$", stdout, re.MULTILINE)
+    assert qat, stdout
+    assert float(qat.group(1)) >= accuracy["distilled student"] - 1.5
 
 
 def test_edge_walkthrough_runs_and_int8_keeps_the_accuracy(tmp_path):
     _skip_in_the_other_mode("docs/edge.md")
     pytest.importorskip("mlxtend")
-    pytest.importorskip("tensorflow_model_optimization")
     pytest.importorskip("ai_edge_litert")
     stdout = _run("docs/edge.md", tmp_path)
     rows = re.findall(
@@ -180,7 +184,6 @@ def test_edge_walkthrough_runs_and_int8_keeps_the_accuracy(tmp_path):
     for name, keras_accuracy, litert_accuracy, _ in rows:
         assert abs(float(keras_accuracy) - float(litert_accuracy)) <= 1.0
     assert sizes["QAT int8"] < sizes["float32"] / 2
-    assert re.search(r"^pruned: 7[45]% zeros", stdout, re.MULTILINE)
     assert (tmp_path / "student_int8.tflite").exists()
     gaps = dict(
         re.findall(
@@ -191,6 +194,21 @@ def test_edge_walkthrough_runs_and_int8_keeps_the_accuracy(tmp_path):
     )
     assert float(gaps["float16"]) < 0.05
     assert float(gaps["dynamic"]) < 0.25
+
+
+def test_tfmot_page_runs_qat_and_pruning(tmp_path):
+    _skip_in_the_other_mode("docs/tfmot.md")
+    pytest.importorskip("mlxtend")
+    pytest.importorskip("tensorflow_model_optimization")
+    pytest.importorskip("ai_edge_litert")
+    stdout = _run("docs/tfmot.md", tmp_path)
+    qat = re.search(
+        r"^QAT int8: Keras ([\d.]+)%, LiteRT ([\d.]+)%$", stdout, re.MULTILINE
+    )
+    assert qat, stdout
+    assert abs(float(qat.group(1)) - float(qat.group(2))) <= 1.0
+    assert float(qat.group(2)) > 85.0
+    assert re.search(r"^pruned: 7[45]% zeros", stdout, re.MULTILINE)
 
 
 @pytest.mark.parametrize("page", ["docs/distillation.md", "docs/methods.md"])
