@@ -407,3 +407,46 @@ def test_clear_errors_for_subclassed_models_and_unlearned_ranges():
     assert np.abs(out).sum() > 0
     with pytest.raises(ValueError, match="not learned yet"):
         tfkd.export.to_tflite(fresh, "int8")
+
+
+def test_mixed_precision_students_train_and_export_in_float32():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+
+    def student():
+        inputs = keras.Input((8,))
+        h = keras.layers.Dense(8, activation="relu")(inputs)
+        return keras.Model(inputs, keras.layers.Dense(2)(h), name="s")
+
+    float32_student = student()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        # A float32 student stays float32, whatever the global policy.
+        plain = tfkd.quantization.quantize_aware(float32_student)
+        mixed = tfkd.quantization.quantize_aware(student())
+        kinds = {type(layer).__name__ for layer in mixed.layers}
+        assert "FakeQuant" in kinds
+        # Its ranges follow each tensor: float32 input, float16 inside.
+        assert {
+            layer.compute_dtype
+            for layer in mixed.layers
+            if isinstance(layer, _layers.FakeQuant)
+        } == {"float16", "float32"}
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    for model in (plain, mixed):
+        model.compile("adam", sparse_ce())
+        model.fit(x, y, epochs=1, verbose=0)
+    assert {layer.compute_dtype for layer in plain.layers[1:]} == {"float32"}
+    tfkd.export.to_tflite(plain, "int8")
+    with pytest.raises(ValueError, match="set_global_policy"):
+        tfkd.export.to_tflite(mixed, "int8")
+    # The documented fix: the same student in float32, weights copied.
+    export_model = tfkd.quantization.quantize_aware(student())
+    export_model.set_weights(mixed.get_weights())
+    lite = tfkd.export.predict_tflite(
+        tfkd.export.to_tflite(export_model, "int8"), x
+    )
+    agreement = np.mean(lite.argmax(1) == mixed.predict(x, verbose=0).argmax(1))
+    assert agreement >= 0.95

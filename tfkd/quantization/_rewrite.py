@@ -50,6 +50,7 @@ _KEEP_RANGE = (
     "ActivityRegularization",
 )
 _FUSED_ACTIVATIONS = ("relu", "relu6")
+_MIXED_POLICIES = {"float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 _MERGES = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
 
 
@@ -246,10 +247,10 @@ class _Rewriter:
             return new
         group = self.groups.get(id(tensor))
         if group is None:
-            entry[:] = [self.fake_quant(name)(new), True]
+            entry[:] = [self.fake_quant(name, new.dtype)(new), True]
             return entry[0]
         if group[0] not in self.group_layers:
-            self.group_layers[group[0]] = self.fake_quant(group[0])
+            self.group_layers[group[0]] = self.fake_quant(group[0], new.dtype)
         layer = self.group_layers[group[0]]
         entry[:] = [layer(new, update=group[1]), True]
         return entry[0]
@@ -288,14 +289,22 @@ class _Rewriter:
             groups[key] = (name, key in outputs)
         return groups
 
-    def fake_quant(self, name, cls=_layers.FakeQuant):
+    def fake_quant(self, name, dtype):
+        """A `FakeQuant` layer for a tensor of `dtype`, uniquely named.
+
+        Its dtype policy follows the tensor (a mixed-precision student's
+        float16 tensors), not the global policy.
+        """
         base, count = f"{name}_quant", 1
         unique = base
         while unique in self.names:
             count += 1
             unique = f"{base}_{count}"
         self.names.add(unique)
-        return cls(momentum=self.momentum, name=unique)
+        policy = _MIXED_POLICIES.get(str(dtype), "float32")
+        return _layers.FakeQuant(
+            momentum=self.momentum, name=unique, dtype=policy
+        )
 
     def step(self, layer, args, kwargs, outs, batch_norm, sole_consumer):
         kind = type(layer).__name__
@@ -433,6 +442,23 @@ def quantize_aware(model, *, layers=None, custom_objects=None, momentum=0.99):
 
 def learned_ranges(model):
     """`_layers.exporting()`, once every range of `model` is learned."""
+    mixed = sorted(
+        {
+            layer.dtype_policy.name
+            for layer in iter_layers(model)
+            if layer.compute_dtype not in (None, "float32")
+            and not isinstance(layer, keras.layers.InputLayer)
+        }
+    )
+    if mixed:
+        raise ValueError(
+            f"{model.name!r} computes in {mixed}: the int8 converter needs a "
+            "float32 graph around the fake quantization. Build the same "
+            "student in float32 (`keras.mixed_precision.set_global_policy("
+            '"float32")`), make it quantization-aware, copy the trained '
+            "weights and ranges with `export_model.set_weights("
+            "model.get_weights())`, and export that."
+        )
     unset = [
         layer.name
         for layer in iter_layers(model)
