@@ -131,7 +131,12 @@ _CALIBRATION_EXAMPLES = flags.DEFINE_integer(
     lower_bound=1,
 )
 _VERBOSE = flags.DEFINE_integer(
-    "verbose", 1, "Keras verbosity (0, 1, 2).", lower_bound=0, upper_bound=2
+    "verbose",
+    2,
+    "Keras verbosity: 2 (default) one line per epoch, 1 a progress bar per "
+    "batch, 0 silent.",
+    lower_bound=0,
+    upper_bound=2,
 )
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", "pipeline_output", "Where to write the table and models."
