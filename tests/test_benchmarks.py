@@ -6,6 +6,7 @@ run and that what they write holds what the README quotes, not the figures.
 
 import json
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -167,3 +168,51 @@ def test_train_teachers_resumes_and_writes_a_loadable_teacher(tmp_path):
         strong_teachers.load_teacher(
             "fashion_mnist", weights_dir=tmp_path / "out" / "teachers"
         )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_keras.IS_LEGACY, reason="tfkd's Keras 3 QAT")
+def test_qat_benchmark_compares_post_training_and_qat_int8(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    pytest.importorskip("ai_edge_litert")
+    source = tmp_path / "source"
+    _fake_cifar10(source)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.qat",  # As a module: no sys.path rewrite needed.
+            "--epochs=1",
+            "--qat_epochs=1",
+            "--seeds=1",
+            "--train_examples=96",
+            "--test_examples=48",
+            "--calibration_examples=16",
+            "--batch_size=32",
+            f"--source_dir={source}",
+            f"--data_dir={tmp_path / 'tfds'}",
+            f"--output_dir={tmp_path / 'out'}",
+        ],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    rows = _table_rows(tmp_path / "out" / "qat.md")
+    names = [row.split("|")[1].strip() for row in rows[1:]]
+    assert names == [
+        "float32",
+        "post-training int8",
+        "QAT int8",
+        "QAT int8, distilled from float",
+    ]
+    with open(tmp_path / "out" / "qat.json") as f:
+        written = json.load(f)
+    (seed,) = written["seeds"]
+    for row in seed.values():
+        assert 0.0 <= row["litert"] <= 1.0 and 0.0 <= row["keras"] <= 1.0
+    assert seed["QAT int8"]["size_bytes"] < seed["float32"]["size_bytes"]
+    assert written["steps"][0]["qat_ms"] > 0
+    assert written["args"]["train_examples"] == 96
