@@ -450,3 +450,39 @@ def test_mixed_precision_students_train_and_export_in_float32():
     )
     agreement = np.mean(lite.argmax(1) == mixed.predict(x, verbose=0).argmax(1))
     assert agreement >= 0.95
+
+
+def test_rescaling_and_normalization_become_frozen_int8_convolutions():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(128, 8, 8, 3)).astype("float32")
+    y = (x[..., 0].mean((1, 2)) > x[..., 1].mean((1, 2))).astype("int32")
+    keras.utils.set_random_seed(0)
+    normalization = keras.layers.Normalization()
+    normalization.adapt(x / 255.0)
+    inputs = keras.Input((8, 8, 3))
+    h = normalization(keras.layers.Rescaling(1 / 255.0)(inputs))
+    h = keras.layers.Conv2D(8, 3, activation="relu")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    model = keras.Model(inputs, keras.layers.Dense(2)(h))
+    student = tfkd.quantization.quantize_aware(model)
+    kinds = [type(layer).__name__ for layer in student.layers]
+    assert "Rescaling" not in kinds and "Normalization" not in kinds
+    for name in (model.layers[1].name, normalization.name):
+        layer = student.get_layer(name)
+        assert isinstance(layer, _layers.QuantizedDepthwiseConv2D)
+        assert not layer.trainable_weights  # frozen preprocessing
+    # Its kernel and bias are the float layer's affine map, per channel.
+    kernel, bias = student.get_layer(normalization.name).get_weights()
+    expected = normalization(x[:4] / 255.0)
+    got = (x[:4] / 255.0) * kernel.reshape(-1) + bias
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    student.compile(keras.optimizers.Adam(1e-3), sparse_ce())
+    student.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    int8 = tfkd.export.to_tflite(student, "int8")
+    tensors = tfkd.export._interpreter(int8).get_tensor_details()
+    assert not [t["name"] for t in tensors if t["dtype"] == np.float32]
+    agreement = np.mean(
+        tfkd.export.predict_tflite(int8, x).argmax(1)
+        == student.predict(x, verbose=0).argmax(1)
+    )
+    assert agreement >= 0.95

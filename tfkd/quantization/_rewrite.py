@@ -126,6 +126,32 @@ def _clone(layer, cls=None, **overrides):
         ) from error
 
 
+def _affine(layer, channels):
+    """`(scale, offset)` per channel if `layer` is an elementwise affine
+    preprocessing layer (Rescaling; Normalization, not inverted) on the last
+    axis, else None."""
+    kind = type(layer).__name__
+    if kind == "Rescaling":
+        scale = np.asarray(layer.scale, np.float64)
+        offset = np.asarray(layer.offset, np.float64)
+    elif kind == "Normalization" and not layer.invert:
+        if layer.mean is None or tuple(layer.axis) != (-1,):
+            return None
+        scale = 1.0 / np.maximum(
+            np.sqrt(np.asarray(layer.variance, np.float64)),
+            keras.backend.epsilon(),
+        )
+        offset = -np.asarray(layer.mean, np.float64) * scale
+    else:
+        return None
+    try:
+        scale = np.broadcast_to(scale.reshape(-1), (channels,))
+        offset = np.broadcast_to(offset.reshape(-1), (channels,))
+    except ValueError:
+        return None
+    return scale.astype(np.float32), offset.astype(np.float32)
+
+
 def _fold(kernel, bias, batch_norm, depthwise):
     """Folds a BatchNormalization into the kernel and bias before it."""
     gamma, beta, mean, variance = (
@@ -323,6 +349,26 @@ class _Rewriter:
             return mapped(lambda t: self.new[id(t)][0])
 
         quantize_output = False
+        affine = None
+        if (
+            len(tensors) == 1
+            and len(tensors[0].shape) == 4
+            and keras.config.image_data_format() == "channels_last"
+        ):
+            affine = _affine(layer, tensors[0].shape[-1])
+        if affine is not None:
+            # Rescaling / Normalization as a frozen 1x1 depthwise
+            # convolution, which the int8 converter quantizes (an
+            # elementwise op with float constants stays float).
+            clone = _layers.QuantizedDepthwiseConv2D(
+                1, name=layer.name, trainable=False, dtype=layer.dtype_policy
+            )
+            (inputs,) = quantized_inputs()[0]
+            result = clone(inputs)
+            scale, offset = affine
+            clone.set_weights([scale.reshape(1, 1, -1, 1), offset])
+            self.new[id(outs[0])] = [result, False]
+            return
         if isinstance(layer, keras.Model):
             inner = _Rewriter(self.layers, self.momentum)
             clone = inner.rewrite(layer, quantize_inputs=False)
