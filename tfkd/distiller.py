@@ -1,7 +1,10 @@
 """`tfkd.Distiller`: train a student from a frozen teacher with `fit`."""
 
+import warnings
+
 import tensorflow as tf
 
+from tfkd import _augment
 from tfkd import _keras
 from tfkd import _objective
 from tfkd import _taps
@@ -34,6 +37,10 @@ class Distiller(keras.Model):
     so under `tf.distribute` N replicas train like one device with the same
     global batch; all loss maths runs in float32 under mixed precision.
 
+    Training batches may be augmented, once, before both models (`augment`,
+    `mixup`), so that the teacher scores the very view the student learns
+    from ("function matching", Beyer et al.).
+
     Args:
         teacher: the trained teacher, a Keras model that outputs logits; or
             several, as a list (logits averaged) or a `{model: weight}` dict
@@ -46,7 +53,38 @@ class Distiller(keras.Model):
             `0.1`. A variable: `tfkd.callbacks` can schedule it.
         temperature: temperature of the default KD loss. Defaults to `4.0`.
             Set it on the method itself when passing `distillation_loss`.
+        augment: augmentation of each training batch, applied once, before
+            both models, which then see the same view: a Keras layer or
+            model (e.g. `keras.Sequential([keras.layers.RandomFlip(
+            "horizontal"), keras.layers.RandomTranslation(0.1, 0.1)])`,
+            called with `training=True`) or a function `x -> x`. `evaluate`
+            and `predict` do not augment. A layer is saved with the
+            Distiller; a function is saved by name, as Keras saves a custom
+            loss function: load it with `custom_objects={name: function}`
+            or register it with `keras.saving.register_keras_serializable`.
+            Not with cached teacher outputs. Defaults to `None`.
+        mixup: the `alpha` of mixup, a float `>= 0` (`0` is off; 0.2 to 1
+            are usual). Each training batch (each replica's, under
+            `tf.distribute`) draws `lam ~ Beta(alpha, alpha)` and a
+            permutation `p` of its examples; both models see
+            `lam * x + (1 - lam) * x[p]` (after `augment`). The hard-label
+            loss is `lam * loss(y, s) + (1 - lam) * loss(y[p], s)`, sample
+            weights permuted with the labels; the distillation term (and
+            a method that reads labels, such as DKD) takes the mixed batch
+            with `y` and the sample weights as they are; the compiled
+            metrics compare the student's outputs with `y`. Not with cached
+            teacher outputs. Defaults to `0.0`.
         **kwargs: forwarded to `keras.Model` (e.g. `name`).
+
+    Raises:
+        TypeError: a model, `augment` or `mixup` of the wrong type.
+        ValueError: invalid settings (`alpha`, `temperature`, `mixup`),
+            teacher and student that do not pair up, a frozen student.
+
+    Warns:
+        UserWarning: the student holds random augmentation layers
+            (`RandomFlip`, `RandomCrop`, ...), which the teacher never sees;
+            move them into `augment=`.
 
     Example:
         >>> distiller = tfkd.Distiller(teacher=teacher, student=student,
@@ -58,10 +96,20 @@ class Distiller(keras.Model):
         ...     metrics=["accuracy"])
         >>> distiller.fit(train_data, validation_data=val_data, epochs=10)
         >>> distiller.student.save("student.keras")
+        >>> augment = keras.Sequential(
+        ...     [keras.layers.RandomFlip("horizontal"),
+        ...      keras.layers.RandomTranslation(0.1, 0.1)])
+        >>> patient = tfkd.Distiller(teacher, student, augment=augment,
+        ...                          mixup=1.0)
 
     References:
         Hinton, Vinyals, Dean. "Distilling the Knowledge in a Neural Network",
         2015. arXiv:1503.02531.
+        Beyer, Zhai, Royer, Markeeva, Anil, Kolesnikov. "Knowledge
+        distillation: A good teacher is patient and consistent", CVPR 2022.
+        arXiv:2106.05237.
+        Zhang, Cisse, Dauphin, Lopez-Paz. "mixup: Beyond Empirical Risk
+        Minimization", ICLR 2018. arXiv:1710.09412.
     """
 
     def __init__(
@@ -72,6 +120,8 @@ class Distiller(keras.Model):
         *,
         alpha=0.1,
         temperature=None,
+        augment=None,
+        mixup=0.0,
         **kwargs,
     ):
         kwargs.setdefault("name", "distiller")
@@ -99,6 +149,8 @@ class Distiller(keras.Model):
             )
         if temperature is not None:
             check_positive("temperature", temperature)
+        augment = _augment.check_augment(augment)
+        mixup = _augment.check_mixup(mixup)
         self._output_names = _validation.output_names(student)
         teacher_names = _validation.output_names(teacher)
         if len(teacher_names) != len(self._output_names):
@@ -117,6 +169,14 @@ class Distiller(keras.Model):
         self.teacher = teacher
         self.student = student
         self.teacher.trainable = False
+        self._warn_random_layers(student)
+        if isinstance(augment, keras.layers.Layer):
+            # Augmentation does not learn: the step applies it before the
+            # gradient tape.
+            augment.trainable = False
+            _augment.build(augment, student)
+        self.augment = augment
+        self.mixup = mixup
         if student.built and not student.trainable_weights:
             raise ValueError(
                 f"The student {student.name!r} has no trainable weights (is it "
@@ -181,6 +241,21 @@ class Distiller(keras.Model):
             self.built = True
 
     # Construction helpers.
+
+    @staticmethod
+    def _warn_random_layers(student):
+        layers = _augment.random_layers(student)
+        if layers:
+            warnings.warn(
+                f"The student {student.name!r} holds random augmentation "
+                f"layers {layers}, which the teacher never sees: it is then "
+                "distilled on views that the teacher did not score. Move "
+                "them into `augment=` (e.g. `tfkd.Distiller(teacher, "
+                "student, augment=keras.Sequential([...]))`), which gives "
+                "teacher and student the same augmented batch.",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def _scalar_weight(self, name, value):
         weight = self.add_weight(
@@ -362,6 +437,7 @@ class Distiller(keras.Model):
     def train_step(self, data):
         x, y, sample_weight = _keras.unpack_x_y_sample_weight(data)
         x, teacher_outputs = self._split_inputs(x)
+        x, mix = self._augment_batch(x, cached=teacher_outputs is not None)
         if teacher_outputs is None:
             teacher_outputs = self.teacher_outputs(x)
         with tf.GradientTape() as tape:
@@ -374,6 +450,7 @@ class Distiller(keras.Model):
                 teacher_outputs,
                 student_outputs,
                 training=True,
+                mix=mix,
             )
             scaled_loss = _keras.scale_loss_for_optimizer(self.optimizer, loss)
         variables = self.trainable_variables
@@ -428,6 +505,8 @@ class Distiller(keras.Model):
                 )
             ],
             "alpha": self._base_alpha,
+            "augment": _augment.serialize(self.augment),
+            "mixup": self.mixup,
         }
 
     @classmethod
@@ -438,6 +517,9 @@ class Distiller(keras.Model):
             config[key] = deserialize(
                 config[key], custom_objects=custom_objects
             )
+        config["augment"] = _augment.deserialize(
+            config.get("augment"), custom_objects=custom_objects
+        )
         config["distillation_loss"] = _validation.distillation_loss_from_terms(
             [
                 (deserialize(entry[0], custom_objects=custom_objects),)
@@ -477,16 +559,52 @@ class Distiller(keras.Model):
 
     _split_inputs = staticmethod(teachers.split_inputs)
 
+    def _augment_batch(self, x, cached):
+        """A training batch's view for both models: `augment`, then mixup.
+
+        Returns `(x, mix)`, `mix` being mixup's `(lam, permutation)` or None.
+        """
+        if self.augment is None and not self.mixup:
+            return x, None
+        if cached:
+            raise ValueError(
+                "This Distiller augments its training batches (`augment=` "
+                f"or `mixup={self.mixup:g}`), but the data carries cached "
+                "teacher outputs (`tfkd.cache_teacher_outputs`), computed on "
+                "the un-augmented inputs: the student would be matched to "
+                "the teacher's outputs for other images. Distil from the "
+                "live teacher (pass the plain data set), or train on the "
+                "cache with a Distiller without `augment` and `mixup`."
+            )
+        if self.augment is not None:
+            x = _augment.apply(self.augment, x)
+        if not self.mixup:
+            return x, None
+        batch_size = tf.shape(tf.nest.flatten(x)[0])[0]
+        lam, permutation = _augment.sample_mixup(self.mixup, batch_size)
+        return _augment.mix(x, lam, permutation), (lam, permutation)
+
     def _forward(self, model, tapped, x, training):
         """Returns `(outputs, {layer_name: features})` from ONE forward pass."""
         _validation.check_single_input(model, x, "student")
         return tapped(x, training=training)
 
     def _compute_losses(
-        self, y, sample_weight, teacher_outputs, student_outputs, training
+        self,
+        y,
+        sample_weight,
+        teacher_outputs,
+        student_outputs,
+        training,
+        mix=None,
     ):
         """Returns this replica's share of the total loss (see
-        `tfkd._objective`) and updates the loss trackers."""
+        `tfkd._objective`) and updates the loss trackers.
+
+        `mix`: mixup's `(lam, permutation)`: the hard-label term is then
+        `lam * loss(y, s) + (1 - lam) * loss(y[permutation], s)`, sample
+        weights permuted with the labels.
+        """
         names = self._output_names
         t_outputs, t_features = teacher_outputs
         s_outputs, s_features = student_outputs
@@ -501,9 +619,25 @@ class Distiller(keras.Model):
             weights = [sample_weight] * len(names)
         scale = _objective.batch_scale(tf.shape(s_flat[0])[0])
 
+        loss_fns = self._check_labels(y, labels)
         student = _objective.hard_label_terms(
-            zip(self._check_labels(y, labels), labels, s_flat, weights), scale
+            zip(loss_fns, labels, s_flat, weights), scale
         )
+        if mix is not None:
+            lam, permutation = mix
+            permuted = _objective.hard_label_terms(
+                zip(
+                    loss_fns,
+                    [_augment.permute(v, permutation) for v in labels],
+                    s_flat,
+                    [_augment.permute(v, permutation) for v in weights],
+                ),
+                scale,
+            )
+            student = _objective.add(
+                _objective.weigh(lam, student),
+                _objective.weigh(1.0 - lam, permuted),
+            )
         distillation = _objective.distillation_terms(
             zip(self.distillation_losses, self.loss_weights, self.adapters),
             self._output_indices,

@@ -1,0 +1,205 @@
+"""Consistent augmentation and mixup for `tfkd.Distiller`'s train step.
+
+The Distiller augments each training batch once and gives the same view to
+the teacher and to the student ("function matching", Beyer et al. 2022).
+Mixup draws `lam ~ Beta(alpha, alpha)` from two Gamma draws (`Beta = G1 /
+(G1 + G2)`). TensorFlow's Gamma ops (`RandomGamma`, `StatelessRandomGamma`)
+have no XLA kernel, so the Gamma draws are Marsaglia and Tsang's method on
+`tf.random.normal` and `tf.random.uniform`, which `jit_compile=True`
+compiles, and which follow `keras.utils.set_random_seed` like Keras' own
+random layers.
+"""
+
+import math
+import numbers
+
+import tensorflow as tf
+
+from tfkd import _keras
+from tfkd._keras import keras
+
+# Keras' random augmentation layers: class names that start with "Random"
+# (RandomFlip, RandomCrop, RandomRotation, ...), and these.
+_AUGMENTATION_LAYERS = ("RandAugment", "AugMix", "CutMix", "MixUp")
+# Marsaglia-Tsang proposals per Gamma draw: each is accepted with probability
+# > 0.95 for a shape >= 1, so all 16 fail with probability < 1e-20.
+_PROPOSALS = 16
+_TINY = 1e-30  # > 0 in float32: log(u) stays finite.
+
+
+def check_augment(augment):
+    """`augment`: None, a Keras layer (or model) or a callable `x -> x`."""
+    if augment is None or isinstance(augment, keras.layers.Layer):
+        return augment
+    if _is_other_keras_layer(augment):
+        kind = f"{type(augment).__module__}.{type(augment).__name__}"
+        raise TypeError(
+            f"`augment` is a layer of the other Keras ({kind}), but tfkd "
+            f"uses {_keras.KERAS_NAME} "
+            "(see TF_USE_LEGACY_KERAS). Build it with "
+            f"`{_keras.KERAS_NAME}.layers`."
+        )
+    if callable(augment):
+        return augment
+    raise TypeError(
+        "`augment` must be a Keras layer or model (e.g. `keras.Sequential("
+        "[keras.layers.RandomFlip('horizontal')])`), a function `x -> x`, or "
+        f"None. Received: augment={augment!r} of type {type(augment).__name__}"
+    )
+
+
+def _is_other_keras_layer(value):
+    module = type(value).__module__ or ""
+    return module.split(".")[0] in ("keras", "tf_keras") and hasattr(
+        value, "get_config"
+    )
+
+
+def check_mixup(mixup):
+    """`mixup`: the Beta distribution's alpha, a finite float >= 0."""
+    if isinstance(mixup, bool) or not isinstance(mixup, numbers.Real):
+        raise TypeError(
+            "`mixup` must be a float >= 0 (the alpha of Beta(alpha, alpha); "
+            f"0 turns mixup off). Received: mixup={mixup!r} of type "
+            f"{type(mixup).__name__}"
+        )
+    mixup = float(mixup)
+    if not math.isfinite(mixup) or mixup < 0:
+        raise ValueError(
+            "`mixup` must be finite and >= 0 (the alpha of Beta(alpha, "
+            "alpha); 0 turns mixup off, 0.2 to 1 are usual). Received: "
+            f"mixup={mixup}"
+        )
+    return mixup
+
+
+def random_layers(model, depth=0):
+    """Paths of the random augmentation layers inside `model`, nested models
+    included."""
+    found = []
+    for layer in getattr(model, "layers", None) or []:
+        name = type(layer).__name__
+        if name.startswith("Random") or name in _AUGMENTATION_LAYERS:
+            found.append(f"{model.name}/{layer.name} ({name})")
+        elif depth < 8:
+            found.extend(random_layers(layer, depth + 1))
+    return found
+
+
+def build(augment, model):
+    """Builds an unbuilt augmentation layer on `model`'s input shape.
+
+    tf_keras cannot list the weights of a model that holds an unbuilt
+    `Sequential`. The spatial axes are left unknown, so that a crop or a
+    resize may change them.
+    """
+    if not isinstance(augment, keras.layers.Layer) or augment.built:
+        return
+    inputs = getattr(model, "inputs", None)
+    if not inputs or len(inputs) != 1:
+        return
+    shape = tuple(inputs[0].shape)
+    if len(shape) > 2:
+        shape = (None,) * (len(shape) - 1) + shape[-1:]
+    augment.build(shape)
+
+
+def apply(augment, x):
+    """The augmented view of a training batch `x`."""
+    if isinstance(augment, keras.layers.Layer):
+        return augment(x, training=True)
+    return augment(x)
+
+
+def _log_gamma(alpha, count):
+    """`count` draws of `log G`, `G ~ Gamma(alpha, 1)`, as a float32 vector.
+
+    Marsaglia and Tsang (2000) for the shape `alpha + 1 >= 1`, then
+    `G = G' * U^(1 / alpha)`; in log space, where a small `alpha` would
+    underflow `G` to 0.
+    """
+    d = alpha + 1.0 - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    z = tf.random.normal([count, _PROPOSALS])
+    u = tf.random.uniform([count, _PROPOSALS], minval=_TINY)
+    w = c * z
+    valid = w > -1.0
+    log1p_w = tf.math.log1p(tf.where(valid, w, 0.0))
+    # d * (1 - v + log v) with v = (1 + w)^3, without the cancellation of
+    # 1 - v + log v, which float32 loses for a large alpha.
+    exponent = d * (3.0 * (log1p_w - w) - 3.0 * w * w - w * w * w)
+    accept = valid & (tf.math.log(u) < 0.5 * z * z + exponent)
+    first = tf.argmax(tf.cast(accept, tf.int32), axis=1, output_type=tf.int32)
+    log_v = tf.gather(3.0 * log1p_w, first, batch_dims=1)
+    log_v = tf.where(tf.reduce_any(accept, axis=1), log_v, 0.0)
+    boost = tf.math.log(tf.random.uniform([count], minval=_TINY)) / alpha
+    return math.log(d) + log_v + boost
+
+
+def sample_beta(alpha, count):
+    """`count` draws of `Beta(alpha, alpha)`, as `G1 / (G1 + G2)`."""
+    log_g = _log_gamma(alpha, 2 * count)
+    return tf.math.sigmoid(log_g[:count] - log_g[count:])
+
+
+def sample_mixup(alpha, batch_size):
+    """One step's mixup draws: `lam ~ Beta(alpha, alpha)` (a float32 scalar)
+    and a permutation of `range(batch_size)`."""
+    lam = sample_beta(alpha, 1)[0]
+    permutation = tf.random.shuffle(tf.range(batch_size))
+    return lam, permutation
+
+
+def permute(value, permutation):
+    """`value` (a tensor, a structure of them, or None) in `permutation`'s
+    order along the batch axis."""
+    if value is None:
+        return None
+    return tf.nest.map_structure(
+        lambda tensor: tf.gather(tensor, permutation), value
+    )
+
+
+def mix(x, lam, permutation):
+    """`lam * x + (1 - lam) * x[permutation]`, `lam` in each input's dtype."""
+
+    def mix_one(tensor):
+        if not tensor.dtype.is_floating:
+            raise ValueError(
+                "mixup interpolates the inputs, but an input has dtype "
+                f"{tensor.dtype.name} (token ids or other integers cannot be "
+                "mixed). Use `mixup=0.0` for such inputs, or feed floats."
+            )
+        weight = tf.cast(lam, tensor.dtype)
+        return weight * tensor + (1 - weight) * tf.gather(tensor, permutation)
+
+    return tf.nest.map_structure(mix_one, x)
+
+
+def serialize(augment):
+    if augment is None:
+        return None
+    return keras.saving.serialize_keras_object(augment)
+
+
+def deserialize(config, custom_objects=None):
+    """The `augment` of a saved Distiller's config.
+
+    A function is saved by name, as Keras saves a custom loss function: it
+    loads with `custom_objects={name: function}` or when registered with
+    `keras.saving.register_keras_serializable()`.
+    """
+    if config is None:
+        return None
+    try:
+        return keras.saving.deserialize_keras_object(
+            config, custom_objects=custom_objects
+        )
+    except (TypeError, ValueError) as error:
+        name = config.get("config") if isinstance(config, dict) else config
+        raise type(error)(
+            f"Could not load the Distiller's `augment` ({name!r}): {error} "
+            "A function passed as `augment` is saved by name; pass it to "
+            f"`load_model(..., custom_objects={{{name!r}: function}})` or "
+            "decorate it with `@keras.saving.register_keras_serializable()`."
+        ) from error
