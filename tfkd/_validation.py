@@ -299,6 +299,15 @@ def copy_metric(metric):
     return type(metric).from_config(metric.get_config())
 
 
+def copy_metrics(metrics):
+    """Fresh copies of `compile`'s metrics (a list, or a dict per output)."""
+    if isinstance(metrics, dict):
+        return {key: copy_metrics(value) for key, value in metrics.items()}
+    if isinstance(metrics, (list, tuple)):
+        return [copy_metrics(value) for value in metrics]
+    return copy_metric(metrics)
+
+
 _PROBABILITY_OPS = ("softmax", "sigmoid")
 
 

@@ -8,6 +8,7 @@ from tfkd import _augment
 from tfkd import _keras
 from tfkd import _objective
 from tfkd import _taps
+from tfkd import _teacher_logs
 from tfkd import _validation
 from tfkd import teachers
 from tfkd._keras import keras
@@ -39,7 +40,10 @@ class Distiller(keras.Model):
 
     Training batches may be augmented, once, before both models (`augment`,
     `mixup`), so that the teacher scores the very view the student learns
-    from ("function matching", Beyer et al.).
+    from ("function matching", Beyer et al.). With `validation_data`, `fit`
+    also logs the teacher's validation loss and metrics, `teacher_val_loss`,
+    `teacher_val_accuracy`, ..., computed once per `fit` call: a student
+    that nears them is held back by its teacher.
 
     Args:
         teacher: the trained teacher, a Keras model that outputs logits; or
@@ -352,15 +356,22 @@ class Distiller(keras.Model):
             ):
                 if _validation.is_binary_loss(losses[index]):
                     method.activation = "sigmoid"
+        # Copies, as given: tf_keras renames a multi-output model's metric
+        # objects in place (`large_binary_accuracy`), and these recompile
+        # other models (a loaded Distiller, the teacher's evaluation).
         self._compile_arguments = dict(
             loss=loss,
-            metrics=metrics,
+            metrics=_validation.copy_metrics(metrics),
             **{
                 key: kwargs[key]
                 for key in ("weighted_metrics", "jit_compile", "run_eagerly")
                 if key in kwargs
             },
         )
+        if "weighted_metrics" in self._compile_arguments:
+            self._compile_arguments["weighted_metrics"] = (
+                _validation.copy_metrics(kwargs["weighted_metrics"])
+            )
         if len(self._output_names) > 1:
             # Keras maps per-output metrics by these names.
             self.output_names = list(self._output_names)
@@ -415,11 +426,21 @@ class Distiller(keras.Model):
             self.optimizer.build(self.trainable_variables)
 
     def fit(self, *args, callbacks=None, **kwargs):
-        """`keras.Model.fit`; adds TFMOT's `UpdatePruningStep` callback when
-        the student comes from `tfkd.quantization.prune` and it is missing."""
+        """`keras.Model.fit`, plus two callbacks.
+
+        With `validation_data`, the teacher's validation loss and metrics
+        join the logs as `teacher_val_*` (see `tfkd._teacher_logs`). And
+        TFMOT's `UpdatePruningStep` is added when the student comes from
+        `tfkd.quantization.prune` and it is missing.
+        """
         from tfkd import quantization
 
         callbacks = quantization.pruning_callbacks(self, callbacks)
+        teacher_logs = _teacher_logs.TeacherValidation.for_fit(self, kwargs)
+        if teacher_logs is not None:
+            # First, so that the callbacks after it (History, CSVLogger,
+            # the progress bar) see its logs.
+            callbacks = [teacher_logs] + callbacks
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
     @property
