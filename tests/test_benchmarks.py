@@ -205,6 +205,8 @@ def test_qat_benchmark_compares_post_training_and_qat_int8(tmp_path):
     assert names == [
         "float32",
         "post-training int8",
+        "float32, fine-tuned like QAT",
+        "post-training int8 of it",
         "QAT int8",
         "QAT int8, distilled from float",
     ]
