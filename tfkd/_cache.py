@@ -112,14 +112,14 @@ def cache_teacher_outputs(
     the augmented view the student sees ("a good teacher is patient and
     consistent", Beyer et al. 2022): a cache would pair a new view with the
     teacher's outputs for another one. Distil live instead, with the
-    augmentation inside the dataset (or in a preprocessing model applied
-    before both models), so both models see one view:
+    augmentation in the Distiller (which refuses it on a cache), so both
+    models see one view:
 
     ```python
     augment = keras.Sequential([keras.layers.RandomFlip("horizontal"),
                                 keras.layers.RandomTranslation(0.1, 0.1)])
-    views = train.map(lambda x, y: (augment(x, training=True), y))
-    distiller.fit(views, epochs=300)  # live: the teacher sees each view
+    distiller = tfkd.Distiller(teacher, student, augment=augment)
+    distiller.fit(train, epochs=300)  # live: the teacher sees each view
     ```
 
     Args:
