@@ -486,3 +486,51 @@ def test_rescaling_and_normalization_become_frozen_int8_convolutions():
         == student.predict(x, verbose=0).argmax(1)
     )
     assert agreement >= 0.95
+
+
+def test_a_layer_called_twice_keeps_one_set_of_weights():
+    inputs = [keras.Input((6,)), keras.Input((6,))]
+    shared = keras.layers.Dense(4, name="shared")
+    normalization = keras.layers.BatchNormalization(name="bn")
+    merged = keras.layers.Concatenate()(
+        [normalization(shared(inputs[0])), normalization(shared(inputs[1]))]
+    )
+    model = keras.Model(inputs, keras.layers.Dense(2)(merged))
+    student = tfkd.quantization.quantize_aware(model)
+    clone = student.get_layer("shared")
+    assert isinstance(clone, _layers.QuantizedDense)
+    assert len([x for x in student.layers if x.name == "shared"]) == 1
+    # A shared BatchNormalization is not folded into one of its calls.
+    assert isinstance(student.get_layer("bn"), keras.layers.BatchNormalization)
+    rng = np.random.default_rng(0)
+    x = [rng.normal(size=(32, 6)).astype("float32") for _ in range(2)]
+    y = rng.integers(0, 2, 32).astype("int32")
+    student.compile(keras.optimizers.SGD(0.1), sparse_ce())
+    student.fit(x, y, epochs=1, verbose=0)
+    # One kernel, trained by both calls (and different from the original).
+    assert len(clone.trainable_weights) == 2
+    assert not np.allclose(clone.kernel.numpy(), shared.kernel.numpy())
+
+
+def test_sequential_student_with_rescaling_converts_fully():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(64, 8, 8, 1)).astype("float32")
+    y = (x[:, :4].mean((1, 2, 3)) > x[:, 4:].mean((1, 2, 3))).astype("int32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Rescaling(1 / 255.0),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2),
+        ]
+    )
+    student = tfkd.quantization.quantize_aware(model)
+    rescaling = student.get_layer(model.layers[0].name)
+    assert isinstance(rescaling, _layers.QuantizedDepthwiseConv2D)
+    student.compile(keras.optimizers.Adam(1e-3), sparse_ce())
+    student.fit(x, y, epochs=1, verbose=0)
+    int8 = tfkd.export.to_tflite(student, "int8")
+    tensors = tfkd.export._interpreter(int8).get_tensor_details()
+    assert not [t["name"] for t in tensors if t["dtype"] == np.float32]

@@ -74,7 +74,10 @@ def _steps(model):
         token = inputs[0]
         steps = []
         for layer in model.layers:
-            output = _Token()
+            try:
+                output = layer.output  # Its one call in the Sequential.
+            except (AttributeError, ValueError):
+                output = _Token()  # Called elsewhere too: no one output.
             steps.append((layer, (token,), {}, [output]))
             token = output
         return inputs[0], steps, token
@@ -152,6 +155,17 @@ def _affine(layer, channels):
     return scale.astype(np.float32), offset.astype(np.float32)
 
 
+def _clone_or_share(layer):
+    """A clone of `layer`; a stateless layer that cannot be rebuilt from its
+    config is shared with the original instead."""
+    try:
+        return _clone(layer)
+    except ValueError:
+        if layer.weights:
+            raise
+        return layer
+
+
 def _fold(kernel, bias, batch_norm, depthwise):
     """Folds a BatchNormalization into the kernel and bias before it."""
     gamma, beta, mean, variance = (
@@ -185,6 +199,9 @@ class _Rewriter:
         self.momentum = momentum
         self.float_layers = []
         self.copies = []  # (original, clone, folded batch norm or None)
+        # id(original layer) -> its clone: a layer called at several places
+        # of the graph keeps one set of weights.
+        self.clones = {}
 
     def selected(self, layer):
         return self.layers is None or id(layer) in self.layers
@@ -242,6 +259,9 @@ class _Rewriter:
         for index, (_, _, _, outs) in enumerate(steps):
             for tensor in outs:
                 producer[id(tensor)] = index
+        calls = {}
+        for layer, _, _, _ in steps:
+            calls[id(layer)] = calls.get(id(layer), 0) + 1
         folds = {}
         for index, (layer, args, kwargs, _) in enumerate(steps):
             if not isinstance(layer, keras.layers.BatchNormalization):
@@ -255,6 +275,8 @@ class _Rewriter:
             rank = len(tensors[0].shape) if hasattr(tensors[0], "shape") else 0
             if (
                 type(kernel_layer) in _layers.QUANTIZED
+                and calls[id(kernel_layer)] == 1
+                and calls[id(layer)] == 1
                 and self.selected(kernel_layer)
                 and _activation_name(kernel_layer) is None
                 and getattr(kernel_layer, "data_format", "channels_last")
@@ -352,7 +374,7 @@ class _Rewriter:
         affine = None
         if (
             len(tensors) == 1
-            and len(tensors[0].shape) == 4
+            and len(getattr(tensors[0], "shape", ())) == 4
             and keras.config.image_data_format() == "channels_last"
         ):
             affine = _affine(layer, tensors[0].shape[-1])
@@ -360,38 +382,43 @@ class _Rewriter:
             # Rescaling / Normalization as a frozen 1x1 depthwise
             # convolution, which the int8 converter quantizes (an
             # elementwise op with float constants stays float).
-            clone = _layers.QuantizedDepthwiseConv2D(
-                1, name=layer.name, trainable=False, dtype=layer.dtype_policy
+            clone, new = self.clone_once(
+                layer,
+                lambda: _layers.QuantizedDepthwiseConv2D(
+                    1,
+                    name=layer.name,
+                    trainable=False,
+                    dtype=layer.dtype_policy,
+                ),
             )
             (inputs,) = quantized_inputs()[0]
             result = clone(inputs)
-            scale, offset = affine
-            clone.set_weights([scale.reshape(1, 1, -1, 1), offset])
+            if new:
+                scale, offset = affine
+                clone.set_weights([scale.reshape(1, 1, -1, 1), offset])
             self.new[id(outs[0])] = [result, False]
             return
         if isinstance(layer, keras.Model):
-            inner = _Rewriter(self.layers, self.momentum)
-            clone = inner.rewrite(layer, quantize_inputs=False)
-            self.float_layers += inner.float_layers
-            self.copies += inner.copies
+            clone, _ = self.clone_once(layer, lambda: self.nested(layer))
             call_args, out_quantized = quantized_inputs(), True
         elif not isinstance(layer, keras.layers.Layer):
             clone = layer  # A stateless Keras operation (keras.ops.*).
             call_args, out_quantized = quantized_inputs(), False
         elif type(layer) in _layers.QUANTIZED and self.selected(layer):
             overrides = {"use_bias": True} if batch_norm is not None else {}
-            clone = _clone(layer, _layers.QUANTIZED[type(layer)], **overrides)
-            self.copies.append((layer, clone, batch_norm))
+            clone, new = self.clone_once(
+                layer,
+                lambda: _clone(
+                    layer, _layers.QUANTIZED[type(layer)], **overrides
+                ),
+            )
+            if new:
+                self.copies.append((layer, clone, batch_norm))
             call_args, out_quantized = quantized_inputs(), False
             quantize_output = activation is not None
         else:
-            try:
-                clone = _clone(layer)
-            except ValueError:
-                if layer.weights:
-                    raise
-                clone = layer  # Stateless: shared with the original.
-            if layer.weights:
+            clone, new = self.clone_once(layer, lambda: _clone_or_share(layer))
+            if new and layer.weights:
                 self.copies.append((layer, clone, None))
                 if (
                     self.layers is None
@@ -421,6 +448,21 @@ class _Rewriter:
             self.new[id(old)] = [new, out_quantized]
             if quantize_output:
                 self.quantized(old, layer.name)
+
+    def clone_once(self, layer, make):
+        """`(clone, new)`: the one clone of `layer`, made on first use."""
+        if id(layer) in self.clones:
+            return self.clones[id(layer)], False
+        self.clones[id(layer)] = make()
+        return self.clones[id(layer)], True
+
+    def nested(self, model):
+        """A nested model rewritten; its inputs are quantized outside."""
+        inner = _Rewriter(self.layers, self.momentum)
+        clone = inner.rewrite(model, quantize_inputs=False)
+        self.float_layers += inner.float_layers
+        self.copies += inner.copies
+        return clone
 
     def copy_weights(self):
         for original, clone, batch_norm in self.copies:
