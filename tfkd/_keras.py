@@ -117,6 +117,47 @@ def distribute_strategy_of(model):
     return getattr(model, "_distribute_strategy", None)
 
 
+class MultiWorkerSafe:
+    """Mixin for Keras 3 models stepped under `MultiWorkerMirroredStrategy`.
+
+    Keras 3.15 mishandles two things there, which this mixin works around
+    (tf_keras needs neither, and never calls `_maybe_symbolic_build`):
+
+    - `_maybe_symbolic_build` (metrics and optimizer built before the first
+      step) reduces a distributed batch with `strategy.reduce("MEAN", ...)`:
+      "unsupported type PerReplica". Only the shapes matter there, and one
+      replica's batch has them.
+    - step outputs are reduced across workers with
+      `strategy.reduce("MEAN", value, axis=0)`, which rejects the scalars
+      that a step returns: `_step_logs` gives them a dimension of 1 (epoch
+      logs are recomputed from the synchronised metrics).
+    """
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        strategy = distribute_strategy_of(self)
+        if strategy is not None and iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda value: (
+                        strategy.experimental_local_results(value)[0]
+                        if isinstance(value, tf.distribute.DistributedValues)
+                        else value
+                    ),
+                    next(batches),
+                )
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(
+            iterator=iterator, data_batch=data_batch
+        )
+
+    @staticmethod
+    def _step_logs(logs):
+        if IS_LEGACY or not in_multi_worker_mode():
+            return logs
+        return {key: tf.reshape(value, [1]) for key, value in logs.items()}
+
+
 def loss_setting(loss, name):
     """A setting (`from_logits`, `ignore_class`) of a `keras.losses.Loss`."""
     value = getattr(loss, name, None)

@@ -13,13 +13,14 @@ line up with the `val_*` ones.
 import tensorflow as tf
 
 from tfkd import _cache
+from tfkd import _keras
 from tfkd import _validation
 from tfkd._keras import keras
 
 PREFIX = "teacher_val_"
 
 
-class _TeacherOutputs(keras.Model):
+class _TeacherOutputs(_keras.MultiWorkerSafe, keras.Model):
     """The teacher's outputs (or cached ones), as a model to `evaluate`.
 
     `losses` is empty: `teacher_val_loss` is the hard-label loss alone,
@@ -41,6 +42,9 @@ class _TeacherOutputs(keras.Model):
     @property
     def losses(self):
         return []
+
+    def test_step(self, data):
+        return self._step_logs(super().test_step(data))
 
     def compute_loss(self, *args, **kwargs):
         # Keras 3 refuses to evaluate without a loss: 0 stands for it (and

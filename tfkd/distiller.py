@@ -16,7 +16,7 @@ from tfkd.losses._base import check_positive
 
 
 @_keras.register_serializable
-class Distiller(keras.Model):
+class Distiller(_keras.MultiWorkerSafe, keras.Model):
     """Trains a student to match a frozen teacher, with `compile` and `fit`.
 
     ```
@@ -551,31 +551,6 @@ class Distiller(keras.Model):
         )
         return cls(**config)
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """Keras 3 only: builds metrics/optimizer from one replica's batch.
-
-        Keras 3.15 first reduces a distributed batch with
-        `strategy.reduce("MEAN", ...)`, which fails under
-        `MultiWorkerMirroredStrategy` ("unsupported type PerReplica"). Only the
-        shapes matter here, and one replica's batch has them.
-        """
-        strategy = _keras.distribute_strategy_of(self)
-        if strategy is not None and iterator is not None:
-            for _, _, batches in iterator:
-                data_batch = tf.nest.map_structure(
-                    lambda value: (
-                        strategy.experimental_local_results(value)[0]
-                        if isinstance(value, tf.distribute.DistributedValues)
-                        else value
-                    ),
-                    next(batches),
-                )
-                break
-            iterator = None
-        return super()._maybe_symbolic_build(
-            iterator=iterator, data_batch=data_batch
-        )
-
     # Internals.
 
     _split_inputs = staticmethod(teachers.split_inputs)
@@ -759,9 +734,4 @@ class Distiller(keras.Model):
                     self._distillation_loss_tracker,
                 )
             }
-        if not _keras.IS_LEGACY and _keras.in_multi_worker_mode():
-            # Keras 3.15 reduces step outputs across workers with
-            # `strategy.reduce("MEAN", value, axis=0)`, which rejects scalars.
-            # Epoch logs are recomputed from the (synchronised) metrics.
-            logs = {key: tf.reshape(value, [1]) for key, value in logs.items()}
-        return logs
+        return self._step_logs(logs)
