@@ -7,40 +7,30 @@ chief (task 0) writes there; the other workers write to a temporary folder
 that they delete.
 
 Usage:
-    python examples/distill.py --teacher=runs/teacher/teacher.keras \
+    python -m examples.distill --teacher=runs/teacher/teacher.keras \
         --output_dir=runs/kd
-    python examples/distill.py --teacher=runs/teacher/teacher.keras \
+    python -m examples.distill --teacher=runs/teacher/teacher.keras \
         --student=student_cnn --method=attention --strategy=mirrored \
         --cpu_replicas=2 --output_dir=runs/at
     # One process per worker, each with its TF_CONFIG:
     TF_CONFIG='{"cluster": {"worker": ["host0:12345", "host1:12345"]},
                 "task": {"type": "worker", "index": 0}}' \
-      python examples/distill.py --strategy=multi_worker \
+      python -m examples.distill --strategy=multi_worker \
         --teacher=teacher.keras --output_dir=/shared/run
 """
 
 import json
 import os
-import sys
 
+import tensorflow as tf
 from absl import app
 from absl import flags
 
-# Run as a script, sys.path[0] is examples/, whose module names (data,
-# models, ...) would shadow packages: import from the repository root instead.
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if sys.path and os.path.abspath(sys.path[0] or os.curdir) == os.path.join(
-    _REPO, "examples"
-):
-    sys.path[0] = _REPO
-
-import tensorflow as tf  # noqa: E402
-
-from examples import data  # noqa: E402
-from examples import methods  # noqa: E402
-from examples import models  # noqa: E402
-from examples import training  # noqa: E402
-from tfkd._keras import keras  # noqa: E402
+from examples import data
+from examples import methods
+from examples import models
+from examples import training
+from tfkd._keras import keras
 
 _TEACHER = flags.DEFINE_string(
     "teacher", None, "The teacher: a .keras file (from train_teacher.py)."

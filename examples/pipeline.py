@@ -21,8 +21,8 @@ is imported) and every stage uses tf_keras. With `--noqat` the last row is
 post-training int8.
 
 Usage:
-    python examples/pipeline.py
-    python examples/pipeline.py --dataset=fashion_mnist \
+    python -m examples.pipeline
+    python -m examples.pipeline --dataset=fashion_mnist \
         --student_model=student_cnn
 """
 
@@ -31,25 +31,16 @@ import os
 import sys
 import time
 
+import numpy as np
 from absl import app
 from absl import flags
 
-# Run as a script, sys.path[0] is examples/, whose module names (data,
-# models, ...) would shadow packages: import from the repository root instead.
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if sys.path and os.path.abspath(sys.path[0] or os.curdir) == os.path.join(
-    _REPO, "examples"
-):
-    sys.path[0] = _REPO
-
-import numpy as np  # noqa: E402
-
-from examples import data  # noqa: E402
-from examples import methods  # noqa: E402
-from examples import models  # noqa: E402
-from examples import training  # noqa: E402
-from tfkd import _keras  # noqa: E402
-from tfkd._keras import keras  # noqa: E402
+from examples import data
+from examples import methods
+from examples import models
+from examples import training
+from tfkd import _keras
+from tfkd._keras import keras
 
 _DATASET = flags.DEFINE_enum(
     "dataset", "mnist_5k", sorted(data.DATASETS), "TFDS data set."

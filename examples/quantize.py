@@ -15,31 +15,22 @@ student saved by `train_teacher.py` and `distill.py` in either Keras mode
 Writes `student_int8.tflite` and `results.json` to `--output_dir`.
 
 Usage:
-    python examples/quantize.py --teacher=runs/teacher/teacher.keras \
+    python -m examples.quantize --teacher=runs/teacher/teacher.keras \
         --student=runs/kd/student.keras --output_dir=runs/int8
-    python examples/quantize.py --teacher=runs/teacher/teacher.keras \
+    python -m examples.quantize --teacher=runs/teacher/teacher.keras \
         --student=runs/kd/student.keras --noqat --prune \
         --target_sparsity=0.75 --output_dir=runs/pruned
 """
 
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
 
-# Run as a script, sys.path[0] is examples/, whose module names (data,
-# models, ...) would shadow packages: import from the repository root instead.
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if sys.path and os.path.abspath(sys.path[0] or os.curdir) == os.path.join(
-    _REPO, "examples"
-):
-    sys.path[0] = _REPO
-
-from examples import data  # noqa: E402
-from examples import training  # noqa: E402
-from tfkd._keras import keras  # noqa: E402
+from examples import data
+from examples import training
+from tfkd._keras import keras
 
 _TEACHER = flags.DEFINE_string(
     "teacher", None, "The teacher: a .keras file (from train_teacher.py)."

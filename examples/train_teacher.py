@@ -5,30 +5,21 @@ Writes `teacher.keras` (this Keras), `teacher.weights.h5` and `teacher.json`
 `--output_dir`.
 
 Usage:
-    python examples/train_teacher.py --output_dir=runs/teacher
-    python examples/train_teacher.py --dataset=fashion_mnist --epochs=10 \
+    python -m examples.train_teacher --output_dir=runs/teacher
+    python -m examples.train_teacher --dataset=fashion_mnist --epochs=10 \
         --output_dir=runs/fashion_teacher
 """
 
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
 
-# Run as a script, sys.path[0] is examples/, whose module names (data,
-# models, ...) would shadow packages: import from the repository root instead.
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if sys.path and os.path.abspath(sys.path[0] or os.curdir) == os.path.join(
-    _REPO, "examples"
-):
-    sys.path[0] = _REPO
-
-from examples import data  # noqa: E402
-from examples import models  # noqa: E402
-from examples import training  # noqa: E402
-from tfkd._keras import keras  # noqa: E402
+from examples import data
+from examples import models
+from examples import training
+from tfkd._keras import keras
 
 _DATASET = flags.DEFINE_enum(
     "dataset", "mnist_5k", sorted(data.DATASETS), "TFDS data set."

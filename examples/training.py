@@ -33,16 +33,18 @@ def relaunch_with_legacy_keras(reason):
     """Re-runs this script with `TF_USE_LEGACY_KERAS=1`, unless already set.
 
     TFMOT (QAT, pruning) only knows tf_keras models, and the Keras mode is
-    fixed when TensorFlow is imported: the process is replaced by a fresh one
-    with the same arguments (`os.execve`). Returns only in tf_keras mode.
+    fixed when TensorFlow is imported: the process is replaced by a fresh
+    `python -m examples.<script>` with the same arguments (`os.execve`).
+    Returns only in tf_keras mode.
     """
     if _keras.IS_LEGACY:
         return
     print(f"{reason} needs tf_keras: re-running with TF_USE_LEGACY_KERAS=1.")
     sys.stdout.flush()
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
-    script = os.path.abspath(sys.argv[0])
-    os.execve(sys.executable, [sys.executable, script] + sys.argv[1:], env)
+    module = sys.modules["__main__"].__spec__.name  # e.g. examples.quantize
+    command = [sys.executable, "-m", module] + sys.argv[1:]
+    os.execve(sys.executable, command, env)
 
 
 def quiet_logs():
@@ -478,8 +480,9 @@ def load_model(path):
         return model
     if not os.path.exists(path):
         raise FileNotFoundError(
-            f"No model at {path!r}: run examples/train_teacher.py (teacher) "
-            "or examples/distill.py (student) first, or pass a `.keras` file."
+            f"No model at {path!r}: run `python -m examples.train_teacher` "
+            "(teacher) or `python -m examples.distill` (student) first, or "
+            "pass a `.keras` file."
         )
     return keras.models.load_model(path, compile=False)
 

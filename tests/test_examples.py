@@ -17,7 +17,6 @@ import pytest
 import tensorflow as tf
 from conftest import NO_ONEDNN
 from conftest import REPO_ROOT
-from conftest import run_script
 from conftest import run_two_workers
 
 from tfkd import _keras
@@ -29,11 +28,10 @@ from examples import methods  # noqa: E402
 from examples import models  # noqa: E402
 from examples import training  # noqa: E402
 
-EXAMPLES = os.path.join(REPO_ROOT, "examples")
 TINY = ["--train_examples=256", "--test_examples=128", "--verbose=2"]
 # Flags the README and the docstrings mention, per script.
 README_FLAGS = {
-    "train_teacher.py": [
+    "train_teacher": [
         "dataset",
         "data_dir",
         "source_dir",
@@ -43,7 +41,7 @@ README_FLAGS = {
         "output_dir",
         "train_examples",
     ],
-    "distill.py": [
+    "distill": [
         "teacher",
         "student",
         "method",
@@ -63,7 +61,7 @@ README_FLAGS = {
         "data_dir",
         "source_dir",
     ],
-    "quantize.py": [
+    "quantize": [
         "teacher",
         "student",
         "qat",
@@ -74,7 +72,7 @@ README_FLAGS = {
         "dataset",
         "calibration_examples",
     ],
-    "pipeline.py": [
+    "pipeline": [
         "dataset",
         "data_dir",
         "source_dir",
@@ -93,15 +91,31 @@ README_FLAGS = {
 }
 
 
-def _run(script, *args, **kwargs):
-    return run_script(os.path.join(EXAMPLES, script), *args, **kwargs)
+def _run_module(script, *args, timeout=300, env=None):
+    """Runs `python -m examples.<script> args` from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", f"examples.{script}", *args],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _run(script, *args, returncode=0, **kwargs):
+    """`_run_module`, asserting its exit status; returns its stdout."""
+    result = _run_module(script, *args, **kwargs)
+    output = (result.stdout + result.stderr)[-4000:]
+    assert result.returncode == returncode, output
+    return result.stdout
 
 
 @pytest.fixture(scope="module")
 def teacher_path(data_dir, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("teacher")
     stdout = _run(
-        "train_teacher.py",
+        "train_teacher",
         f"--output_dir={output_dir}",
         f"--data_dir={data_dir}",
         "--epochs=1",
@@ -254,18 +268,6 @@ def test_helpfull_documents_every_flag(script):
     for flag in README_FLAGS[script]:
         # The flag's own help line, not a mention in the usage text.
         assert re.search(rf"^\s+--(\[no\])?{flag}: \S", stdout, re.M), flag
-
-
-def _run_module(script, *args, timeout=120):
-    """Runs `python -m examples.<script> args` from the repository root."""
-    return subprocess.run(
-        [sys.executable, "-m", f"examples.{script}", *args],
-        cwd=REPO_ROOT,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 # Each script with cheap settings, so that a flag that wrongly passes fails
@@ -426,7 +428,7 @@ def test_teacher_then_distill_then_quantize(teacher_path, data_dir, tmp_path):
         assert json.load(f)["model"] == "teacher_cnn"
     student_dir = tmp_path / "student"
     stdout = _run(
-        "distill.py",
+        "distill",
         f"--teacher={teacher_path}",
         f"--output_dir={student_dir}",
         f"--data_dir={data_dir}",
@@ -445,7 +447,7 @@ def test_teacher_then_distill_then_quantize(teacher_path, data_dir, tmp_path):
     # QAT runs in either mode (Keras 3: tfkd's own); pruning is TFMOT's.
     compress = ["--noqat", "--prune"] if _keras.IS_LEGACY else ["--qat"]
     stdout = _run(
-        "quantize.py",
+        "quantize",
         f"--teacher={teacher_path}",
         f"--student={student_dir / 'student.keras'}",
         f"--output_dir={tmp_path / 'int8'}",
@@ -475,7 +477,7 @@ def test_distill_on_two_replicas_with_every_option(
     teacher_path, data_dir, tmp_path
 ):
     _run(
-        "distill.py",
+        "distill",
         f"--teacher={teacher_path}",
         f"--output_dir={tmp_path}",
         f"--data_dir={data_dir}",
@@ -516,17 +518,19 @@ def test_distill_multi_worker_matches_one_process(
     outputs = run_two_workers(
         lambda index: [
             sys.executable,
-            os.path.join(EXAMPLES, "distill.py"),
+            "-m",
+            "examples.distill",
             "--strategy=multi_worker",
             f"--output_dir={workers_dir}",
             *args,
         ],
+        env=dict(os.environ, PYTHONPATH=REPO_ROOT),
         cleanup=lambda: shutil.rmtree(workers_dir, ignore_errors=True),
     )
     assert "on 2 replica(s)" in outputs[0]  # the chief reports
     assert "replica(s)" not in outputs[1]
     _run(
-        "distill.py",
+        "distill",
         f"--output_dir={tmp_path / 'single'}",
         *args,
         env=NO_ONEDNN,
@@ -552,7 +556,7 @@ def test_distill_multi_worker_matches_one_process(
 def test_pipeline_writes_the_four_row_table(data_dir, tmp_path):
     # QAT in the mode it was started in: no re-run under tf_keras.
     stdout = _run(
-        "pipeline.py",
+        "pipeline",
         f"--output_dir={tmp_path}",
         f"--data_dir={data_dir}",
         "--teacher_epochs=1",
