@@ -1,6 +1,8 @@
 """tfkd's examples: scripts (absl flags) and the modules they share.
 
-`models` (teacher and student builders) and `data` (TFDS loading, offline by
-default) are imported by the benchmarks too; `training` holds the flag-free
+Run the scripts as modules from the repository root, e.g. `python -m
+examples.distill --helpfull`. `models` (teacher and student builders) and
+`data` (TFDS loading, offline by default) are imported by the benchmarks too;
+`cli` defines the flags several scripts share, `training` holds the flag-free
 steps the scripts compose.
 """

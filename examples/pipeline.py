@@ -35,154 +35,92 @@ import numpy as np
 from absl import app
 from absl import flags
 
+from examples import cli
 from examples import data
-from examples import methods
 from examples import models
 from examples import training
 from tfkd import _keras
 from tfkd._keras import keras
 
-_DATASET = flags.DEFINE_enum(
-    "dataset", "mnist_5k", sorted(data.DATASETS), "TFDS data set."
-)
-_DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, "TFDS data folder. Default: ~/tensorflow_datasets."
-)
-_SOURCE_DIR = flags.DEFINE_string(
-    "source_dir",
-    None,
-    "Folder of local source files for fashion_mnist (idx .gz) or cifar10 "
-    "(npz). Default: auto-detected, else TFDS downloads.",
-)
-_TEACHER_MODEL = flags.DEFINE_enum(
+FLAGS = flags.FLAGS
+flags.DEFINE_enum(
     "teacher_model", "teacher_cnn", sorted(models.MODELS), "Teacher."
 )
-_STUDENT_MODEL = flags.DEFINE_enum(
+flags.DEFINE_enum(
     "student_model", "student_mlp", sorted(models.MODELS), "Student."
 )
-_METHOD = flags.DEFINE_enum(
-    "method", "kd", sorted(methods.METHODS), "Distillation method."
-)
-_TEMPERATURE = flags.DEFINE_float(
-    "temperature", 8.0, "Temperature of the logit term."
-)
-_ALPHA = flags.DEFINE_float(
-    "alpha", 0.1, "Weight of the hard-label loss, in [0, 1]."
-)
-_TEACHER_EPOCHS = flags.DEFINE_integer(
-    "teacher_epochs", 15, "Teacher epochs.", lower_bound=1
-)
-_STUDENT_EPOCHS = flags.DEFINE_integer(
+flags.DEFINE_integer("teacher_epochs", 15, "Teacher epochs.", lower_bound=1)
+flags.DEFINE_integer(
     "student_epochs",
     60,
     "Epochs of the student, alone and distilled.",
     lower_bound=1,
 )
-_SEEDS = flags.DEFINE_integer(
+flags.DEFINE_integer(
     "seeds",
     3,
     "Students trained per row (seeds 0..N-1): mean and std.",
     lower_bound=1,
 )
-_QAT = flags.DEFINE_bool(
+flags.DEFINE_bool(
     "qat",
     True,
     "Quantization-aware distillation before the int8 export; --noqat: "
     "post-training int8.",
 )
-_TFMOT = flags.DEFINE_bool(
+flags.DEFINE_bool(
     "tfmot",
     False,
     "QAT with TFMOT: re-runs the pipeline under tf_keras "
     "(TF_USE_LEGACY_KERAS=1). Default: tfkd's Keras 3 QAT in the current mode.",
 )
-_QAT_EPOCHS = flags.DEFINE_integer(
-    "qat_epochs", 5, "QAT epochs.", lower_bound=1
-)
-_QAT_LEARNING_RATE = flags.DEFINE_float(
+flags.DEFINE_integer("qat_epochs", 5, "QAT epochs.", lower_bound=1)
+flags.DEFINE_float(
     "qat_learning_rate", 1e-4, "Adam step size of QAT fine-tuning."
 )
-_BATCH_SIZE = flags.DEFINE_integer(
-    "batch_size", 64, "Batch size.", lower_bound=1
-)
-_LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Adam step size.")
-_TRAIN_EXAMPLES = flags.DEFINE_integer(
-    "train_examples",
-    None,
-    "Use only the first N training examples.",
-    lower_bound=1,
-)
-_TEST_EXAMPLES = flags.DEFINE_integer(
-    "test_examples", None, "Use only the first N test examples.", lower_bound=1
-)
-_CALIBRATION_EXAMPLES = flags.DEFINE_integer(
+cli.check_positive("qat_learning_rate")
+cli.define(
+    "method",
+    "temperature",
+    "alpha",
     "calibration_examples",
-    512,
-    "Training examples that calibrate int8.",
-    lower_bound=1,
+    verbose=2,
+    output_dir=("pipeline_output", "Where to write the table and models."),
 )
-_VERBOSE = flags.DEFINE_integer(
-    "verbose",
-    2,
-    "Keras verbosity: 2 (default) one line per epoch, 1 a progress bar per "
-    "batch, 0 silent.",
-    lower_bound=0,
-    upper_bound=2,
-)
-_OUTPUT_DIR = flags.DEFINE_string(
-    "output_dir", "pipeline_output", "Where to write the table and models."
-)
-training.check_positive(_TEMPERATURE, _LEARNING_RATE, _QAT_LEARNING_RATE)
-training.check_fraction(_ALPHA)
-training.check_output_dirs(_OUTPUT_DIR)
-training.check_data_flags(_DATASET, _DATA_DIR, _SOURCE_DIR)
 
 
 def _stage(number, text):
     print(f"\n[{number}/4] {text}", flush=True)
 
 
-def _train(seed):
-    return data.load(
-        _DATASET.value,
-        "train",
-        data_dir=_DATA_DIR.value,
-        source_dir=_SOURCE_DIR.value,
-        batch_size=_BATCH_SIZE.value,
-        shuffle=True,
-        seed=seed,
-        num_examples=_TRAIN_EXAMPLES.value,
-    )
-
-
 def _students(kind, test, teacher=None):
     """Trains one student per seed; returns accuracies, models, histories."""
-    input_shape, num_classes = data.info(_DATASET.value)
+    input_shape, num_classes = data.info(FLAGS.dataset)
     accuracies, students, histories = [], [], []
-    for seed in range(_SEEDS.value):
+    for seed in range(FLAGS.seeds):
         print(f"{kind}, seed {seed}:", flush=True)
         keras.utils.set_random_seed(seed)
         student = models.build_model(
-            _STUDENT_MODEL.value, input_shape, num_classes
+            FLAGS.student_model, input_shape, num_classes
         )
         if teacher is None:
-            model = training.compile_model(student, _LEARNING_RATE.value)
+            model = training.compile_model(student, FLAGS.learning_rate)
         else:
             model = training.make_distiller(
                 teacher,
                 student,
-                _METHOD.value,
-                temperature=_TEMPERATURE.value,
-                alpha=_ALPHA.value,
-                learning_rate=_LEARNING_RATE.value,
+                FLAGS.method,
+                temperature=FLAGS.temperature,
+                alpha=FLAGS.alpha,
+                learning_rate=FLAGS.learning_rate,
             )
         histories.append(
             training.fit(
                 model,
-                _train(seed),
+                cli.train_set(seed),
                 test,
-                epochs=_STUDENT_EPOCHS.value,
-                verbose=_VERBOSE.value,
+                epochs=FLAGS.student_epochs,
+                verbose=FLAGS.verbose,
             )
         )
         accuracies.append(training.accuracy(student, test))
@@ -249,61 +187,54 @@ def _plot(curves, path):
 
 def main(argv):
     del argv
-    if _QAT.value and _TFMOT.value:
+    if FLAGS.qat and FLAGS.tfmot:
         training.relaunch_with_legacy_keras("QAT with TFMOT (--tfmot)")
     training.quiet_logs()
     start = time.time()
-    output_dir = _OUTPUT_DIR.value
+    output_dir = FLAGS.output_dir
     os.makedirs(output_dir, exist_ok=True)
-    input_shape, num_classes = data.info(_DATASET.value)
-    common = dict(
-        data_dir=_DATA_DIR.value,
-        source_dir=_SOURCE_DIR.value,
-        batch_size=_BATCH_SIZE.value,
-    )
-    test = data.load(
-        _DATASET.value, "test", num_examples=_TEST_EXAMPLES.value, **common
-    )
+    input_shape, num_classes = data.info(FLAGS.dataset)
+    test = cli.test_set()
     spec = dict(
-        dataset=_DATASET.value,
+        dataset=FLAGS.dataset,
         input_shape=list(input_shape),
         num_classes=num_classes,
     )
 
     _stage(
         1,
-        f"teacher {_TEACHER_MODEL.value} on {_DATASET.value}, "
-        f"{_TEACHER_EPOCHS.value} epochs ({_keras.KERAS_NAME})",
+        f"teacher {FLAGS.teacher_model} on {FLAGS.dataset}, "
+        f"{FLAGS.teacher_epochs} epochs ({_keras.KERAS_NAME})",
     )
     keras.utils.set_random_seed(0)
-    teacher = models.build_model(_TEACHER_MODEL.value, input_shape, num_classes)
-    training.compile_model(teacher, _LEARNING_RATE.value)
+    teacher = models.build_model(FLAGS.teacher_model, input_shape, num_classes)
+    training.compile_model(teacher, FLAGS.learning_rate)
     teacher_history = training.fit(
         teacher,
-        _train(0),
+        cli.train_set(0),
         test,
-        epochs=_TEACHER_EPOCHS.value,
-        verbose=_VERBOSE.value,
+        epochs=FLAGS.teacher_epochs,
+        verbose=FLAGS.verbose,
     )
     teacher_accuracy = training.accuracy(teacher, test)
     training.save_model(
         teacher,
         os.path.join(output_dir, "teacher.keras"),
-        dict(spec, model=_TEACHER_MODEL.value),
+        dict(spec, model=FLAGS.teacher_model),
     )
 
     _stage(
         2,
-        f"student {_STUDENT_MODEL.value} alone, {_STUDENT_EPOCHS.value} "
-        f"epochs x {_SEEDS.value} seeds",
+        f"student {FLAGS.student_model} alone, {FLAGS.student_epochs} "
+        f"epochs x {FLAGS.seeds} seeds",
     )
     alone, alone_models, alone_histories = _students("student alone", test)
 
     _stage(
         3,
-        f"student distilled ({_METHOD.value}, T={_TEMPERATURE.value:g}, "
-        f"alpha={_ALPHA.value:g}), {_STUDENT_EPOCHS.value} epochs x "
-        f"{_SEEDS.value} seeds",
+        f"student distilled ({FLAGS.method}, T={FLAGS.temperature:g}, "
+        f"alpha={FLAGS.alpha:g}), {FLAGS.student_epochs} epochs x "
+        f"{FLAGS.seeds} seeds",
     )
     distilled, distilled_models, distilled_histories = _students(
         "distilled student", test, teacher
@@ -312,51 +243,45 @@ def main(argv):
     training.save_model(
         student,
         os.path.join(output_dir, "student.keras"),
-        dict(spec, model=_STUDENT_MODEL.value),
+        dict(spec, model=FLAGS.student_model),
     )
 
-    kind = "QAT" if _QAT.value else "post-training"
-    epochs = f", {_QAT_EPOCHS.value} epochs" if _QAT.value else ""
+    kind = "QAT" if FLAGS.qat else "post-training"
+    epochs = f", {FLAGS.qat_epochs} epochs" if FLAGS.qat else ""
     _stage(4, f"{kind} int8 of the seed-0 distilled student{epochs}")
-    calibration = data.load(
-        _DATASET.value,
-        "train",
-        num_examples=_CALIBRATION_EXAMPLES.value,
-        **common,
-    )
     int8, int8_histories = training.compress(
         teacher,
         student,
-        _train(0),
+        cli.train_set(0),
         test,
-        calibration,
-        qat=_QAT.value,
-        epochs=_QAT_EPOCHS.value,
-        temperature=_TEMPERATURE.value,
-        alpha=_ALPHA.value,
-        learning_rate=_QAT_LEARNING_RATE.value,
+        cli.calibration_set(),
+        qat=FLAGS.qat,
+        epochs=FLAGS.qat_epochs,
+        temperature=FLAGS.temperature,
+        alpha=FLAGS.alpha,
+        learning_rate=FLAGS.qat_learning_rate,
         output_path=os.path.join(output_dir, "student_int8.tflite"),
-        verbose=_VERBOSE.value,
+        verbose=FLAGS.verbose,
     )
 
     print("\nConverting the float models to .tflite for size and latency...")
     rows = [
         _row(
-            f"teacher ({_TEACHER_MODEL.value})",
+            f"teacher ({FLAGS.teacher_model})",
             teacher_accuracy,
             teacher,
             training.float_tflite(teacher, test),
             "float32",
         ),
         _row(
-            f"student alone ({_STUDENT_MODEL.value})",
+            f"student alone ({FLAGS.student_model})",
             alone,
             alone_models[0],
             training.float_tflite(alone_models[0], test),
             "float32",
         ),
         _row(
-            f"distilled student ({_METHOD.value})",
+            f"distilled student ({FLAGS.method})",
             distilled,
             student,
             training.float_tflite(student, test),
@@ -372,7 +297,7 @@ def main(argv):
     ]
     table = format_table(rows)
     notes = (
-        f"{_DATASET.value} test set; {_keras.KERAS_NAME}; the int8 row is "
+        f"{FLAGS.dataset} test set; {_keras.KERAS_NAME}; the int8 row is "
         f"the seed-0 distilled student ({distilled[0]:.1%}) run by LiteRT; "
         "size and latency (batch 1, median) of the .tflite files run by "
         f"LiteRT; {time.time() - start:.0f} s in all."
@@ -398,7 +323,7 @@ def main(argv):
         "distilled student": (0, distilled_histories[0]),
     }
     if qat_history:
-        curves["QAT int8 (fake-quant)"] = (_STUDENT_EPOCHS.value, qat_history)
+        curves["QAT int8 (fake-quant)"] = (FLAGS.student_epochs, qat_history)
     _plot(curves, os.path.join(output_dir, "curves.png"))
     print(f"Wrote results.md, results.json, curves.png to {output_dir}")
 

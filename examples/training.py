@@ -1,14 +1,11 @@
-"""Steps that the example scripts compose, and the checks of their flags.
+"""Steps that the example scripts compose: flag-free.
 
-Devices and strategies, training, distillation, saving and loading models in
-a form both Keras modes read, and re-running a script under tf_keras. The
-scripts (`train_teacher.py`, `distill.py`, `quantize.py`, `pipeline.py`) own
-the flags and call these; the `check_*` functions register, on the scripts'
-flags, the parse-time rules that several scripts share.
+Devices and strategies, training, distillation, compression, saving and
+loading models in a form both Keras modes read, and re-running a script under
+tf_keras. The scripts own the flags (see `examples.cli`) and call these.
 """
 
 import json
-import math
 import os
 import shutil
 import sys
@@ -20,7 +17,6 @@ from absl import flags
 from tensorflow.core.framework import summary_pb2
 
 import tfkd
-from examples import data
 from examples import methods
 from examples import models
 from tfkd import _keras
@@ -53,112 +49,6 @@ def quiet_logs():
 
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-
-
-# Parse-time flag checks. absl runs them when `app.run` parses the command
-# line, before `main`: a bad value stops the script with one line that names
-# the flag and the rule, e.g. "FATAL Flags parsing error: flag
-# --temperature=0.0: must be a finite number > 0", and exit status 1. An
-# unset flag (`None`) passes: `flags.mark_flags_as_required` covers those.
-
-
-def check_flag(flag, predicate, rule):
-    """Registers `predicate(value)` as the rule of `flag` (a `FlagHolder`).
-
-    `rule` completes the error message "must be ...".
-    """
-    flags.register_validator(
-        flag,
-        lambda value: value is None or predicate(value),
-        message=f"must be {rule}",
-    )
-
-
-def check_positive(*flag_holders):
-    """Each float flag must be finite and > 0 (temperatures, step sizes)."""
-    for flag in flag_holders:
-        check_flag(
-            flag,
-            lambda value: math.isfinite(value) and value > 0,
-            "a finite number > 0",
-        )
-
-
-def check_fraction(flag, *, include_one=True):
-    """The float flag must be in [0, 1] (or [0, 1) without `include_one`)."""
-    if include_one:
-        check_flag(flag, lambda value: 0 <= value <= 1, "in [0, 1]")
-    else:
-        check_flag(flag, lambda value: 0 <= value < 1, "in [0, 1)")
-
-
-def _existing_file_on(path):
-    """`path` or the nearest of its parents that exists, if it is no folder."""
-    path = os.path.abspath(path)
-    while not os.path.exists(path):
-        parent = os.path.dirname(path)
-        if parent == path:
-            return None
-        path = parent
-    return None if os.path.isdir(path) else path
-
-
-def _folder_to_write(path):
-    if not path:
-        raise flags.ValidationError("must be a folder to write to, not empty")
-    blocker = _existing_file_on(path)
-    if blocker is not None:
-        raise flags.ValidationError(
-            f"must be a folder to write to, but {blocker} is an existing file"
-        )
-    return True
-
-
-def check_output_dirs(*flag_holders):
-    """Each path flag must name a folder, existing or not, and no file.
-
-    Catches an `--output_dir` (or `--data_dir`) that is a file, or inside
-    one, which would otherwise fail after training.
-    """
-    for flag in flag_holders:
-        flags.register_validator(
-            flag, lambda path: path is None or _folder_to_write(path)
-        )
-
-
-def _model_file(path):
-    if not path.endswith(".keras"):
-        raise flags.ValidationError("must be a path ending in .keras")
-    if not (os.path.isfile(path) or os.path.isfile(_prefix(path) + ".json")):
-        raise flags.ValidationError("must be an existing file")
-    return True
-
-
-def check_model_files(*flag_holders):
-    """Each flag must name a saved model: a `.keras` path that exists (or
-    the `.json` spec of `save_model` next to it, see `load_model`)."""
-    for flag in flag_holders:
-        flags.register_validator(
-            flag, lambda path: path is None or _model_file(path)
-        )
-
-
-def check_data_flags(dataset, data_dir, source_dir):
-    """`--data_dir` a folder to write to; `--source_dir` an existing folder,
-    only for the data sets that have local source files."""
-    check_output_dirs(data_dir)
-    check_flag(source_dir, os.path.isdir, "an existing folder")
-    flags.register_multi_flags_validator(
-        [dataset, source_dir],
-        lambda values: (
-            values[source_dir.name] is None
-            or values[dataset.name] in data.SOURCE_DIRS
-        ),
-        message=(
-            f"--{source_dir.name} is only for --{dataset.name} in "
-            f"{sorted(data.SOURCE_DIRS)} (local source files)"
-        ),
-    )
 
 
 def split_cpu(replicas):

@@ -1,0 +1,285 @@
+"""The command line of the example scripts: shared flags, checks and data.
+
+A flag that several scripts take is defined once, in `_SHARED`: each script
+calls `define` with the names it takes (and its own defaults), which also
+registers their parse-time checks. absl runs the checks when `app.run`
+parses the command line, before `main`: a bad value stops the script with one
+line that names the flag and the rule, e.g. "FATAL Flags parsing error: flag
+--temperature=0.0: must be a finite number > 0", and exit status 1. An unset
+flag (`None`) passes: required flags cover those.
+"""
+
+import json
+import math
+import os
+
+from absl import flags
+
+from examples import data
+from examples import methods
+from examples import training
+
+FLAGS = flags.FLAGS
+# The flags `define` defines belong to the script that calls it (its
+# --helpshort, `get_flags_for_module`), not to this module.
+flags.disclaim_key_flags()
+
+_SEED_RANGE = dict(lower_bound=0, upper_bound=2**32 - 1)
+_SHARED = {  # name: (DEFINE_* function, default, help, its other arguments)
+    "dataset": (
+        flags.DEFINE_enum,
+        "mnist_5k",
+        "TFDS data set.",
+        dict(enum_values=sorted(data.DATASETS)),
+    ),
+    "data_dir": (
+        flags.DEFINE_string,
+        None,
+        "TFDS data folder. Default: ~/tensorflow_datasets.",
+        {},
+    ),
+    "source_dir": (
+        flags.DEFINE_string,
+        None,
+        "Folder of local source files for fashion_mnist (idx .gz) or cifar10 "
+        "(npz). Default: auto-detected, else TFDS downloads.",
+        {},
+    ),
+    "teacher": (
+        flags.DEFINE_string,
+        None,
+        "The teacher: a .keras file (from examples.train_teacher).",
+        {},
+    ),
+    "method": (
+        flags.DEFINE_enum,
+        "kd",
+        "Distillation method.",
+        dict(enum_values=sorted(methods.METHODS)),
+    ),
+    "temperature": (
+        flags.DEFINE_float,
+        8.0,
+        "Temperature of the logit (KD) term.",
+        {},
+    ),
+    "alpha": (
+        flags.DEFINE_float,
+        0.1,
+        "Weight of the hard-label loss, in [0, 1].",
+        {},
+    ),
+    "epochs": (
+        flags.DEFINE_integer,
+        None,
+        "Training epochs.",
+        dict(lower_bound=1),
+    ),
+    "batch_size": (
+        flags.DEFINE_integer,
+        64,
+        "Batch size (GLOBAL: split over the replicas of a distributed run).",
+        dict(lower_bound=1),
+    ),
+    "learning_rate": (flags.DEFINE_float, 1e-3, "Adam step size.", {}),
+    "seed": (
+        flags.DEFINE_integer,
+        0,
+        "Seed of weights and shuffling.",
+        _SEED_RANGE,
+    ),
+    "train_examples": (
+        flags.DEFINE_integer,
+        None,
+        "Use only the first N training examples.",
+        dict(lower_bound=1),
+    ),
+    "test_examples": (
+        flags.DEFINE_integer,
+        None,
+        "Use only the first N test examples.",
+        dict(lower_bound=1),
+    ),
+    "calibration_examples": (
+        flags.DEFINE_integer,
+        512,
+        "Training examples that calibrate int8.",
+        dict(lower_bound=1),
+    ),
+    "verbose": (
+        flags.DEFINE_integer,
+        1,
+        "Keras verbosity: 0 silent, 1 a progress bar per batch, 2 one line "
+        "per epoch.",
+        dict(lower_bound=0, upper_bound=2),
+    ),
+    "output_dir": (flags.DEFINE_string, None, "Where to write.", {}),
+}
+# Every script takes these.
+COMMON = (
+    "dataset",
+    "data_dir",
+    "source_dir",
+    "batch_size",
+    "learning_rate",
+    "train_examples",
+    "test_examples",
+    "verbose",
+    "output_dir",
+)
+
+
+def define(*names, **defaults):
+    """Defines the `COMMON` flags and `names` of `_SHARED`, with checks.
+
+    Args:
+        *names: the other shared flags the script takes.
+        **defaults: the script's default of a flag, or `(default, help)`.
+            `output_dir` is required unless given a default.
+    """
+    names = COMMON + names
+    for name in names:
+        function, default, help_, kwargs = _SHARED[name]
+        default = defaults.get(name, default)
+        if isinstance(default, tuple):
+            default, help_ = default
+        function(name=name, default=default, help=help_, **kwargs)
+    if FLAGS["output_dir"].default is None:
+        flags.mark_flag_as_required("output_dir")
+    check_positive(*[n for n in ("temperature", "learning_rate") if n in names])
+    if "alpha" in names:
+        check_fraction("alpha")
+    if "teacher" in names:
+        check_model_files("teacher")
+    check_output_dirs("output_dir", "data_dir")
+    check_flag("source_dir", os.path.isdir, "an existing folder")
+    flags.register_multi_flags_validator(
+        ["dataset", "source_dir"],
+        lambda values: (
+            values["source_dir"] is None
+            or values["dataset"] in data.SOURCE_DIRS
+        ),
+        message="--source_dir is only for --dataset in "
+        f"{sorted(data.SOURCE_DIRS)} (local source files)",
+    )
+
+
+def check_flag(name, predicate, rule):
+    """Registers `predicate(value)` as the rule of flag `name`.
+
+    `rule` completes the error message "must be ..."; `predicate` may also
+    raise `flags.ValidationError` with a message of its own.
+    """
+    flags.register_validator(
+        name,
+        lambda value: value is None or predicate(value),
+        message=f"must be {rule}",
+    )
+
+
+def check_positive(*names):
+    """Each float flag must be finite and > 0 (temperatures, step sizes)."""
+    for name in names:
+        check_flag(
+            name,
+            lambda value: math.isfinite(value) and value > 0,
+            "a finite number > 0",
+        )
+
+
+def check_fraction(name, *, include_one=True):
+    """The float flag must be in [0, 1] (or [0, 1) without `include_one`)."""
+    if include_one:
+        check_flag(name, lambda value: 0 <= value <= 1, "in [0, 1]")
+    else:
+        check_flag(name, lambda value: 0 <= value < 1, "in [0, 1)")
+
+
+def _folder_to_write(path):
+    """Catches an `--output_dir` (or `--data_dir`) that is a file, or inside
+    one, which would otherwise fail after training."""
+    if not path:
+        raise flags.ValidationError("must be a folder to write to, not empty")
+    blocker = os.path.abspath(path)  # The nearest existing parent.
+    while not os.path.exists(blocker) and os.path.dirname(blocker) != blocker:
+        blocker = os.path.dirname(blocker)
+    if os.path.exists(blocker) and not os.path.isdir(blocker):
+        raise flags.ValidationError(
+            f"must be a folder to write to, but {blocker} is an existing file"
+        )
+    return True
+
+
+def check_output_dirs(*names):
+    """Each path flag must name a folder, existing or not, and no file."""
+    for name in names:
+        check_flag(name, _folder_to_write, "a folder to write to")
+
+
+def _model_file(path):
+    if not path.endswith(".keras"):
+        raise flags.ValidationError("must be a path ending in .keras")
+    spec = path[: -len(".keras")] + ".json"
+    if not (os.path.isfile(path) or os.path.isfile(spec)):
+        raise flags.ValidationError("must be an existing file")
+    return True
+
+
+def check_model_files(*names):
+    """Each flag must name a saved model: a `.keras` path that exists (or
+    the `.json` spec of `training.save_model` next to it)."""
+    for name in names:
+        check_flag(name, _model_file, "a saved model")
+
+
+def load(split, **kwargs):
+    """`data.load` of `--dataset` with `--data_dir`, `--source_dir` and
+    `--batch_size`."""
+    return data.load(
+        FLAGS.dataset,
+        split,
+        data_dir=FLAGS.data_dir,
+        source_dir=FLAGS.source_dir,
+        batch_size=FLAGS.batch_size,
+        **kwargs,
+    )
+
+
+def train_set(seed, shuffle=True, **kwargs):
+    """The first `--train_examples` training examples, shuffled by `seed`."""
+    return load(
+        "train",
+        shuffle=shuffle,
+        seed=seed,
+        num_examples=FLAGS.train_examples,
+        **kwargs,
+    )
+
+
+def test_set(**kwargs):
+    """The first `--test_examples` test examples, in order."""
+    return load("test", num_examples=FLAGS.test_examples, **kwargs)
+
+
+def calibration_set():
+    """The first `--calibration_examples` training examples, in order."""
+    return load("train", num_examples=FLAGS.calibration_examples)
+
+
+def save_model(model, path, name, **facts):
+    """`training.save_model` with the spec of model `name` on `--dataset`."""
+    input_shape, num_classes = data.info(FLAGS.dataset)
+    spec = dict(
+        model=name,
+        dataset=FLAGS.dataset,
+        input_shape=list(input_shape),
+        num_classes=num_classes,
+        **facts,
+    )
+    training.save_model(model, path, spec)
+    return spec
+
+
+def write_json(path, value, **kwargs):
+    with open(path, "w") as f:
+        json.dump(value, f, **kwargs)
