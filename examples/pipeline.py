@@ -26,7 +26,6 @@ Usage:
         --student_model=student_cnn
 """
 
-import json
 import os
 import sys
 import time
@@ -93,15 +92,61 @@ def _stage(number, text):
     print(f"\n[{number}/4] {text}", flush=True)
 
 
-def _students(kind, test, teacher=None):
-    """Trains one student per seed; returns accuracies, models, histories."""
-    input_shape, num_classes = data.info(FLAGS.dataset)
-    accuracies, students, histories = [], [], []
+def _path(name):
+    return os.path.join(FLAGS.output_dir, name)
+
+
+def _teacher(test):
+    """Stage 1: trains the teacher (seed 0) and saves it."""
+    _stage(
+        1,
+        f"teacher {FLAGS.teacher_model} on {FLAGS.dataset}, "
+        f"{FLAGS.teacher_epochs} epochs ({_keras.KERAS_NAME})",
+    )
+    keras.utils.set_random_seed(0)
+    teacher = models.build_model(FLAGS.teacher_model, *data.info(FLAGS.dataset))
+    training.compile_model(teacher, FLAGS.learning_rate)
+    history = training.fit(
+        teacher,
+        cli.train_set(0),
+        test,
+        epochs=FLAGS.teacher_epochs,
+        verbose=FLAGS.verbose,
+    )
+    cli.save_model(teacher, _path("teacher.keras"), FLAGS.teacher_model)
+    accuracy = training.accuracy(teacher, test)
+    return dict(
+        name=f"teacher ({FLAGS.teacher_model})",
+        model=teacher,
+        accuracy=accuracy,
+        history=history,
+    )
+
+
+def _students(test, teacher=None):
+    """Stages 2 (alone) and 3 (distilled from `teacher`): one student per
+    seed; returns their accuracies and the seed-0 student and history."""
+    if teacher is None:
+        name = f"student alone ({FLAGS.student_model})"
+        _stage(
+            2,
+            f"student {FLAGS.student_model} alone, {FLAGS.student_epochs} "
+            f"epochs x {FLAGS.seeds} seeds",
+        )
+    else:
+        name = f"distilled student ({FLAGS.method})"
+        _stage(
+            3,
+            f"student distilled ({FLAGS.method}, T={FLAGS.temperature:g}, "
+            f"alpha={FLAGS.alpha:g}), {FLAGS.student_epochs} epochs x "
+            f"{FLAGS.seeds} seeds",
+        )
+    accuracies = []
     for seed in range(FLAGS.seeds):
-        print(f"{kind}, seed {seed}:", flush=True)
+        print(f"{name.split(' (')[0]}, seed {seed}:", flush=True)
         keras.utils.set_random_seed(seed)
         student = models.build_model(
-            FLAGS.student_model, input_shape, num_classes
+            FLAGS.student_model, *data.info(FLAGS.dataset)
         )
         if teacher is None:
             model = training.compile_model(student, FLAGS.learning_rate)
@@ -114,28 +159,57 @@ def _students(kind, test, teacher=None):
                 alpha=FLAGS.alpha,
                 learning_rate=FLAGS.learning_rate,
             )
-        histories.append(
-            training.fit(
-                model,
-                cli.train_set(seed),
-                test,
-                epochs=FLAGS.student_epochs,
-                verbose=FLAGS.verbose,
-            )
+        history = training.fit(
+            model,
+            cli.train_set(seed),
+            test,
+            epochs=FLAGS.student_epochs,
+            verbose=FLAGS.verbose,
         )
         accuracies.append(training.accuracy(student, test))
-        students.append(student)
-    return accuracies, students, histories
+        if seed == 0:
+            first = dict(name=name, model=student, history=history)
+    return dict(first, accuracy=accuracies)
 
 
-def _row(name, accuracy, model, tflite, kind):
+def _int8(teacher, student, test):
+    """Stage 4: QAT (or post-training) int8 of `student`, run by LiteRT."""
+    kind = "QAT" if FLAGS.qat else "post-training"
+    epochs = f", {FLAGS.qat_epochs} epochs" if FLAGS.qat else ""
+    _stage(4, f"{kind} int8 of the seed-0 distilled student{epochs}")
+    int8, histories = training.compress(
+        teacher,
+        student,
+        cli.train_set(0),
+        test,
+        cli.calibration_set(),
+        qat=FLAGS.qat,
+        epochs=FLAGS.qat_epochs,
+        temperature=FLAGS.temperature,
+        alpha=FLAGS.alpha,
+        learning_rate=FLAGS.qat_learning_rate,
+        output_path=_path("student_int8.tflite"),
+        verbose=FLAGS.verbose,
+    )
+    return dict(
+        name=f"distilled student, {kind} int8",
+        model=student,
+        accuracy=int8["accuracy"],
+        history=histories.get("qat"),
+        tflite=int8,
+    )
+
+
+def _row(run, test):
+    """A row of the table; a float model is converted to `.tflite` here."""
+    tflite = run.get("tflite") or training.float_tflite(run["model"], test)
     return {
-        "model": name,
-        "accuracy": accuracy,
-        "parameters": int(model.count_params()),
+        "model": run["name"],
+        "accuracy": run["accuracy"],
+        "parameters": int(run["model"].count_params()),
         "size_bytes": int(tflite["size_bytes"]),
         "latency_ms": float(tflite["latency_ms"]),
-        "tflite": kind,
+        "tflite": "int8" if "tflite" in run else "float32",
     }
 
 
@@ -162,7 +236,33 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-def _plot(curves, path):
+def _write_results(runs, test, start):
+    """Prints the table; writes results.md and results.json."""
+    print("\nConverting the float models to .tflite for size and latency...")
+    rows = [_row(run, test) for run in runs]
+    table = format_table(rows)
+    notes = (
+        f"{FLAGS.dataset} test set; {_keras.KERAS_NAME}; the int8 row is "
+        f"the seed-0 distilled student ({runs[2]['accuracy'][0]:.1%}) run by "
+        "LiteRT; size and latency (batch 1, median) of the .tflite files run "
+        f"by LiteRT; {time.time() - start:.0f} s in all."
+    )
+    print(f"\n{table}\n\n{notes}")
+    with open(_path("results.md"), "w") as f:
+        f.write(f"{table}\n\n{notes}\n")
+    int8 = runs[3]["tflite"]
+    module = flags.FLAGS.get_flags_for_module(sys.modules[__name__])
+    results = {
+        "rows": rows,
+        "int8": {k: v for k, v in int8.items() if np.isscalar(v)},
+        "keras": _keras.KERAS_NAME,
+        "flags": {flag.name: flag.value for flag in module},
+    }
+    cli.write_json(_path("results.json"), results, indent=2, default=str)
+
+
+def _plot(runs, path):
+    """Training and test accuracy per epoch; QAT continues the student's."""
     try:
         import matplotlib
 
@@ -172,10 +272,14 @@ def _plot(curves, path):
         print("matplotlib is missing (pip install tfkd[examples]): no plot.")
         return
     figure, axes = pyplot.subplots(1, 2, figsize=(11, 4))
-    for name, (first_epoch, history) in curves.items():
-        epochs = np.arange(len(history["accuracy"])) + first_epoch + 1
+    for run in runs:
+        history = run["history"]
+        if not history:  # post-training int8
+            continue
+        first = FLAGS.student_epochs if "tflite" in run else 0
+        epochs = np.arange(len(history["accuracy"])) + first + 1
         for axis, key in zip(axes, ("accuracy", "val_accuracy")):
-            axis.plot(epochs, np.array(history[key]) * 100, label=name)
+            axis.plot(epochs, np.array(history[key]) * 100, label=run["name"])
     for axis, title in zip(axes, ("training accuracy", "test accuracy")):
         axis.set(title=title, xlabel="epoch", ylabel="%")
         axis.grid(alpha=0.3)
@@ -191,141 +295,17 @@ def main(argv):
         training.relaunch_with_legacy_keras("QAT with TFMOT (--tfmot)")
     training.quiet_logs()
     start = time.time()
-    output_dir = FLAGS.output_dir
-    os.makedirs(output_dir, exist_ok=True)
-    input_shape, num_classes = data.info(FLAGS.dataset)
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
     test = cli.test_set()
-    spec = dict(
-        dataset=FLAGS.dataset,
-        input_shape=list(input_shape),
-        num_classes=num_classes,
-    )
-
-    _stage(
-        1,
-        f"teacher {FLAGS.teacher_model} on {FLAGS.dataset}, "
-        f"{FLAGS.teacher_epochs} epochs ({_keras.KERAS_NAME})",
-    )
-    keras.utils.set_random_seed(0)
-    teacher = models.build_model(FLAGS.teacher_model, input_shape, num_classes)
-    training.compile_model(teacher, FLAGS.learning_rate)
-    teacher_history = training.fit(
-        teacher,
-        cli.train_set(0),
-        test,
-        epochs=FLAGS.teacher_epochs,
-        verbose=FLAGS.verbose,
-    )
-    teacher_accuracy = training.accuracy(teacher, test)
-    training.save_model(
-        teacher,
-        os.path.join(output_dir, "teacher.keras"),
-        dict(spec, model=FLAGS.teacher_model),
-    )
-
-    _stage(
-        2,
-        f"student {FLAGS.student_model} alone, {FLAGS.student_epochs} "
-        f"epochs x {FLAGS.seeds} seeds",
-    )
-    alone, alone_models, alone_histories = _students("student alone", test)
-
-    _stage(
-        3,
-        f"student distilled ({FLAGS.method}, T={FLAGS.temperature:g}, "
-        f"alpha={FLAGS.alpha:g}), {FLAGS.student_epochs} epochs x "
-        f"{FLAGS.seeds} seeds",
-    )
-    distilled, distilled_models, distilled_histories = _students(
-        "distilled student", test, teacher
-    )
-    student = distilled_models[0]
-    training.save_model(
-        student,
-        os.path.join(output_dir, "student.keras"),
-        dict(spec, model=FLAGS.student_model),
-    )
-
-    kind = "QAT" if FLAGS.qat else "post-training"
-    epochs = f", {FLAGS.qat_epochs} epochs" if FLAGS.qat else ""
-    _stage(4, f"{kind} int8 of the seed-0 distilled student{epochs}")
-    int8, int8_histories = training.compress(
-        teacher,
-        student,
-        cli.train_set(0),
-        test,
-        cli.calibration_set(),
-        qat=FLAGS.qat,
-        epochs=FLAGS.qat_epochs,
-        temperature=FLAGS.temperature,
-        alpha=FLAGS.alpha,
-        learning_rate=FLAGS.qat_learning_rate,
-        output_path=os.path.join(output_dir, "student_int8.tflite"),
-        verbose=FLAGS.verbose,
-    )
-
-    print("\nConverting the float models to .tflite for size and latency...")
-    rows = [
-        _row(
-            f"teacher ({FLAGS.teacher_model})",
-            teacher_accuracy,
-            teacher,
-            training.float_tflite(teacher, test),
-            "float32",
-        ),
-        _row(
-            f"student alone ({FLAGS.student_model})",
-            alone,
-            alone_models[0],
-            training.float_tflite(alone_models[0], test),
-            "float32",
-        ),
-        _row(
-            f"distilled student ({FLAGS.method})",
-            distilled,
-            student,
-            training.float_tflite(student, test),
-            "float32",
-        ),
-        _row(
-            f"distilled student, {kind} int8",
-            int8["accuracy"],
-            student,
-            int8,
-            "int8",
-        ),
-    ]
-    table = format_table(rows)
-    notes = (
-        f"{FLAGS.dataset} test set; {_keras.KERAS_NAME}; the int8 row is "
-        f"the seed-0 distilled student ({distilled[0]:.1%}) run by LiteRT; "
-        "size and latency (batch 1, median) of the .tflite files run by "
-        f"LiteRT; {time.time() - start:.0f} s in all."
-    )
-    print(f"\n{table}\n\n{notes}")
-    with open(os.path.join(output_dir, "results.md"), "w") as f:
-        f.write(f"{table}\n\n{notes}\n")
-    results = {
-        "rows": rows,
-        "int8": {k: v for k, v in int8.items() if np.isscalar(v)},
-        "keras": _keras.KERAS_NAME,
-        "flags": {
-            flag.name: flag.value
-            for flag in flags.FLAGS.get_flags_for_module(sys.modules[__name__])
-        },
-    }
-    with open(os.path.join(output_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2, default=str)
-    qat_history = int8_histories.get("qat")
-    curves = {
-        "teacher": (0, teacher_history),
-        "student alone": (0, alone_histories[0]),
-        "distilled student": (0, distilled_histories[0]),
-    }
-    if qat_history:
-        curves["QAT int8 (fake-quant)"] = (FLAGS.student_epochs, qat_history)
-    _plot(curves, os.path.join(output_dir, "curves.png"))
-    print(f"Wrote results.md, results.json, curves.png to {output_dir}")
+    teacher = _teacher(test)
+    alone = _students(test)
+    distilled = _students(test, teacher["model"])
+    student = distilled["model"]
+    cli.save_model(student, _path("student.keras"), FLAGS.student_model)
+    runs = [teacher, alone, distilled, _int8(teacher["model"], student, test)]
+    _write_results(runs, test, start)
+    _plot(runs, _path("curves.png"))
+    print(f"Wrote results.md, results.json, curves.png to {FLAGS.output_dir}")
 
 
 if __name__ == "__main__":
