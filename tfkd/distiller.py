@@ -10,6 +10,7 @@ from tfkd import _objective
 from tfkd import _taps
 from tfkd import _teacher_logs
 from tfkd import _validation
+from tfkd import quantization
 from tfkd import teachers
 from tfkd._keras import keras
 from tfkd.losses._base import check_positive
@@ -433,8 +434,6 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         TFMOT's `UpdatePruningStep` is added when the student comes from
         `tfkd.quantization.prune` and it is missing.
         """
-        from tfkd import quantization
-
         callbacks = quantization.pruning_callbacks(self, callbacks)
         teacher_logs = _teacher_logs.TeacherValidation.for_fit(self, kwargs)
         if teacher_logs is not None:

@@ -54,3 +54,36 @@ def is_quantization_aware(model) -> bool:
 def is_pruned(model) -> bool:
     """Whether `model` holds TFMOT pruning wrappers."""
     return has_layer(model, PRUNE_WRAPPERS)
+
+
+def select_layers(model, layers, candidates):
+    """The layers of `candidates` (layers of `model`) that `layers=` selects.
+
+    Args:
+        model: the model, named in errors.
+        layers: a layer name or class, or a list of them.
+        candidates: the layers to choose from.
+
+    Raises:
+        TypeError: an entry is neither a name nor a class.
+        ValueError: an entry matches no candidate (the message lists them).
+    """
+    selected = []
+    for entry in [layers] if isinstance(layers, (str, type)) else layers:
+        if isinstance(entry, str):
+            found = [x for x in candidates if x.name == entry]
+        elif isinstance(entry, type):
+            found = [x for x in candidates if isinstance(x, entry)]
+        else:
+            raise TypeError(
+                "`layers` must list layer names (str) or layer classes. "
+                f"Received: {entry!r} of type {type(entry).__name__}"
+            )
+        if not found:
+            raise ValueError(
+                f"`layers` names {getattr(entry, '__name__', entry)!r}, but "
+                f"{model.name!r} has no layer of that name or class. Its "
+                f"layers are: {[x.name for x in candidates]}"
+            )
+        selected.extend(found)
+    return selected

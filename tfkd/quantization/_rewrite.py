@@ -25,6 +25,7 @@ import numpy as np
 from tfkd import _keras
 from tfkd.quantization import _layers
 from tfkd.quantization._common import iter_layers
+from tfkd.quantization._common import select_layers
 
 keras = _keras.keras
 
@@ -484,29 +485,12 @@ class _Rewriter:
 
 
 def resolve_layers(model, layers):
-    """`layers=` (names and/or classes) as a set of layer ids, or None."""
+    """`layers=` (names and/or classes, any depth) as a set of layer ids, or
+    None."""
     if layers is None:
         return None
     everything = list(iter_layers(model))
-    selected = set()
-    for entry in [layers] if isinstance(layers, (str, type)) else layers:
-        if isinstance(entry, str):
-            found = [x for x in everything if x.name == entry]
-        elif isinstance(entry, type):
-            found = [x for x in everything if isinstance(x, entry)]
-        else:
-            raise TypeError(
-                "`layers` must list layer names (str) or layer classes. "
-                f"Received: {entry!r} of type {type(entry).__name__}"
-            )
-        if not found:
-            raise ValueError(
-                f"`layers` names {getattr(entry, '__name__', entry)!r}, but "
-                f"{model.name!r} has no layer of that name or class. Its "
-                f"layers are: {[x.name for x in everything]}"
-            )
-        selected.update(id(x) for x in found)
-    return selected
+    return {id(x) for x in select_layers(model, layers, everything)}
 
 
 def quantize_aware(model, *, layers=None, custom_objects=None, momentum=0.99):

@@ -15,6 +15,7 @@ from tfkd.quantization._common import check_model
 from tfkd.quantization._common import has_layer
 from tfkd.quantization._common import is_pruned
 from tfkd.quantization._common import iter_layers
+from tfkd.quantization._common import select_layers
 
 # TFMOT classes, recognised by name so that no check imports TFMOT.
 _QUANTIZE_ANNOTATIONS = ("QuantizeAnnotate",)
@@ -68,28 +69,7 @@ def _check_flat_graph_model(model, feature):
 
 def _select(model, layers):
     """Resolves `layers` (names and/or classes) to a set of layer names."""
-    names = [layer.name for layer in model.layers]
-    selected = set()
-    for entry in [layers] if isinstance(layers, (str, type)) else layers:
-        if isinstance(entry, str):
-            found = [entry] if entry in names else []
-        elif isinstance(entry, type):
-            found = [
-                layer.name for layer in model.layers if isinstance(layer, entry)
-            ]
-        else:
-            raise TypeError(
-                "`layers` must list layer names (str) or layer classes. "
-                f"Received: {entry!r} of type {type(entry).__name__}"
-            )
-        if not found:
-            raise ValueError(
-                f"`layers` names {getattr(entry, '__name__', entry)!r}, but "
-                f"{model.name!r} has no layer of that name or class. Its "
-                f"layers are: {names}"
-            )
-        selected.update(found)
-    return selected
+    return {x.name for x in select_layers(model, layers, model.layers)}
 
 
 def _custom_objects(model, custom_objects):
