@@ -24,109 +24,60 @@ FLAGS = flags.FLAGS
 # --helpshort, `get_flags_for_module`), not to this module.
 flags.disclaim_key_flags()
 
-_SEED_RANGE = dict(lower_bound=0, upper_bound=2**32 - 1)
+
+def _enum(default, values, help_):
+    return flags.DEFINE_enum, default, help_, dict(enum_values=sorted(values))
+
+
+def _string(help_):
+    return flags.DEFINE_string, None, help_, {}
+
+
+def _float(default, help_):
+    return flags.DEFINE_float, default, help_, {}
+
+
+def _integer(default, help_, lower=1, upper=None):
+    bounds = dict(lower_bound=lower, upper_bound=upper)
+    return flags.DEFINE_integer, default, help_, bounds
+
+
 _SHARED = {  # name: (DEFINE_* function, default, help, its other arguments)
-    "dataset": (
-        flags.DEFINE_enum,
-        "mnist_5k",
-        "TFDS data set.",
-        dict(enum_values=sorted(data.DATASETS)),
-    ),
-    "data_dir": (
-        flags.DEFINE_string,
-        None,
-        "TFDS data folder. Default: ~/tensorflow_datasets.",
-        {},
-    ),
-    "source_dir": (
-        flags.DEFINE_string,
-        None,
+    "dataset": _enum("mnist_5k", data.DATASETS, "TFDS data set."),
+    "data_dir": _string("TFDS data folder. Default: ~/tensorflow_datasets."),
+    "source_dir": _string(
         "Folder of local source files for fashion_mnist (idx .gz) or cifar10 "
-        "(npz). Default: auto-detected, else TFDS downloads.",
-        {},
+        "(npz). Default: auto-detected, else TFDS downloads."
     ),
-    "teacher": (
-        flags.DEFINE_string,
-        None,
-        "The teacher: a .keras file (from examples.train_teacher).",
-        {},
+    "teacher": _string("The teacher: a .keras file (examples.train_teacher)."),
+    "method": _enum("kd", methods.METHODS, "Distillation method."),
+    "temperature": _float(8.0, "Temperature of the logit (KD) term."),
+    "alpha": _float(0.1, "Weight of the hard-label loss, in [0, 1]."),
+    "epochs": _integer(None, "Training epochs."),
+    "batch_size": _integer(
+        64, "Batch size (GLOBAL: split over the replicas of a distributed run)."
     ),
-    "method": (
-        flags.DEFINE_enum,
-        "kd",
-        "Distillation method.",
-        dict(enum_values=sorted(methods.METHODS)),
+    "learning_rate": _float(1e-3, "Adam step size."),
+    "seed": _integer(0, "Seed of weights and shuffling.", 0, 2**32 - 1),
+    "train_examples": _integer(None, "Use only the first N training examples."),
+    "test_examples": _integer(None, "Use only the first N test examples."),
+    "calibration_examples": _integer(
+        512, "Training examples that calibrate int8."
     ),
-    "temperature": (
-        flags.DEFINE_float,
-        8.0,
-        "Temperature of the logit (KD) term.",
-        {},
-    ),
-    "alpha": (
-        flags.DEFINE_float,
-        0.1,
-        "Weight of the hard-label loss, in [0, 1].",
-        {},
-    ),
-    "epochs": (
-        flags.DEFINE_integer,
-        None,
-        "Training epochs.",
-        dict(lower_bound=1),
-    ),
-    "batch_size": (
-        flags.DEFINE_integer,
-        64,
-        "Batch size (GLOBAL: split over the replicas of a distributed run).",
-        dict(lower_bound=1),
-    ),
-    "learning_rate": (flags.DEFINE_float, 1e-3, "Adam step size.", {}),
-    "seed": (
-        flags.DEFINE_integer,
-        0,
-        "Seed of weights and shuffling.",
-        _SEED_RANGE,
-    ),
-    "train_examples": (
-        flags.DEFINE_integer,
-        None,
-        "Use only the first N training examples.",
-        dict(lower_bound=1),
-    ),
-    "test_examples": (
-        flags.DEFINE_integer,
-        None,
-        "Use only the first N test examples.",
-        dict(lower_bound=1),
-    ),
-    "calibration_examples": (
-        flags.DEFINE_integer,
-        512,
-        "Training examples that calibrate int8.",
-        dict(lower_bound=1),
-    ),
-    "verbose": (
-        flags.DEFINE_integer,
+    "verbose": _integer(
         1,
         "Keras verbosity: 0 silent, 1 a progress bar per batch, 2 one line "
         "per epoch.",
-        dict(lower_bound=0, upper_bound=2),
+        0,
+        2,
     ),
-    "output_dir": (flags.DEFINE_string, None, "Where to write.", {}),
+    "output_dir": _string("Where to write."),
 }
 # Every script takes these.
 COMMON = (
-    "dataset",
-    "data_dir",
-    "source_dir",
-    "batch_size",
-    "learning_rate",
-    "train_examples",
-    "test_examples",
-    "verbose",
-    "output_dir",
-)
+    "dataset data_dir source_dir batch_size learning_rate train_examples "
+    "test_examples verbose output_dir"
+).split()
 
 
 def define(*names, **defaults):
@@ -137,7 +88,7 @@ def define(*names, **defaults):
         **defaults: the script's default of a flag, or `(default, help)`.
             `output_dir` is required unless given a default.
     """
-    names = COMMON + names
+    names = (*COMMON, *names)
     for name in names:
         function, default, help_, kwargs = _SHARED[name]
         default = defaults.get(name, default)
@@ -264,6 +215,20 @@ def test_set(**kwargs):
 def calibration_set():
     """The first `--calibration_examples` training examples, in order."""
     return load("train", num_examples=FLAGS.calibration_examples)
+
+
+def make_distiller(teacher, student, **kwargs):
+    """`training.make_distiller` with `--method`, `--temperature`, `--alpha`
+    and `--learning_rate`."""
+    return training.make_distiller(
+        teacher,
+        student,
+        FLAGS.method,
+        temperature=FLAGS.temperature,
+        alpha=FLAGS.alpha,
+        learning_rate=FLAGS.learning_rate,
+        **kwargs,
+    )
 
 
 def save_model(model, path, name, **facts):

@@ -40,30 +40,13 @@ FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
-FASHION_MNIST_CLASSES = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
-CIFAR10_CLASSES = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-]
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top,Trouser,Pullover,Dress,Coat,Sandal,Shirt,Sneaker,Bag,"
+    "Ankle boot"
+).split(",")
+CIFAR10_CLASSES = (
+    "airplane automobile bird cat deer dog frog horse ship truck".split()
+)
 CIFAR10_FILE = "cifar10_jpeg_bytes.npz"
 MNIST_5K_TRAIN = 4000
 _IDX_MAGIC = {3: 2051, 1: 2049}  # rank -> magic number (uint8 idx files)

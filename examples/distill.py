@@ -116,14 +116,8 @@ def main(argv):
     with strategy.scope():
         teacher = training.load_model(FLAGS.teacher)
         student = models.build_model(FLAGS.student, *data.info(FLAGS.dataset))
-        distiller = training.make_distiller(
-            teacher,
-            student,
-            FLAGS.method,
-            temperature=FLAGS.temperature,
-            alpha=FLAGS.alpha,
-            learning_rate=FLAGS.learning_rate,
-            jit_compile=FLAGS.jit_compile,
+        distiller = cli.make_distiller(
+            teacher, student, jit_compile=FLAGS.jit_compile
         )
     if FLAGS.cache_teacher:
         from tfkd.teachers import cache_teacher_outputs

@@ -151,14 +151,7 @@ def _students(test, teacher=None):
         if teacher is None:
             model = training.compile_model(student, FLAGS.learning_rate)
         else:
-            model = training.make_distiller(
-                teacher,
-                student,
-                FLAGS.method,
-                temperature=FLAGS.temperature,
-                alpha=FLAGS.alpha,
-                learning_rate=FLAGS.learning_rate,
-            )
+            model = cli.make_distiller(teacher, student)
         history = training.fit(
             model,
             cli.train_set(seed),

@@ -135,7 +135,8 @@ def hard_label_loss():
 
 
 def compile_model(model, learning_rate=1e-3, jit_compile=False):
-    """Compiles a logits model with Adam, cross-entropy and accuracy."""
+    """Compiles a logits model (or a `tfkd.Distiller`: its hard-label loss)
+    with Adam, cross-entropy and accuracy."""
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=hard_label_loss(),
@@ -174,13 +175,7 @@ def make_distiller(
         distillation_loss=methods.build(method, temperature),
         alpha=alpha,
     )
-    distiller.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=hard_label_loss(),
-        metrics=["accuracy"],
-        jit_compile=jit_compile,
-    )
-    return distiller
+    return compile_model(distiller, learning_rate, jit_compile)
 
 
 def fit(model, train, test, *, epochs, steps_per_epoch=None, **kwargs):
