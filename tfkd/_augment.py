@@ -12,6 +12,7 @@ random layers.
 
 import math
 import numbers
+import warnings
 
 import tensorflow as tf
 
@@ -203,3 +204,45 @@ def deserialize(config, custom_objects=None):
             f"`load_model(..., custom_objects={{{name!r}: function}})` or "
             "decorate it with `@keras.saving.register_keras_serializable()`."
         ) from error
+
+
+def warn_random_layers(student):
+    """Warns when `student` holds random augmentation layers."""
+    layers = random_layers(student)
+    if layers:
+        warnings.warn(
+            f"The student {student.name!r} holds random augmentation "
+            f"layers {layers}, which the teacher never sees: it is then "
+            "distilled on views that the teacher did not score. Move "
+            "them into `augment=` (e.g. `tfkd.Distiller(teacher, "
+            "student, augment=keras.Sequential([...]))`), which gives "
+            "teacher and student the same augmented batch.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def augment_batch(augment, mixup, x, cached):
+    """A training batch's view for both models: `augment`, then mixup.
+
+    Returns `(x, mix)`, `mix` being mixup's `(lam, permutation)` or None.
+    """
+    if augment is None and not mixup:
+        return x, None
+    if cached:
+        raise ValueError(
+            "This Distiller augments its training batches (`augment=` "
+            f"or `mixup={mixup:g}`), but the data carries cached "
+            "teacher outputs (`tfkd.cache_teacher_outputs`), computed on "
+            "the un-augmented inputs: the student would be matched to "
+            "the teacher's outputs for other images. Distil from the "
+            "live teacher (pass the plain data set), or train on the "
+            "cache with a Distiller without `augment` and `mixup`."
+        )
+    if augment is not None:
+        x = apply(augment, x)
+    if not mixup:
+        return x, None
+    batch_size = tf.shape(tf.nest.flatten(x)[0])[0]
+    lam, permutation = sample_mixup(mixup, batch_size)
+    return mix(x, lam, permutation), (lam, permutation)

@@ -170,6 +170,45 @@ def method_term(method, teacher, student, labels, sample_weight, scale):
     return Term(value / scale.replicas, value)
 
 
+def label_losses(output_names, loss_fns, y, labels, alpha):
+    """The hard-label losses to apply, one per output: None where labels are
+    absent and `alpha` (a variable) is 0 (unlabelled data).
+
+    Raises:
+        ValueError: labels are missing for an output with a loss, or the data
+            has no labels while `alpha > 0` (checked again at run time, for
+            alpha schedules).
+    """
+    with tf.init_scope():
+        alpha_now = float(alpha.numpy())
+    losses = []
+    for name, loss_fn, y_i in zip(output_names, loss_fns, labels):
+        if loss_fn is not None and y_i is None:
+            if y is not None:
+                raise ValueError(
+                    f"The labels have no entry for output {name!r}, which "
+                    "has a hard-label loss. Pass its labels, or set its "
+                    "loss to None."
+                )
+            if alpha_now > 0:
+                raise ValueError(
+                    "The data has no labels, but `compile(loss=...)` set a "
+                    f"hard-label student loss and alpha={alpha_now:g} weighs "
+                    "it. Pass `(x, y)` data, or use alpha=0 for pure "
+                    "distillation on unlabelled data."
+                )
+            tf.debugging.assert_equal(
+                alpha,
+                0.0,
+                message="The data has no labels, but alpha > 0 weighs the "
+                "hard-label student loss set by `compile(loss=...)`. Pass "
+                "`(x, y)` data, or keep alpha=0 on unlabelled data.",
+            )
+            loss_fn = None
+        losses.append(loss_fn)
+    return losses
+
+
 def hard_label_terms(entries, scale):
     """The sum of `(loss_fn, labels, logits, sample_weight)` entries' terms
     (one per output; entries with no `loss_fn` are skipped)."""

@@ -389,3 +389,20 @@ def softmax_methods_on_one_class(terms, shapes, output_names):
                 "`tfkd.losses.KD(activation='sigmoid')` (the default KD picks "
                 "it by itself)."
             )
+
+
+def check_no_masks(output_names, outputs):
+    """Refuses student outputs that carry a Keras mask (not applied yet)."""
+    masked = [
+        name
+        for name, output in zip(output_names, outputs)
+        if _keras.keras_mask(output) is not None
+    ]
+    if masked:
+        raise ValueError(
+            f"The student's output(s) {masked} carry a Keras mask (e.g. "
+            "from `Embedding(mask_zero=True)`), which the Distiller does "
+            "not apply yet (it would average over padding). Pass the "
+            "mask as a per-position `sample_weight` of shape "
+            "`(batch, time)` instead, or remove the mask from the student."
+        )

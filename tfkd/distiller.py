@@ -1,7 +1,5 @@
 """`tfkd.Distiller`: train a student from a frozen teacher with `fit`."""
 
-import warnings
-
 import tensorflow as tf
 
 from tfkd import _augment
@@ -174,7 +172,7 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         self.teacher = teacher
         self.student = student
         self.teacher.trainable = False
-        self._warn_random_layers(student)
+        _augment.warn_random_layers(student)
         if isinstance(augment, keras.layers.Layer):
             # Augmentation does not learn: the step applies it before the
             # gradient tape.
@@ -246,21 +244,6 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
             self.built = True
 
     # Construction helpers.
-
-    @staticmethod
-    def _warn_random_layers(student):
-        layers = _augment.random_layers(student)
-        if layers:
-            warnings.warn(
-                f"The student {student.name!r} holds random augmentation "
-                f"layers {layers}, which the teacher never sees: it is then "
-                "distilled on views that the teacher did not score. Move "
-                "them into `augment=` (e.g. `tfkd.Distiller(teacher, "
-                "student, augment=keras.Sequential([...]))`), which gives "
-                "teacher and student the same augmented batch.",
-                UserWarning,
-                stacklevel=3,
-            )
 
     def _scalar_weight(self, name, value):
         weight = self.add_weight(
@@ -457,7 +440,9 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
     def train_step(self, data):
         x, y, sample_weight = _keras.unpack_x_y_sample_weight(data)
         x, teacher_outputs = self._split_inputs(x)
-        x, mix = self._augment_batch(x, cached=teacher_outputs is not None)
+        x, mix = _augment.augment_batch(
+            self.augment, self.mixup, x, cached=teacher_outputs is not None
+        )
         if teacher_outputs is None:
             teacher_outputs = self.teacher_outputs(x)
         with tf.GradientTape() as tape:
@@ -554,31 +539,6 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
 
     _split_inputs = staticmethod(teachers.split_inputs)
 
-    def _augment_batch(self, x, cached):
-        """A training batch's view for both models: `augment`, then mixup.
-
-        Returns `(x, mix)`, `mix` being mixup's `(lam, permutation)` or None.
-        """
-        if self.augment is None and not self.mixup:
-            return x, None
-        if cached:
-            raise ValueError(
-                "This Distiller augments its training batches (`augment=` "
-                f"or `mixup={self.mixup:g}`), but the data carries cached "
-                "teacher outputs (`tfkd.cache_teacher_outputs`), computed on "
-                "the un-augmented inputs: the student would be matched to "
-                "the teacher's outputs for other images. Distil from the "
-                "live teacher (pass the plain data set), or train on the "
-                "cache with a Distiller without `augment` and `mixup`."
-            )
-        if self.augment is not None:
-            x = _augment.apply(self.augment, x)
-        if not self.mixup:
-            return x, None
-        batch_size = tf.shape(tf.nest.flatten(x)[0])[0]
-        lam, permutation = _augment.sample_mixup(self.mixup, batch_size)
-        return _augment.mix(x, lam, permutation), (lam, permutation)
-
     def _forward(self, model, tapped, x, training):
         """Returns `(outputs, {layer_name: features})` from ONE forward pass."""
         _validation.check_single_input(model, x, "student")
@@ -614,7 +574,9 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
             weights = [sample_weight] * len(names)
         scale = _objective.batch_scale(tf.shape(s_flat[0])[0])
 
-        loss_fns = self._check_labels(y, labels)
+        loss_fns = _objective.label_losses(
+            names, self._student_loss_fns, y, labels, self.alpha
+        )
         student = _objective.hard_label_terms(
             zip(loss_fns, labels, s_flat, weights), scale
         )
@@ -656,19 +618,7 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
             ],
             scale,
         )
-        masked = [
-            name
-            for name, output in zip(names, s_flat)
-            if _keras.keras_mask(output) is not None
-        ]
-        if masked:
-            raise ValueError(
-                f"The student's output(s) {masked} carry a Keras mask (e.g. "
-                "from `Embedding(mask_zero=True)`), which the Distiller does "
-                "not apply yet (it would average over padding). Pass the "
-                "mask as a per-position `sample_weight` of shape "
-                "`(batch, time)` instead, or remove the mask from the student."
-            )
+        _validation.check_no_masks(names, s_flat)
         total = _objective.total(
             self.alpha, student, distillation, regularization
         )
@@ -679,45 +629,6 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         ):
             tracker.update_state(value, sample_weight=scale.local_batch)
         return total.share
-
-    def _check_labels(self, y, labels):
-        """The hard-label losses to apply: None where labels are absent and
-        alpha is 0 (unlabelled data), an error where they are needed."""
-        losses = []
-        for name, loss_fn, y_i in zip(
-            self._output_names, self._student_loss_fns, labels
-        ):
-            if loss_fn is not None and y_i is None:
-                if y is not None:
-                    raise ValueError(
-                        f"The labels have no entry for output {name!r}, which "
-                        "has a hard-label loss. Pass its labels, or set its "
-                        "loss to None."
-                    )
-                if self._alpha_now() > 0:
-                    raise ValueError(
-                        "The data has no labels, but `compile(loss=...)` set a "
-                        "hard-label student loss and "
-                        f"alpha={self._alpha_now():g} weighs it. Pass "
-                        "`(x, y)` data, or use alpha=0 for pure distillation "
-                        "on unlabelled data."
-                    )
-                # Checked again at run time, for alpha schedules.
-                tf.debugging.assert_equal(
-                    self.alpha,
-                    0.0,
-                    message="The data has no labels, but alpha > 0 weighs the "
-                    "hard-label student loss set by `compile(loss=...)`. Pass "
-                    "`(x, y)` data, or keep alpha=0 on unlabelled data.",
-                )
-                loss_fn = None
-            losses.append(loss_fn)
-        return losses
-
-    def _alpha_now(self):
-        """The current value of `alpha`, also while a step is traced."""
-        with tf.init_scope():
-            return float(self.alpha.numpy())
 
     def _metrics_result(self, x, y, student_outputs, sample_weight):
         if y is not None:
