@@ -530,3 +530,59 @@ def test_keras_loss_interface_for_standalone_use():
 def test_invalid_hyperparameters_name_the_argument(make, argument):
     with pytest.raises(ValueError, match=argument):
         make()
+
+
+# DIST with sample weights (Keras' sum-over-batch-size convention).
+
+
+def _np_weighted_pearson(a, b, w, eps=1e-8):
+    """Per-column Pearson correlation over the rows, weighted by `w`."""
+    da = a - (w[:, None] * a).sum(0) / w.sum()
+    db = b - (w[:, None] * b).sum(0) / w.sum()
+    dot = (w[:, None] * da * db).sum(0)
+    norms = np.sqrt(
+        (w[:, None] * da * da).sum(0) * (w[:, None] * db * db).sum(0)
+    )
+    return dot / (norms + eps)
+
+
+def _np_weighted_dist(t, s, w, tau=1.0):
+    y_s, y_t = _softmax(s / tau), _softmax(t / tau)
+    n = len(w)
+    inter = (w * (1 - _np_pearson(y_s, y_t))).sum() / n
+    intra = w.sum() / n * (1 - _np_weighted_pearson(y_s, y_t, w).mean())
+    return tau**2 * (inter + intra)
+
+
+def test_weighted_dist_matches_numpy_and_unit_weights_change_nothing():
+    rng = np.random.default_rng(3)
+    t = rng.normal(size=(12, 5)) * 3
+    s = rng.normal(size=(12, 5))
+    w = rng.uniform(0, 2, size=12)
+    got = tfkd.losses.dist_loss(t, s, temperature=2.0, sample_weight=w)
+    np.testing.assert_allclose(
+        got, _np_weighted_dist(t, s, w, tau=2.0), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        tfkd.losses.dist_loss(t, s, sample_weight=np.ones(12)),
+        tfkd.losses.dist_loss(t, s),
+        rtol=1e-6,
+    )
+
+
+def test_weighted_dist_zero_weights_drop_examples_and_padding():
+    rng = np.random.default_rng(4)
+    t = rng.normal(size=(4, 6, 5)) * 2  # (batch, time, classes)
+    s = rng.normal(size=(4, 6, 5))
+    mask = np.ones((4, 6))
+    mask[:, 4:] = 0.0  # padding
+    got = tfkd.losses.dist_loss(t, s, sample_weight=mask)
+    kept = tfkd.losses.dist_loss(t[:, :4], s[:, :4])
+    # The sum over the 24 positions divided by 24, of which 16 are kept.
+    np.testing.assert_allclose(got, kept * 16 / 24, rtol=1e-5)
+    # One weighted example: no correlation over the batch (intra is 0).
+    one = tfkd.losses.dist_loss(t[0], s[0], sample_weight=[1, 0, 0, 0, 0, 0])
+    inter = 1 - _np_pearson(_softmax(s[0, :1]), _softmax(t[0, :1]))[0]
+    np.testing.assert_allclose(one, inter / 6, rtol=1e-5)
+    with pytest.raises(ValueError, match="3 sample weights for 4 examples"):
+        tfkd.losses.dist_loss(t[:, 0], s[:, 0], sample_weight=[1.0, 1.0, 1.0])

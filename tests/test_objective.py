@@ -1,5 +1,7 @@
 """The objective's functions alone, on tensors, without a Distiller."""
 
+import warnings
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -64,6 +66,23 @@ def test_method_term_of_a_relational_method_is_divided_by_replicas():
     expected = float(tfkd.losses.dist_loss(t, s))
     np.testing.assert_allclose(term.mean, expected, rtol=1e-6)
     np.testing.assert_allclose(term.share, expected, rtol=1e-6)
+
+
+def test_method_term_passes_sample_weights_to_dist_and_warns_for_others():
+    t = tf.random.stateless_normal((6, 4), seed=(1, 2))
+    s = tf.random.stateless_normal((6, 4), seed=(3, 4))
+    weights = tf.constant([1.0, 0.5, 0.0, 2.0, 1.0, 1.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        term = _objective.method_term(
+            tfkd.losses.DIST(), t, s, None, weights, _scale(6, 6, 1)
+        )
+    expected = float(tfkd.losses.dist_loss(t, s, sample_weight=weights))
+    assert expected != pytest.approx(float(tfkd.losses.dist_loss(t, s)))
+    np.testing.assert_allclose(term.mean, expected, rtol=1e-6)
+    method = tfkd.losses.SimilarityPreserving("features", "features")
+    with pytest.warns(UserWarning, match="ignores sample weights"):
+        _objective.method_term(method, t, s, None, weights, _scale(6, 6, 1))
 
 
 def test_hard_label_terms_sum_over_outputs_and_skip_none():

@@ -155,18 +155,28 @@ def method_term(method, teacher, student, labels, sample_weight, scale):
         return weighted_average(
             method.compute(teacher, student, labels), sample_weight, scale
         )
+    weights, kwargs = None, {}
     if sample_weight is not None:
-        warnings.warn(
-            f"{type(method).__name__} relates the examples of a batch to "
-            "each other and ignores sample weights.",
-            stacklevel=2,
-        )
+        if method.accepts_sample_weight:
+            # One weight per example (or position of sequence logits).
+            weights = broadcast_weights(sample_weight, teacher[..., 0])
+        else:
+            warnings.warn(
+                f"{type(method).__name__} relates the examples of a batch to "
+                "each other and ignores sample weights.",
+                stacklevel=2,
+            )
     if scale.replicas > 1:
         teacher = gather_replicas(teacher)
         student = gather_replicas(student)
         if labels is not None:
             labels = gather_replicas(labels)
-    value = tf.cast(method.compute(teacher, student, labels), tf.float32)
+        if weights is not None:
+            weights = gather_replicas(weights)
+    if weights is not None:
+        kwargs["sample_weight"] = weights
+    value = method.compute(teacher, student, labels, **kwargs)
+    value = tf.cast(value, tf.float32)
     return Term(value / scale.replicas, value)
 
 

@@ -50,6 +50,10 @@ class DistillationLoss(keras.losses.Loss):
             example. Under `tf.distribute`, the `Distiller` gathers the
             features of all replicas first, so the relations span the global
             batch.
+        accepts_sample_weight: a batch-relational `compute` that takes
+            `sample_weight=` (one weight per example or position, gathered
+            from all replicas like the features); the other batch-relational
+            methods ignore sample weights, with a warning.
         requires_labels: `compute` needs the ground-truth labels.
         requires_matching_width: teacher and student features must have the
             same last dimension; the `Distiller` inserts a learnable adapter
@@ -73,6 +77,7 @@ class DistillationLoss(keras.losses.Loss):
     """
 
     batch_relational = False
+    accepts_sample_weight = False
     requires_labels = False
     requires_matching_width = False
     _hyperparameters = ()

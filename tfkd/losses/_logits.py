@@ -230,6 +230,11 @@ def _pearson(a, b, axis, eps=1e-8):
     """Pearson correlation along `axis`, as DIST's `pearson_correlation`."""
     a = a - tf.reduce_mean(a, axis=axis, keepdims=True)
     b = b - tf.reduce_mean(b, axis=axis, keepdims=True)
+    return _cosine(a, b, axis, eps)
+
+
+def _cosine(a, b, axis, eps=1e-8):
+    """`a . b / (|a| |b| + eps)` along `axis`; 0 where a norm is ~0."""
     dot = tf.reduce_sum(a * b, axis=axis)
     norms = _norm(a, axis=axis) * _norm(b, axis=axis)
     # A constant vector has no correlation: 0, with a 0 gradient, rather than
@@ -238,8 +243,46 @@ def _pearson(a, b, axis, eps=1e-8):
     return tf.where(flat, 0.0, dot / (tf.where(flat, 1.0, norms) + eps))
 
 
+def _weighted_dist_terms(y_s, y_t, sample_weight):
+    """DIST's `(inter, intra)` terms with one weight per row of `y_s`."""
+    weights = tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
+    if weights.shape[0] is not None and y_s.shape[0] is not None:
+        if weights.shape[0] != y_s.shape[0]:
+            raise ValueError(
+                f"dist_loss: {weights.shape[0]} sample weights for "
+                f"{y_s.shape[0]} examples (or positions). Pass one weight "
+                "per example, or per position of sequence logits."
+            )
+    count = tf.cast(tf.shape(y_s)[0], tf.float32)
+    inter = tf.reduce_sum(weights * (1.0 - _pearson(y_s, y_t, axis=1)))
+    inter = inter / tf.maximum(count, 1.0)
+    # A weighted Pearson correlation is the cosine of sqrt(w)-scaled
+    # deviations from the weighted means.
+    total = tf.reduce_sum(weights)
+    safe_total = tf.where(total > 0.0, total, 1.0)
+    root = tf.sqrt(tf.maximum(weights, 0.0))[:, None]
+
+    def deviations(y):
+        mean = tf.reduce_sum(weights[:, None] * y, axis=0) / safe_total
+        return root * (y - mean)
+
+    correlation = _cosine(deviations(y_s), deviations(y_t), axis=0)
+    intra = (total / tf.maximum(count, 1.0)) * (
+        1.0 - tf.reduce_mean(correlation)
+    )
+    weighted = tf.math.count_nonzero(weights > 0.0)
+    intra = tf.where(weighted > 1, intra, 0.0)
+    return inter, intra
+
+
 def dist_loss(
-    teacher_logits, student_logits, *, beta=1.0, gamma=1.0, temperature=1.0
+    teacher_logits,
+    student_logits,
+    *,
+    beta=1.0,
+    gamma=1.0,
+    temperature=1.0,
+    sample_weight=None,
 ):
     """DIST: inter-class and intra-class Pearson relations of predictions.
 
@@ -256,6 +299,13 @@ def dist_loss(
     of one, a correlation over the batch is undefined: the intra-class term
     is 0 there (and the loss is finite, with finite gradients).
 
+    With `sample_weight` `w` (one per example or position, `n` of them),
+    Keras' "sum over batch size" convention: `inter = sum_i w_i (1 -
+    pearson_i) / n`, and `intra = (sum_i w_i / n) * (1 - mean_c
+    pearson_w(c))`, the Pearson correlation over the batch weighted by `w`.
+    Weights of 1 give the unweighted loss; an example of weight 0 (padding)
+    takes no part in either term.
+
     Args:
         teacher_logits: `(batch, classes)` teacher logits, or
             `(batch, ..., classes)`.
@@ -263,6 +313,8 @@ def dist_loss(
         beta: inter-class weight. Defaults to `1.0`.
         gamma: intra-class weight. Defaults to `1.0`.
         temperature: softening temperature `T > 0`. Defaults to `1.0`.
+        sample_weight: weights `(batch,)` or `(batch, ...)` (one per
+            position of sequence logits), or `None`. Defaults to `None`.
 
     Returns:
         Scalar float32 loss for the batch.
@@ -283,9 +335,12 @@ def dist_loss(
     classes = tf.shape(student_logits)[-1]
     y_t = tf.reshape(tf.nn.softmax(teacher_logits / temperature), [-1, classes])
     y_s = tf.reshape(tf.nn.softmax(student_logits / temperature), [-1, classes])
-    inter = 1.0 - tf.reduce_mean(_pearson(y_s, y_t, axis=1))
-    intra = 1.0 - tf.reduce_mean(_pearson(y_s, y_t, axis=0))
-    intra = tf.where(tf.shape(y_s)[0] > 1, intra, 0.0)
+    if sample_weight is None:
+        inter = 1.0 - tf.reduce_mean(_pearson(y_s, y_t, axis=1))
+        intra = 1.0 - tf.reduce_mean(_pearson(y_s, y_t, axis=0))
+        intra = tf.where(tf.shape(y_s)[0] > 1, intra, 0.0)
+    else:
+        inter, intra = _weighted_dist_terms(y_s, y_t, sample_weight)
     square = tf.square(temperature)
     return square * (
         tf.cast(beta, tf.float32) * inter + tf.cast(gamma, tf.float32) * intra

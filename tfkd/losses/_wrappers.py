@@ -137,7 +137,9 @@ class DKD(DistillationLoss):
 class DIST(DistillationLoss):
     """DIST inter- and intra-class Pearson relations; batch-relational.
 
-    See `tfkd.losses.dist_loss`.
+    See `tfkd.losses.dist_loss`. Sample weights (and padding masks given as
+    sample weights) weigh both terms; under `tf.distribute` the relations
+    span the global batch. The default method of `tfkd.Distiller`.
 
     Args:
         beta: inter-class weight. Defaults to `1.0`.
@@ -152,6 +154,7 @@ class DIST(DistillationLoss):
     """
 
     batch_relational = True
+    accepts_sample_weight = True
     _hyperparameters = ("beta", "gamma", "temperature")
     _may_be_zero = ("beta", "gamma")
 
@@ -163,13 +166,14 @@ class DIST(DistillationLoss):
             beta=beta, gamma=gamma, temperature=temperature
         )
 
-    def compute(self, teacher, student, labels=None):
+    def compute(self, teacher, student, labels=None, sample_weight=None):
         return _logits.dist_loss(
             teacher,
             student,
             beta=self.beta,
             gamma=self.gamma,
             temperature=self.temperature,
+            sample_weight=sample_weight,
         )
 
 
