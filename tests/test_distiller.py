@@ -76,6 +76,64 @@ def test_evaluate_matches_numpy_formula():
     np.testing.assert_allclose(result["accuracy"], accuracy, rtol=1e-6)
 
 
+def _np_pearson(a, b, axis):
+    a = a - a.mean(axis, keepdims=True)
+    b = b - b.mean(axis, keepdims=True)
+    return (a * b).sum(axis) / (
+        np.sqrt((a * a).sum(axis) * (b * b).sum(axis)) + 1e-8
+    )
+
+
+def _np_dist(teacher_logits, student_logits):
+    """DIST at T=1, beta=gamma=1 (Huang et al. 2022, official code)."""
+    t = np.exp(_np_log_softmax(teacher_logits.astype("float64")))
+    s = np.exp(_np_log_softmax(student_logits.astype("float64")))
+    inter = 1 - _np_pearson(s, t, axis=1).mean()
+    intra = 1 - _np_pearson(s, t, axis=0).mean()
+    return inter + intra
+
+
+def test_default_method_is_dist_and_temperature_asks_for_hinton_kd():
+    """`Distiller(teacher, student)`: alpha 0.1 and DIST, the defaults that
+    benchmarks/defaults.py chose; `temperature=` gives Hinton KD."""
+    x, y = toy_classification()
+    teacher = _trained_teacher(x, y)
+    student = make_mlp(4, name="student", seed=20)
+    t = teacher.predict(x, verbose=0)
+    s = student.predict(x, verbose=0)
+    ce, hinton = _np_losses(t, s, y, temperature=2.0)
+    for kwargs, kd in (
+        ({}, _np_dist(t, s)),  # one batch: DIST relates all examples
+        ({"temperature": 2.0}, hinton),
+    ):
+        distiller = tfkd.Distiller(teacher, student, **kwargs)
+        distiller.compile("sgd", loss=sparse_ce())
+        result = distiller.evaluate(
+            x, y, batch_size=len(x), return_dict=True, verbose=0
+        )
+        np.testing.assert_allclose(result["distillation_loss"], kd, rtol=1e-5)
+        np.testing.assert_allclose(
+            result["loss"], 0.1 * ce + 0.9 * kd, rtol=1e-5
+        )
+    default = tfkd.Distiller(teacher, student)
+    assert isinstance(default.distillation_losses[0], tfkd.losses.DIST)
+    assert default.base_alpha == 0.1
+
+
+def test_default_on_a_one_logit_head_is_a_sigmoid_kd():
+    x, y = toy_classification()
+    teacher = make_mlp(8, name="teacher", classes=1)
+    for kwargs, temperature in (({}, 4.0), ({"temperature": 2.0}, 2.0)):
+        distiller = tfkd.Distiller(teacher, make_mlp(4, classes=1), **kwargs)
+        (method,) = distiller.distillation_losses
+        assert isinstance(method, tfkd.losses.KD)
+        assert method.activation == "sigmoid"
+        assert float(method.temperature) == temperature
+        distiller.compile("sgd", loss="binary_crossentropy")
+        logs = distiller.evaluate(x, y % 2, return_dict=True, verbose=0)
+        assert logs["distillation_loss"] > 0
+
+
 def test_fit_history_reports_all_terms_and_validation():
     distiller, x, y = _distiller()
     history = distiller.fit(

@@ -12,7 +12,7 @@ from tfkd import teachers
 from tfkd.distiller import Distiller
 from tfkd.teachers import cache_teacher_outputs
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Distiller",

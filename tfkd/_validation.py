@@ -178,6 +178,29 @@ def _method_entries(entry):
     return resolved
 
 
+# The defaults, chosen by benchmarks/defaults.py (docs/benchmarks.md).
+BINARY_DEFAULT_TEMPERATURE = 4.0
+
+
+def default_distillation_loss(temperature=None):
+    """`Distiller`'s method when none is given: DIST (Huang et al. 2022);
+    with a `temperature`, Hinton KD at that temperature, `KD(temperature)`
+    (the keras.io recipe's meaning of `temperature`)."""
+    if temperature is None:
+        return DIST()
+    return KD(temperature=temperature)
+
+
+def binary_default(method):
+    """The default `method` for a binary or multi-label head: a sigmoid
+    (Bernoulli) KD, at T=4 as in tfkd 0.1 unless the Distiller got a
+    `temperature` (then `method` is that KD, switched to sigmoids)."""
+    if not isinstance(method, KD):
+        method = KD(temperature=BINARY_DEFAULT_TEMPERATURE)
+    method.activation = "sigmoid"
+    return method
+
+
 def resolve_distillation_losses(distillation_loss, temperature, output_names):
     """Returns `[(method, weight, output_index), ...]` and whether it is the
     default (Hinton KD on every output).
@@ -187,15 +210,14 @@ def resolve_distillation_losses(distillation_loss, temperature, output_names):
     """
     if temperature is not None and distillation_loss is not None:
         raise ValueError(
-            "`temperature` configures the default KD loss only. With "
-            "`distillation_loss=...`, set the temperature on the method "
-            "itself, e.g. `tfkd.losses.KD(temperature=4.0)`. Received: "
-            f"temperature={temperature!r}"
+            "`temperature` selects Hinton KD instead of the default "
+            "method. With `distillation_loss=...`, set the temperature "
+            "on the method itself, e.g. `tfkd.losses.KD(temperature=4.0)`. "
+            f"Received: temperature={temperature!r}"
         )
     if distillation_loss is None:
-        temperature = 4.0 if temperature is None else temperature
         return [
-            (KD(temperature=temperature), 1.0, index)
+            (default_distillation_loss(temperature), 1.0, index)
             for index in range(len(output_names))
         ], True
     if isinstance(distillation_loss, (list, tuple)) and not distillation_loss:
@@ -386,8 +408,8 @@ def softmax_methods_on_one_class(terms, shapes, output_names):
                 f"output {output_names[index]!r} has one logit (shape "
                 f"{shape}): the softmax of one logit is constant, so the loss "
                 "would be 0. For a binary or multi-label head use "
-                "`tfkd.losses.KD(activation='sigmoid')` (the default KD picks "
-                "it by itself)."
+                "`tfkd.losses.KD(activation='sigmoid')` (the default method "
+                "picks it by itself)."
             )
 
 

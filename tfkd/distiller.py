@@ -23,8 +23,13 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
     ```
 
     where `student_loss` is the hard-label loss given to `compile(loss=...)`
-    and `distillation_loss` defaults to Hinton KD,
+    and `distillation_loss` defaults to DIST (Huang et al. 2022): Pearson
+    correlations of the softmax predictions, per example across classes and
+    per class across the batch. `temperature=T` asks for Hinton KD instead,
     `T^2 * KL(softmax(t/T) || softmax(s/T))`, computed from log-softmax.
+    The defaults come from `benchmarks/defaults.py` (docs/benchmarks.md):
+    tfkd 0.1's Hinton KD at `T = 4` made the student worse in most of the
+    settings measured there, DIST gained in nearly all.
 
     The teacher is frozen: it is called with `training=False`, its weights are
     not trainable and `fit` changes neither them nor its BatchNorm statistics.
@@ -51,11 +56,18 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         student: the student, a Keras model with the teacher's output shape.
         distillation_loss: a `tfkd.losses` method, or a list of methods or
             `(method, weight)` tuples whose weighted sum is the distillation
-            term. Defaults to `tfkd.losses.KD(temperature=temperature)`.
+            term. Defaults to `tfkd.losses.DIST()`, or
+            `tfkd.losses.KD(temperature=temperature)` when `temperature` is
+            given. On a binary or multi-label head (one logit, or a
+            `binary_crossentropy` loss) the default is a sigmoid KD,
+            `KD(temperature=4.0, activation="sigmoid")` (or at
+            `temperature`).
         alpha: weight of the student's hard-label loss, in `[0, 1]`. Defaults to
             `0.1`. A variable: `tfkd.callbacks` can schedule it.
-        temperature: temperature of the default KD loss. Defaults to `4.0`.
-            Set it on the method itself when passing `distillation_loss`.
+        temperature: Hinton KD at this temperature (the keras.io recipe)
+            instead of the default method. Defaults to `None`. Set the
+            temperature on the method itself when passing
+            `distillation_loss`.
         augment: augmentation of each training batch, applied once, before
             both models, which then see the same view: a Keras layer or
             model (e.g. `keras.Sequential([keras.layers.RandomFlip(
@@ -90,8 +102,7 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
             move them into `augment=`.
 
     Example:
-        >>> distiller = tfkd.Distiller(teacher=teacher, student=student,
-        ...                            temperature=4.0, alpha=0.1)
+        >>> distiller = tfkd.Distiller(teacher=teacher, student=student)
         >>> distiller.compile(
         ...     optimizer="adam",
         ...     loss=keras.losses.SparseCategoricalCrossentropy(
@@ -108,6 +119,8 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
     References:
         Hinton, Vinyals, Dean. "Distilling the Knowledge in a Neural Network",
         2015. arXiv:1503.02531.
+        Huang, You, Wang, Qian, Xu. "Knowledge Distillation from A Stronger
+        Teacher", NeurIPS 2022. arXiv:2205.10536.
         Beyer, Zhai, Royer, Markeeva, Anil, Kolesnikov. "Knowledge
         distillation: A good teacher is patient and consistent", CVPR 2022.
         arXiv:2106.05237.
@@ -163,7 +176,7 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
                 f"{len(self._output_names)} {self._output_names}: distillation "
                 "pairs them output by output."
             )
-        terms, self._default_kd = _validation.resolve_distillation_losses(
+        terms, self._default_method = _validation.resolve_distillation_losses(
             distillation_loss, temperature, self._output_names
         )
         _validation.check_outputs_logits(teacher, "teacher")
@@ -217,15 +230,19 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
             student, self._student_taps, "student"
         )
         shapes = self._check_output_shapes()
-        if self._default_kd:
-            # A one-logit head is binary: its softmax would be constant.
-            for method, index in zip(
-                self.distillation_losses, self._output_indices
-            ):
-                if shapes[index] is not None and shapes[index][-1] == 1:
-                    method.activation = "sigmoid"
+        # A one-logit head is binary: its softmax would be constant.
+        self._binary_default(
+            lambda index: shapes[index] is not None and shapes[index][-1] == 1
+        )
         _validation.softmax_methods_on_one_class(
-            terms, shapes, self._output_names
+            [
+                (method, weight, index)
+                for (method, weight), index in zip(
+                    self._loss_entries, self._output_indices
+                )
+            ],
+            shapes,
+            self._output_names,
         )
         self.adapters = _taps.make_adapters(
             teacher, student, self.distillation_losses
@@ -244,6 +261,19 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
             self.built = True
 
     # Construction helpers.
+
+    def _binary_default(self, is_binary):
+        """Gives the outputs that `is_binary(index)` selects the default
+        method for binary and multi-label heads (a sigmoid KD), when the
+        Distiller uses the default method."""
+        if not self._default_method:
+            return
+        for position, index in enumerate(self._output_indices):
+            method, weight = self._loss_entries[position]
+            if is_binary(index):
+                method = _validation.binary_default(method)
+                self.distillation_losses[position] = method
+                self._loss_entries[position] = (method, weight)
 
     def _scalar_weight(self, name, value):
         weight = self.add_weight(
@@ -333,13 +363,11 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
                 "`loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)`"
                 ", or use `alpha=0.0` for pure distillation."
             )
-        if self._default_kd and loss is not None:
+        if loss is not None:
             losses = _validation.per_output(loss, self._output_names, "`loss`")
-            for method, index in zip(
-                self.distillation_losses, self._output_indices
-            ):
-                if _validation.is_binary_loss(losses[index]):
-                    method.activation = "sigmoid"
+            self._binary_default(
+                lambda index: _validation.is_binary_loss(losses[index])
+            )
         # Copies, as given: tf_keras renames a multi-output model's metric
         # objects in place (`large_binary_accuracy`), and these recompile
         # other models (a loaded Distiller, the teacher's evaluation).

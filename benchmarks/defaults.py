@@ -1,0 +1,365 @@
+r"""Which `tfkd.Distiller(teacher, student)` defaults make the student better?
+
+Evidence for the defaults (issue 12): every recipe of `--recipes` (a
+distillation method, its temperature and the hard-label weight `alpha`)
+trains each student of `--students` on each data set of `--datasets`, once
+per seed, and is compared with the student alone (hard labels). Test
+accuracy is read after `--short_epochs` and after `--epochs` epochs of the
+same run: with a constant learning rate (Adam 1e-3) the first is exactly a
+short schedule, the second a longer one.
+
+Teachers: mnist_5k trains `teacher_cnn` here (15 epochs, seed 0); the other
+data sets use the benchmark teachers of `benchmarks/train_teachers.py`
+(`strong_teachers.load_teacher`). Teacher outputs are cached once per data
+set (no augmentation, so caching is exact), and every recipe of a seed sees
+the same batches in the same order.
+
+    python -m benchmarks.defaults                         # ~1 h on 2 cores
+    python -m benchmarks.defaults --datasets=mnist_5k --seeds=1 \
+        --epochs=2 --short_epochs=1 --recipes=alone,kd_t4_a0.1   # quick
+
+Writes `benchmarks/results/defaults.md` and `defaults.json`. Results
+accumulate per data set: a run updates the rows of its `--datasets` and
+keeps the others (so data sets can run in separate processes).
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import fcntl  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+import tfkd  # noqa: E402
+from benchmarks import strong_teachers  # noqa: E402
+from examples import models  # noqa: E402
+from tfkd import _keras  # noqa: E402
+from tfkd._keras import keras  # noqa: E402
+
+_RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# Per data set: (training examples kept, batch size).
+SETTINGS = {
+    "mnist_5k": (None, 64),
+    "fashion_mnist": (10_000, 128),
+    "cifar10": (10_000, 128),
+}
+# name -> (method factory, alpha); None: the student alone.
+RECIPES = {
+    "alone": None,
+    "kd_t4_a0.1": (lambda: tfkd.losses.KD(temperature=4.0), 0.1),
+    "kd_t4_a0.5": (lambda: tfkd.losses.KD(temperature=4.0), 0.5),
+    "kd_t2_a0.5": (lambda: tfkd.losses.KD(temperature=2.0), 0.5),
+    "kd_t1_a0.5": (lambda: tfkd.losses.KD(temperature=1.0), 0.5),
+    "lskd_t2_a0.1": (
+        lambda: tfkd.losses.KD(temperature=2.0, standardize=True),
+        0.1,
+    ),
+    "lskd_t2_a0.5": (
+        lambda: tfkd.losses.KD(temperature=2.0, standardize=True),
+        0.5,
+    ),
+    "dist_a0.1": (lambda: tfkd.losses.DIST(), 0.1),
+    "dist_a0.5": (lambda: tfkd.losses.DIST(), 0.5),
+}
+
+_DATASETS = flags.DEFINE_list(
+    "datasets", list(SETTINGS), f"Data sets, of {list(SETTINGS)}."
+)
+_STUDENTS = flags.DEFINE_list(
+    "students", ["student_mlp", "student_cnn"], "Students (examples/models)."
+)
+_RECIPES = flags.DEFINE_list(
+    "recipes", list(RECIPES), f"Recipes, of {list(RECIPES)}."
+)
+_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per recipe (0, 1, ...).")
+_EPOCHS = flags.DEFINE_integer("epochs", 20, "The longer schedule's epochs.")
+_SHORT_EPOCHS = flags.DEFINE_integer(
+    "short_epochs", 5, "The short schedule's epochs (read in the same run)."
+)
+_TRAIN_EXAMPLES = flags.DEFINE_integer(
+    "train_examples", None, "Training examples kept (default: per data set)."
+)
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data folder.")
+_SOURCE_DIR = flags.DEFINE_string(
+    "source_dir", None, "Folder of the local source files of the data sets."
+)
+_TEACHERS_DIR = flags.DEFINE_string(
+    "teachers_dir", strong_teachers.WEIGHTS_DIR, "Benchmark teachers' weights."
+)
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", _RESULTS, "Results folder.")
+_OUTPUT_NAME = flags.DEFINE_string(
+    "output_name", "defaults", "Results file names, without extension."
+)
+_MARKDOWN_ONLY = flags.DEFINE_bool(
+    "markdown_only", False, "Only rewrite the .md from the .json results."
+)
+
+
+def _hard_loss():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _shuffled(dataset, size, batch_size, seed):
+    return (
+        dataset.shuffle(size, seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def _teacher(name, train, test, batch_size):
+    """The data set's teacher and its test accuracy."""
+    if name == "mnist_5k":
+        keras.utils.set_random_seed(0)
+        teacher = models.build_model("teacher_cnn", (28, 28, 1), 10)
+        teacher.compile(keras.optimizers.Adam(1e-3), _hard_loss())
+        source = tf.data.Dataset.from_tensor_slices(train)
+        teacher.fit(
+            _shuffled(source, len(train[1]), batch_size, 0),
+            epochs=15,
+            verbose=0,
+        )
+    else:
+        teacher = strong_teachers.load_teacher(name, _TEACHERS_DIR.value)
+    return teacher, strong_teachers.accuracy(teacher, *test)
+
+
+class _Checkpoints(keras.callbacks.Callback):
+    """Test accuracy of `student` after the given epochs."""
+
+    def __init__(self, student, test, epochs):
+        super().__init__()
+        self._student, self._test, self._epochs = student, test, epochs
+        self.accuracies = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 in self._epochs:
+            self.accuracies[epoch + 1] = strong_teachers.accuracy(
+                self._student, *self._test
+            )
+
+
+def _run(recipe, student_name, teacher, train, cached, test, seed, batch):
+    keras.utils.set_random_seed(seed)
+    student = models.build_model(student_name, train[0].shape[1:], 10)
+    if RECIPES[recipe] is None:
+        model = student
+        source = tf.data.Dataset.from_tensor_slices(
+            strong_teachers.to_inputs(*train)
+        )
+    else:
+        method, alpha = RECIPES[recipe]
+        model = tfkd.Distiller(teacher, student, method(), alpha=alpha)
+        source = cached.unbatch()
+    model.compile(keras.optimizers.Adam(1e-3), _hard_loss())
+    checkpoints = _Checkpoints(
+        student, test, {_SHORT_EPOCHS.value, _EPOCHS.value}
+    )
+    model.fit(
+        _shuffled(source, len(train[1]), batch, seed),
+        epochs=_EPOCHS.value,
+        callbacks=[checkpoints],
+        verbose=0,
+    )
+    return checkpoints.accuracies
+
+
+def _run_dataset(name):
+    began = time.time()
+    kept, batch = SETTINGS[name]
+    kept = _TRAIN_EXAMPLES.value or kept
+    load = dict(data_dir=_DATA_DIR.value, source_dir=_SOURCE_DIR.value)
+    train = strong_teachers.load_arrays(
+        name, "train", num_examples=kept, **load
+    )
+    test = strong_teachers.load_arrays(name, "test", **load)
+    teacher, teacher_accuracy = _teacher(
+        name, strong_teachers.to_inputs(*train), test, batch
+    )
+    print(f"{name}: teacher {100 * teacher_accuracy:.2f}%", flush=True)
+    cached = tfkd.cache_teacher_outputs(
+        teacher,
+        tf.data.Dataset.from_tensor_slices(
+            strong_teachers.to_inputs(*train)
+        ).batch(1024),
+        verbose=0,
+    )
+    # accuracies[student][recipe][epochs] = [one per seed]
+    accuracies = {s: {r: {} for r in _RECIPES.value} for s in _STUDENTS.value}
+    result = {
+        "train_examples": len(train[1]),
+        "test_examples": len(test[1]),
+        "batch_size": batch,
+        "teacher": teacher.name,
+        "teacher_accuracy": teacher_accuracy,
+        "accuracies": accuracies,
+        "command": " ".join(["python -m benchmarks.defaults", *sys.argv[1:]]),
+        "machine": (
+            f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU "
+            f"(shared); Python {platform.python_version()}, tensorflow "
+            f"{tf.__version__}, {_keras.KERAS_NAME} {keras.__version__}"
+        ),
+    }
+    for seed in range(_SEEDS.value):
+        for student in _STUDENTS.value:
+            for recipe in _RECIPES.value:
+                reads = _run(
+                    recipe, student, teacher, train, cached, test, seed, batch
+                )
+                for epochs, value in reads.items():
+                    accuracies[student][recipe].setdefault(
+                        str(epochs), []
+                    ).append(value)
+                print(
+                    f"{name} seed {seed} {student} {recipe}: "
+                    + ", ".join(
+                        f"{e} epochs {100 * v:.2f}%" for e, v in reads.items()
+                    ),
+                    flush=True,
+                )
+        # Saved after each seed: a stopped run keeps its finished seeds.
+        result.update(seeds=seed + 1, seconds=time.time() - began)
+        lines = _save(name, result)
+    return lines
+
+
+def _save(name, result):
+    """Adds `result` (data set `name`, unless None) to the results files,
+    under a lock."""
+    os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
+    path = os.path.join(_OUTPUT_DIR.value, _OUTPUT_NAME.value)
+    lock_path = os.path.join(
+        tempfile.gettempdir(), f"tfkd_{_OUTPUT_NAME.value}.lock"
+    )
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = {}
+        if os.path.exists(path + ".json"):
+            with open(path + ".json") as f:
+                results = json.load(f)["results"]
+        if name is not None:
+            results[name] = result
+        results = {key: results[key] for key in SETTINGS if key in results}
+        with open(path + ".json", "w") as f:
+            json.dump({"results": results}, f, indent=1)
+        lines = _markdown(results)
+        with open(path + ".md", "w") as f:
+            f.write("\n".join(lines))
+    return lines
+
+
+def _cell(values, alone):
+    values, alone = 100 * np.array(values), 100 * np.array(alone)
+    gain = values.mean() - alone.mean()
+    return f"{values.mean():.2f} ± {values.std():.2f} ({gain:+.2f})"
+
+
+def _markdown(results):
+    recipes = [
+        r
+        for r in RECIPES
+        if r != "alone"
+        and any(
+            r in by_recipe
+            for result in results.values()
+            for by_recipe in result["accuracies"].values()
+        )
+    ]
+    lines = [
+        "# Defaults: which recipe makes the student better?",
+        "",
+        "Test accuracy %, mean ± std (population) over "
+        "the seeds, and in parentheses the gain over the student "
+        "alone. `kd_t4_a0.1`: KD, T=4, hard-label weight alpha=0.1 (the "
+        "defaults of tfkd 0.1); `lskd`: KD on standardized logits (Sun "
+        "et al. 2024); `dist`: DIST (Huang et al. 2022, T=1). Adam 1e-3, "
+        "constant; the shorter schedule (`epochs` column) is the same run "
+        "read earlier.",
+        "",
+        "| data set | student | epochs | teacher | alone | "
+        + " | ".join(recipes)
+        + " |",
+        "|---" * (len(recipes) + 5) + "|",
+    ]
+    gains = {r: [] for r in recipes}
+    for name, result in results.items():
+        for student, by_recipe in result["accuracies"].items():
+            for epochs in sorted(by_recipe["alone"], key=int):
+                alone = by_recipe["alone"][epochs]
+                cells = []
+                for r in recipes:
+                    if r not in by_recipe:
+                        cells.append("")
+                        continue
+                    cells.append(_cell(by_recipe[r][epochs], alone))
+                    gains[r].append(
+                        100 * (np.mean(by_recipe[r][epochs]) - np.mean(alone))
+                    )
+                lines.append(
+                    f"| {name} | {student} | {epochs} | "
+                    f"{100 * result['teacher_accuracy']:.2f} | "
+                    f"{100 * np.mean(alone):.2f} ± {100 * np.std(alone):.2f}"
+                    " | " + " | ".join(cells) + " |"
+                )
+    lines += [
+        "",
+        "Gain over the student alone across all settings above (points):",
+        "",
+        "| recipe | mean gain | worst gain | settings with a gain |",
+        "|---|---|---|---|",
+    ]
+    for r in recipes:
+        g = np.array(gains[r])
+        lines.append(
+            f"| {r} | {g.mean():+.2f} | {g.min():+.2f} | "
+            f"{int((g > 0).sum())} of {len(g)} |"
+        )
+    lines.append("")
+    for name, result in results.items():
+        lines.append(
+            f"- {name}: {result['train_examples']:,} train / "
+            f"{result['test_examples']:,} test, batch "
+            f"{result['batch_size']}, teacher {result['teacher']}, "
+            f"{result['seeds']} seeds; "
+            f"{result['seconds']:.0f} s on {result['machine']}: "
+            f"`{result['command']}`"
+        )
+    return lines + [""]
+
+
+def main(argv):
+    del argv
+    tf.get_logger().setLevel("ERROR")
+    for flag, known in (
+        (_DATASETS, SETTINGS),
+        (_RECIPES, RECIPES),
+        (_STUDENTS, models.MODELS),
+    ):
+        unknown = sorted(set(flag.value) - set(known))
+        if unknown:
+            raise app.UsageError(
+                f"Unknown --{flag.name}: {unknown}. Expected some of "
+                f"{sorted(known)}."
+            )
+    if "alone" not in _RECIPES.value:
+        raise app.UsageError("--recipes must include `alone` (the baseline).")
+    if not 0 < _SHORT_EPOCHS.value <= _EPOCHS.value:
+        raise app.UsageError("Need 0 < --short_epochs <= --epochs.")
+    if _MARKDOWN_ONLY.value:
+        lines = _save(None, None)
+    for name in [] if _MARKDOWN_ONLY.value else _DATASETS.value:
+        lines = _run_dataset(name)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    app.run(main)
