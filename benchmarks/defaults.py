@@ -8,11 +8,11 @@ accuracy is read after `--short_epochs` and after `--epochs` epochs of the
 same run: with a constant learning rate (Adam 1e-3) the first is exactly a
 short schedule, the second a longer one.
 
-Teachers: mnist_5k trains `teacher_cnn` here (15 epochs, seed 0); the other
-data sets use the benchmark teachers of `benchmarks/train_teachers.py`
-(`strong_teachers.load_teacher`). Teacher outputs are cached once per data
-set (no augmentation, so caching is exact), and every recipe of a seed sees
-the same batches in the same order.
+Teachers: mnist_5k trains `teacher_cnn` here (`--teacher_epochs`, seed 0);
+the other data sets use the benchmark teachers of
+`benchmarks/train_teachers.py` (`strong_teachers.load_teacher`). Teacher
+outputs are cached once per data set (no augmentation, so caching is
+exact), and every recipe of a seed sees the same batches in the same order.
 
     python -m benchmarks.defaults                         # ~1 h on 2 cores
     python -m benchmarks.defaults --datasets=mnist_5k --seeds=1 \
@@ -85,6 +85,9 @@ _EPOCHS = flags.DEFINE_integer("epochs", 20, "The longer schedule's epochs.")
 _SHORT_EPOCHS = flags.DEFINE_integer(
     "short_epochs", 5, "The short schedule's epochs (read in the same run)."
 )
+_TEACHER_EPOCHS = flags.DEFINE_integer(
+    "teacher_epochs", 15, "Epochs of the mnist_5k teacher (trained here)."
+)
 _TRAIN_EXAMPLES = flags.DEFINE_integer(
     "train_examples", None, "Training examples kept (default: per data set)."
 )
@@ -125,7 +128,7 @@ def _teacher(name, train, test, batch_size):
         source = tf.data.Dataset.from_tensor_slices(train)
         teacher.fit(
             _shuffled(source, len(train[1]), batch_size, 0),
-            epochs=15,
+            epochs=_TEACHER_EPOCHS.value,
             verbose=0,
         )
     else:
@@ -263,6 +266,37 @@ def _cell(values, alone):
     return f"{values.mean():.2f} ± {values.std():.2f} ({gain:+.2f})"
 
 
+# The README's table: the student alone, tfkd 0.1's default, the default.
+HEADLINE = ("alone", "kd_t4_a0.1", "dist_a0.1")
+
+
+def headline(results):
+    """The README table's lines: per data set and student, at the longer
+    schedule, the accuracy of each recipe of `HEADLINE` (mean ± std over the
+    seeds)."""
+    lines = [
+        "| data set | student | teacher | alone | tfkd 0.1 (KD, T=4) "
+        "| default (DIST) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, result in results.items():
+        for student, by_recipe in result["accuracies"].items():
+            if not all(by_recipe.get(r) for r in HEADLINE):
+                continue
+            epochs = max(by_recipe["alone"], key=int)
+            cells = []
+            for recipe in HEADLINE:
+                values = 100 * np.array(by_recipe[recipe][epochs])
+                cells.append(f"{values.mean():.1f} ± {values.std():.1f}")
+            lines.append(
+                f"| {name} | {student} | "
+                f"{100 * result['teacher_accuracy']:.1f} | "
+                + " | ".join(cells)
+                + " |"
+            )
+    return lines
+
+
 def _markdown(results):
     recipes = [
         r
@@ -276,6 +310,10 @@ def _markdown(results):
     ]
     lines = [
         "# Defaults: which recipe makes the student better?",
+        "",
+        "The longer schedule (the README's table):",
+        "",
+        *headline(results),
         "",
         "Test accuracy %, mean ± std (population) over "
         "the seeds, and in parentheses the gain over the student "

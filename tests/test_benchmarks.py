@@ -63,6 +63,78 @@ def test_accuracy_benchmark_writes_table_json_and_plot(data_dir, tmp_path):
     assert os.path.getsize(tmp_path / "tiny.png") > 10_000
 
 
+def _run_module(module, *args):
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_defaults_benchmark_reads_two_schedules_and_accumulates(
+    data_dir, tmp_path
+):
+    common = [
+        "--seeds=1",
+        "--teacher_epochs=1",
+        "--epochs=2",
+        "--short_epochs=1",
+        "--students=student_mlp",
+        "--train_examples=256",
+        f"--data_dir={data_dir}",
+        f"--output_dir={tmp_path}",
+    ]
+    recipes = ["alone", "kd_t4_a0.1", "dist_a0.1"]
+    _run_module(
+        "benchmarks.defaults", "--datasets=mnist_5k", "--recipes=alone", *common
+    )
+    # A second run replaces the data set's results with its own.
+    _run_module(
+        "benchmarks.defaults",
+        "--datasets=mnist_5k",
+        f"--recipes={','.join(recipes)}",
+        *common,
+    )
+    with open(tmp_path / "defaults.json") as f:
+        (result,) = json.load(f)["results"].values()
+    accuracies = result["accuracies"]["student_mlp"]
+    assert sorted(accuracies) == sorted(recipes)
+    for by_epochs in accuracies.values():
+        assert sorted(by_epochs) == ["1", "2"]
+        assert all(len(v) == 1 and 0 <= v[0] <= 1 for v in by_epochs.values())
+    rows = _table_rows(tmp_path / "defaults.md")
+    # The README table (one row), then one row per schedule.
+    assert rows[1].startswith("| mnist_5k | student_mlp | ")
+    assert rows[1].count("±") == 3
+    mnist = [r for r in rows if r.startswith("| mnist_5k | student_mlp | ")]
+    assert len(mnist) == 3
+
+
+def test_readme_table_is_the_defaults_benchmarks_output(tmp_path):
+    """The README's accuracy table is what benchmarks/defaults.py writes
+    from the committed results, not a copy by hand."""
+    with open(os.path.join(BENCHMARKS, "results", "defaults.json")) as f:
+        committed = f.read()
+    (tmp_path / "defaults.json").write_text(committed)
+    _run_module(
+        "benchmarks.defaults", "--markdown_only", f"--output_dir={tmp_path}"
+    )
+    lines = (tmp_path / "defaults.md").read_text().splitlines()
+    start = lines.index("The longer schedule (the README's table):") + 2
+    table = lines[start : lines.index("", start)]
+    assert len(table) == 2 + 6  # header, rule, 3 data sets x 2 students
+    with open(os.path.join(REPO_ROOT, "README.md")) as f:
+        readme = f.read()
+    for line in table:
+        assert line in readme, line
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(_keras.IS_LEGACY, reason="keras.distillation: Keras 3")
 def test_step_cost_benchmark_times_every_contender(data_dir, tmp_path):
