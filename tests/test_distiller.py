@@ -130,7 +130,8 @@ def test_default_on_a_one_logit_head_is_a_sigmoid_kd():
         assert method.activation == "sigmoid"
         assert float(method.temperature) == temperature
         distiller.compile("sgd", loss="binary_crossentropy")
-        logs = distiller.evaluate(x, y % 2, return_dict=True, verbose=0)
+        labels = (y % 2).reshape(-1, 1).astype("float32")
+        logs = distiller.evaluate(x, labels, return_dict=True, verbose=0)
         assert logs["distillation_loss"] > 0
 
 
