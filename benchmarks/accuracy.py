@@ -20,10 +20,10 @@ warm-up. `dkd@0.5` is DKD with hard-label weight 0.5: the paper's
 `CE + DKD` (1:1; the overall factor 0.5 hardly matters to Adam), where the
 uniform 0.1 gives the cross-entropy a tenth of DKD's weight.
 
-    python benchmarks/accuracy.py                    # ~13 min on 2 cores
-    python benchmarks/accuracy.py --datasets=cifar10 --seeds=3 \
+    python -m benchmarks.accuracy                    # ~13 min on 2 cores
+    python -m benchmarks.accuracy --datasets=cifar10 --seeds=3 \
         --methods=alone,kd,dist,attention --output_name=accuracy_cifar10
-    python benchmarks/accuracy.py --datasets=mnist_5k --seeds=1 \
+    python -m benchmarks.accuracy --datasets=mnist_5k --seeds=1 \
         --student_epochs=2 --teacher_epochs=1        # quick
 
 Writes `benchmarks/results/accuracy.md`, `accuracy.json` and
@@ -43,8 +43,6 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tfkd  # noqa: E402
 from examples import data  # noqa: E402
@@ -328,7 +326,7 @@ def main(argv):
             )
     start = time.time()
     results = {name: _run_dataset(name) for name in _DATASETS.value}
-    command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
+    command = "python -m benchmarks.accuracy " + " ".join(sys.argv[1:])
     lines = _markdown(results, command.strip(), time.time() - start)
     print("\n".join(lines))
     os.makedirs(_OUTPUT_DIR.value, exist_ok=True)

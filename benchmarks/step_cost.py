@@ -31,8 +31,8 @@ added.
 
 Keras 3 only (`keras.distillation` does not exist in tf_keras).
 
-    python benchmarks/step_cost.py                        # ~2-3 min, 2 cores
-    python benchmarks/step_cost.py --rounds=3 --nomemory  # quick
+    python -m benchmarks.step_cost                        # ~2-3 min, 2 cores
+    python -m benchmarks.step_cost --rounds=3 --nomemory  # quick
 
 Writes `benchmarks/results/step_cost.md` and `step_cost.json`.
 """
@@ -51,8 +51,6 @@ import time  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tfkd  # noqa: E402
 from examples import data  # noqa: E402
@@ -257,7 +255,8 @@ def _memory_run(name):
 def _measure_memory(name):
     command = [
         sys.executable,
-        os.path.abspath(__file__),
+        "-m",
+        "benchmarks.step_cost",
         f"--memory_run={name}",
         f"--dataset={_DATASET.value}",
         f"--batch_size={_BATCH_SIZE.value}",
@@ -266,8 +265,9 @@ def _measure_memory(name):
         command.append(f"--data_dir={_DATA_DIR.value}")
     if _NUM_EXAMPLES.value:
         command.append(f"--num_examples={_NUM_EXAMPLES.value}")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     output = subprocess.run(
-        command, check=True, capture_output=True, text=True
+        command, check=True, capture_output=True, text=True, cwd=repo
     ).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -363,7 +363,7 @@ def main(argv):
         if _MEMORY.value
         else {}
     )
-    command = "python benchmarks/step_cost.py " + " ".join(sys.argv[1:])
+    command = "python -m benchmarks.step_cost " + " ".join(sys.argv[1:])
     lines = [
         "# Step cost of distillation",
         "",

@@ -43,8 +43,6 @@ import tensorflow as tf  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from benchmarks import strong_teachers  # noqa: E402
 from examples import training  # noqa: E402
 from tfkd import _keras  # noqa: E402
@@ -206,11 +204,7 @@ def _optimizer(recipe, total_steps):
 
 
 def _command():
-    if __spec__ is not None:  # python -m benchmarks.train_teachers
-        program = f"python -m {__spec__.name}"
-    else:
-        program = "python benchmarks/train_teachers.py"
-    return " ".join([program, *sys.argv[1:]])
+    return " ".join(["python -m benchmarks.train_teachers", *sys.argv[1:]])
 
 
 def train(dataset):

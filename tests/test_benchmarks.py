@@ -13,15 +13,28 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import REPO_ROOT
-from conftest import run_script
 
 from tfkd import _keras
 
 BENCHMARKS = os.path.join(REPO_ROOT, "benchmarks")
 
 
+def _run_module(module, *args):
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    return result.stdout
+
+
 def _run(script, *args):
-    return run_script(os.path.join(BENCHMARKS, script), *args, timeout=600)
+    """Runs `python -m benchmarks.<script> args` from the repository root."""
+    return _run_module(f"benchmarks.{script.removesuffix('.py')}", *args)
 
 
 def _table_rows(path):
@@ -61,19 +74,6 @@ def test_accuracy_benchmark_writes_table_json_and_plot(data_dir, tmp_path):
     # Two epochs on 512 digits beat chance (10%) by far.
     assert result["teacher_accuracy"] > 0.3
     assert os.path.getsize(tmp_path / "tiny.png") > 10_000
-
-
-def _run_module(module, *args):
-    result = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=REPO_ROOT,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    return result.stdout
 
 
 @pytest.mark.slow
