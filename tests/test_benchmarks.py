@@ -249,29 +249,19 @@ def test_qat_benchmark_compares_post_training_and_qat_int8(tmp_path):
     pytest.importorskip("ai_edge_litert")
     source = tmp_path / "source"
     _fake_cifar10(source)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.qat",  # As a module: no sys.path rewrite needed.
-            "--epochs=1",
-            "--qat_epochs=1",
-            "--seeds=1",
-            "--train_examples=96",
-            "--test_examples=48",
-            "--calibration_examples=16",
-            "--batch_size=32",
-            f"--source_dir={source}",
-            f"--data_dir={tmp_path / 'tfds'}",
-            f"--output_dir={tmp_path / 'out'}",
-        ],
-        cwd=REPO_ROOT,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-        capture_output=True,
-        text=True,
-        timeout=600,
+    _run_module(
+        "benchmarks.qat",
+        "--epochs=1",
+        "--qat_epochs=1",
+        "--seeds=1",
+        "--train_examples=96",
+        "--test_examples=48",
+        "--calibration_examples=16",
+        "--batch_size=32",
+        f"--source_dir={source}",
+        f"--data_dir={tmp_path / 'tfds'}",
+        f"--output_dir={tmp_path / 'out'}",
     )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     rows = _table_rows(tmp_path / "out" / "qat.md")
     names = [row.split("|")[1].strip() for row in rows[1:]]
     assert names == [
