@@ -58,6 +58,26 @@ def _cnn():
     return keras.Model(inputs, keras.layers.Dense(10)(x), name="cnn")
 
 
+def _unfused():
+    """What the converter cannot fuse: BatchNormalization after a ReLU (on
+    images, sequences and vectors) and tanh / swish activations inside
+    Conv2D and Dense layers (their inputs need ranges too)."""
+    inputs = keras.Input((28, 28, 1))
+    a = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(inputs)
+    a = keras.layers.BatchNormalization()(a)
+    a = keras.layers.Conv2D(16, 3, activation="swish")(a)
+    a = keras.layers.GlobalAveragePooling2D()(a)
+    s = keras.layers.Reshape((28, 28))(inputs)
+    s = keras.layers.Conv1D(8, 3, strides=2, activation="relu")(s)
+    s = keras.layers.BatchNormalization()(s)
+    s = keras.layers.GlobalMaxPooling1D()(s)
+    x = keras.layers.Concatenate()([a, s])
+    x = keras.layers.Dense(256, activation="tanh")(x)
+    x = keras.layers.Dense(128, activation="relu")(x)
+    x = keras.layers.BatchNormalization()(x)
+    return keras.Model(inputs, keras.layers.Dense(10)(x), name="unfused")
+
+
 def _teacher(x, y):
     keras.utils.set_random_seed(1)
     inputs = keras.Input((28, 28, 1))
@@ -109,7 +129,9 @@ def _check_int8_file(student, float_student, x_test, y_test):
     return int8, keras_accuracy
 
 
-@pytest.mark.parametrize("build", [_mlp, _cnn], ids=["mlp", "cnn"])
+@pytest.mark.parametrize(
+    "build", [_mlp, _cnn, _unfused], ids=["mlp", "cnn", "unfused"]
+)
 def test_distilled_qat_student_exports_a_full_integer_file(
     build, mnist, teacher
 ):
@@ -500,8 +522,11 @@ def test_a_layer_called_twice_keeps_one_set_of_weights():
     clone = student.get_layer("shared")
     assert isinstance(clone, _layers.QuantizedDense)
     assert len([x for x in student.layers if x.name == "shared"]) == 1
-    # A shared BatchNormalization is not folded into one of its calls.
-    assert isinstance(student.get_layer("bn"), keras.layers.BatchNormalization)
+    # A shared BatchNormalization is not folded into one of its calls: both
+    # share one per-channel affine (a 1x1 depthwise convolution).
+    affine = student.get_layer("bn")
+    assert isinstance(affine, _layers.QuantizedDepthwiseConv2D)
+    assert len([x for x in student.layers if x.name == "bn"]) == 1
     rng = np.random.default_rng(0)
     x = [rng.normal(size=(32, 6)).astype("float32") for _ in range(2)]
     y = rng.integers(0, 2, 32).astype("int32")

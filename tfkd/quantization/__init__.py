@@ -58,12 +58,20 @@ def quantize_aware(model, *, layers=None, custom_objects=None):
     ```
 
     Keras 3: tfkd's own rewrite. BatchNormalization following a convolution
-    or Dense layer is folded into it (as TFLite folds it); Dense, Conv1D,
+    or Dense layer is folded into it (as TFLite folds it); another one (after
+    a ReLU, shared by several calls) becomes a per-channel scale and offset
+    on its frozen moving statistics, which still trains; Dense, Conv1D,
     Conv2D and DepthwiseConv2D kernels are fake-quantized; ranges sit at the
-    input, after each activation, Add and pooling, and are shared by the
-    inputs of a Concatenate; each range starts from the first training batch
-    (before any training, each batch's own range is used). Other layers with
-    weights stay float and are listed in one warning.
+    input, after each activation (and before a tanh, gelu, swish, ... that
+    the converter keeps as an op of its own), Add and pooling, and are
+    shared by the inputs of a Concatenate; each range starts from the first
+    training batch (before any training, each batch's own range is used).
+    Other layers with weights (e.g. LayerNormalization) stay float and are
+    listed in one warning: their inner tensors have no learned range, so
+    `to_tflite(model, "int8", representative_data)` calibrates them (the
+    learned ranges are kept). QAT fine-tunes a trained float model: from a
+    random initialization, the first batch's ranges can be far from the
+    trained ones.
 
     tf_keras: TFMOT's `quantize_model` (TFMOT's default 8-bit scheme); with
     `layers=`, the others are left out with `quantize_annotate_layer` +

@@ -8,7 +8,14 @@ copied, so the original is untouched:
   consumer, channels last) is folded into that layer's kernel and bias, as
   the TFLite converter folds it, so what trains is what ships;
 - Dense, Conv1D, Conv2D, DepthwiseConv2D become their `Quantized*` layers
-  (`_layers.py`): int8 kernels, per channel for convolutions;
+  (`_layers.py`): int8 kernels, per channel for convolutions; an activation
+  the converter does not fuse (tanh, gelu, swish, ...) is split off into an
+  `Activation` layer, with a range on its input;
+- a BatchNormalization that cannot be folded (after a ReLU, shared, ...),
+  Rescaling and Normalization become a 1x1 depthwise convolution (reshaped
+  around for vectors and sequences), which the converter quantizes whole;
+  the BatchNormalization's moving statistics are frozen, its scale and
+  offset still train;
 - a `FakeQuant` range is placed on every tensor that an int8 TFLite model
   quantizes: the float inputs, the output of each nonlinear activation, and
   each tensor where it is consumed by a layer that is not its fused
@@ -130,12 +137,27 @@ def _clone(layer, cls=None, **overrides):
         ) from error
 
 
-def _affine(layer, channels):
-    """`(scale, offset)` per channel if `layer` is an elementwise affine
-    preprocessing layer (Rescaling; Normalization, not inverted) on the last
-    axis, else None."""
+def _affine(layer, shape):
+    """`(scale, offset)` per channel if `layer` is elementwise affine on the
+    last axis of inputs of `shape` at inference (Rescaling; Normalization,
+    not inverted; a BatchNormalization on its moving statistics), else
+    None."""
     kind = type(layer).__name__
-    if kind == "Rescaling":
+    channels = shape[-1]
+    if channels is None:
+        return None
+    if isinstance(layer, keras.layers.BatchNormalization):
+        if layer.axis not in (-1, len(shape) - 1):
+            return None
+        scale = 1.0 / np.sqrt(
+            np.asarray(layer.moving_variance, np.float64) + layer.epsilon
+        )
+        if layer.scale:
+            scale = scale * np.asarray(layer.gamma, np.float64)
+        offset = -np.asarray(layer.moving_mean, np.float64) * scale
+        if layer.center:
+            offset = offset + np.asarray(layer.beta, np.float64)
+    elif kind == "Rescaling":
         scale = np.asarray(layer.scale, np.float64)
         offset = np.asarray(layer.offset, np.float64)
     elif kind == "Normalization" and not layer.invert:
@@ -203,6 +225,7 @@ class _Rewriter:
         # id(original layer) -> its clone: a layer called at several places
         # of the graph keeps one set of weights.
         self.clones = {}
+        self.activations = {}  # id(original layer) -> its split activation
 
     def selected(self, layer):
         return self.layers is None or id(layer) in self.layers
@@ -338,21 +361,26 @@ class _Rewriter:
             groups[key] = (name, key in outputs)
         return groups
 
+    def unique(self, base):
+        """`base`, or `base_2`, ...: a layer name not yet in the model."""
+        name, count = base, 1
+        while name in self.names:
+            count += 1
+            name = f"{base}_{count}"
+        self.names.add(name)
+        return name
+
     def fake_quant(self, name, dtype):
         """A `FakeQuant` layer for a tensor of `dtype`, uniquely named.
 
         Its dtype policy follows the tensor (a mixed-precision student's
         float16 tensors), not the global policy.
         """
-        base, count = f"{name}_quant", 1
-        unique = base
-        while unique in self.names:
-            count += 1
-            unique = f"{base}_{count}"
-        self.names.add(unique)
         policy = _MIXED_POLICIES.get(str(dtype), "float32")
         return _layers.FakeQuant(
-            momentum=self.momentum, name=unique, dtype=policy
+            momentum=self.momentum,
+            name=self.unique(f"{name}_quant"),
+            dtype=policy,
         )
 
     def step(self, layer, args, kwargs, outs, batch_norm, sole_consumer):
@@ -371,33 +399,17 @@ class _Rewriter:
         def raw_inputs():
             return mapped(lambda t: self.new[id(t)][0])
 
-        quantize_output = False
+        quantize_output = split = False
         affine = None
+        rank = len(getattr(tensors[0], "shape", ())) if tensors else 0
         if (
             len(tensors) == 1
-            and len(getattr(tensors[0], "shape", ())) == 4
+            and 2 <= rank <= 4
             and keras.config.image_data_format() == "channels_last"
         ):
-            affine = _affine(layer, tensors[0].shape[-1])
+            affine = _affine(layer, tensors[0].shape)
         if affine is not None:
-            # Rescaling / Normalization as a frozen 1x1 depthwise
-            # convolution, which the int8 converter quantizes (an
-            # elementwise op with float constants stays float).
-            clone, new = self.clone_once(
-                layer,
-                lambda: _layers.QuantizedDepthwiseConv2D(
-                    1,
-                    name=layer.name,
-                    trainable=False,
-                    dtype=layer.dtype_policy,
-                ),
-            )
-            (inputs,) = quantized_inputs()[0]
-            result = clone(inputs)
-            if new:
-                scale, offset = affine
-                clone.set_weights([scale.reshape(1, 1, -1, 1), offset])
-            self.new[id(outs[0])] = [result, False]
+            self.affine_step(layer, quantized_inputs()[0][0], outs, affine)
             return
         if isinstance(layer, keras.Model):
             clone, _ = self.clone_once(layer, lambda: self.nested(layer))
@@ -407,6 +419,11 @@ class _Rewriter:
             call_args, out_quantized = quantized_inputs(), False
         elif type(layer) in _layers.QUANTIZED and self.selected(layer):
             overrides = {"use_bias": True} if batch_norm is not None else {}
+            # The converter keeps a tanh, gelu, ... as an op of its own,
+            # whose input needs a range too: the activation is split off.
+            split = activation not in (None, *_FUSED_ACTIVATIONS)
+            if split:
+                overrides["activation"] = "linear"
             clone, new = self.clone_once(
                 layer,
                 lambda: _clone(
@@ -445,10 +462,60 @@ class _Rewriter:
                 quantize_output = activation is not None
         call_args, call_kwargs = call_args
         result = clone(*call_args, **call_kwargs)
+        if split:
+            if id(layer) not in self.activations:
+                self.activations[id(layer)] = keras.layers.Activation(
+                    layer.get_config()["activation"],
+                    name=self.unique(f"{layer.name}_activation"),
+                    dtype=layer.dtype_policy,
+                )
+            linear = self.fake_quant(f"{layer.name}_linear", result.dtype)
+            result = self.activations[id(layer)](linear(result))
         for old, new in zip(outs, keras.tree.flatten(result)):
             self.new[id(old)] = [new, out_quantized]
             if quantize_output:
                 self.quantized(old, layer.name)
+
+    def affine_step(self, layer, inputs, outs, affine):
+        """An affine layer as a 1x1 depthwise convolution, which the int8
+        converter quantizes whole (an elementwise op with float constants
+        would stay float); rank 2 and 3 inputs are reshaped around it.
+
+        Rescaling and Normalization are frozen; a BatchNormalization (not
+        folded into a layer before it) keeps its trainability: its moving
+        statistics are frozen in the kernel, its scale and offset train.
+        """
+        batch_norm = isinstance(layer, keras.layers.BatchNormalization)
+        clone, new = self.clone_once(
+            layer,
+            lambda: _layers.QuantizedDepthwiseConv2D(
+                1,
+                name=layer.name,
+                trainable=batch_norm and layer.trainable,
+                dtype=layer.dtype_policy,
+            ),
+        )
+        shape = tuple(inputs.shape[1:])
+        if len(shape) == 3:
+            result = clone(inputs)
+            quantized = False
+        else:
+            image = (-1, 1, shape[-1]) if len(shape) == 2 else (1, 1, shape[-1])
+            reshape = keras.layers.Reshape(
+                image, name=self.unique(f"{layer.name}_to_4d")
+            )
+            result = self.fake_quant(layer.name, inputs.dtype)(
+                clone(reshape(inputs))
+            )
+            back = (-1, shape[-1]) if len(shape) == 2 else (shape[-1],)
+            result = keras.layers.Reshape(
+                back, name=self.unique(f"{layer.name}_back")
+            )(result)
+            quantized = True
+        if new:
+            scale, offset = affine
+            clone.set_weights([scale.reshape(1, 1, -1, 1), offset])
+        self.new[id(outs[0])] = [result, quantized]
 
     def clone_once(self, layer, make):
         """`(clone, new)`: the one clone of `layer`, made on first use."""
