@@ -5,6 +5,7 @@ re-run themselves under tf_keras) on tiny settings: one epoch, a few hundred
 mnist_5k digits, prepared once in a temporary TFDS folder.
 """
 
+import importlib.util
 import json
 import os
 import re
@@ -597,3 +598,30 @@ def test_pipeline_writes_the_four_row_table(data_dir, tmp_path):
     assert training.load_model(
         str(tmp_path / "student.keras")
     ).count_params() == (25_450)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_keras.IS_LEGACY, reason="--tfmot re-runs from Keras 3")
+def test_pipeline_tfmot_flag_reruns_under_tf_keras(data_dir, tmp_path):
+    # Not imported here: importing TFMOT sets TF_USE_LEGACY_KERAS=1 in this
+    # process, which the script would inherit.
+    if importlib.util.find_spec("tensorflow_model_optimization") is None:
+        pytest.skip("needs tensorflow-model-optimization")
+    stdout = _run(
+        "pipeline",
+        f"--output_dir={tmp_path}",
+        f"--data_dir={data_dir}",
+        "--teacher_epochs=1",
+        "--student_epochs=1",
+        "--qat_epochs=1",
+        "--seeds=1",
+        "--calibration_examples=64",
+        "--qat",
+        "--tfmot",
+        *TINY,
+    )
+    assert "re-running with TF_USE_LEGACY_KERAS=1" in stdout
+    with open(tmp_path / "results.json") as f:
+        results = json.load(f)
+    assert results["keras"] == "tf_keras"
+    assert results["rows"][-1]["tflite"] == "int8"
