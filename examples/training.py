@@ -178,8 +178,32 @@ def make_distiller(
     return compile_model(distiller, learning_rate, jit_compile)
 
 
+class EpochLine(keras.callbacks.Callback):
+    """Prints one line per epoch: `epoch 3/60: loss 0.311, val_loss 0.48`.
+
+    Keras' `verbose=2` prints two (an "Epoch 3/60" header and the logs).
+    """
+
+    def __init__(self, epochs):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        values = ", ".join(
+            f"{k} {float(v):.4g}" for k, v in (logs or {}).items()
+        )
+        print(f"epoch {epoch + 1}/{self.epochs}: {values}", flush=True)
+
+
 def fit(model, train, test, *, epochs, steps_per_epoch=None, **kwargs):
-    """`model.fit` validated on `test`; returns the history as a dict."""
+    """`model.fit` validated on `test`; returns the history as a dict.
+
+    `verbose=2` prints one line per epoch (`EpochLine`).
+    """
+    if kwargs.get("verbose") == 2:
+        kwargs["verbose"] = 0
+        callbacks = list(kwargs.get("callbacks") or [])
+        kwargs["callbacks"] = callbacks + [EpochLine(epochs)]
     history = model.fit(
         train,
         validation_data=test,
@@ -258,8 +282,9 @@ def compress(
     Pruning (magnitude, polynomial schedule reaching `target_sparsity` at 70%
     of the steps) then quantization-aware training, each distilled from
     `teacher` with KD; then full-integer int8 TFLite calibrated on
-    `calibration`, evaluated with LiteRT on `test`. QAT and pruning need
-    tf_keras (TFMOT). Without either: post-training int8 (either Keras).
+    `calibration`, evaluated with LiteRT on `test`. Pruning needs tf_keras
+    (TFMOT); QAT runs in either mode (Keras 3: tfkd's own). Without either:
+    post-training int8.
     QAT after pruning retrains every weight, zeros included.
 
     Returns:

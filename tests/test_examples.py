@@ -579,6 +579,9 @@ def test_pipeline_writes_the_four_row_table(data_dir, tmp_path):
     stdout = result.stdout
     assert "cpu_feature_guard" not in result.stderr
     assert "re-running" not in stdout
+    # --verbose=2: one line per epoch, not Keras' header + logs.
+    assert "epoch 1/1: " in stdout and "Epoch 1/1" not in stdout
+    assert stdout.count("val_accuracy") >= 5  # teacher, students, QAT
     for stage in range(1, 5):
         assert f"[{stage}/4]" in stdout
     with open(tmp_path / "results.md") as f:
