@@ -557,6 +557,16 @@ def test_distill_multi_worker_matches_one_process(
     np.testing.assert_allclose(losses_together, losses_alone, rtol=1e-4)
 
 
+TINY_PIPELINE = [
+    "--teacher_epochs=1",
+    "--student_epochs=1",
+    "--qat_epochs=1",
+    "--calibration_examples=64",
+    "--qat",
+    *TINY,
+]
+
+
 @pytest.mark.slow
 def test_pipeline_writes_the_four_row_table(data_dir, tmp_path):
     # QAT in the mode it was started in: no re-run under tf_keras. Run as a
@@ -566,13 +576,8 @@ def test_pipeline_writes_the_four_row_table(data_dir, tmp_path):
         "pipeline",
         f"--output_dir={tmp_path}",
         f"--data_dir={data_dir}",
-        "--teacher_epochs=1",
-        "--student_epochs=1",
-        "--qat_epochs=1",
+        *TINY_PIPELINE,
         "--seeds=2",
-        "--calibration_examples=64",
-        "--qat",
-        *TINY,
         env={"TF_CPP_MIN_LOG_LEVEL": None},
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
@@ -614,14 +619,9 @@ def test_pipeline_tfmot_flag_reruns_under_tf_keras(data_dir, tmp_path):
         "pipeline",
         f"--output_dir={tmp_path}",
         f"--data_dir={data_dir}",
-        "--teacher_epochs=1",
-        "--student_epochs=1",
-        "--qat_epochs=1",
+        *TINY_PIPELINE,
         "--seeds=1",
-        "--calibration_examples=64",
-        "--qat",
         "--tfmot",
-        *TINY,
     )
     assert "re-running with TF_USE_LEGACY_KERAS=1" in stdout
     with open(tmp_path / "results.json") as f:
