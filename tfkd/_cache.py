@@ -6,6 +6,8 @@ The public names are re-exported by `tfkd.teachers` (and
 `teacher_outputs` method.
 """
 
+from __future__ import annotations
+
 import itertools
 import json
 import os
@@ -50,8 +52,13 @@ def is_distiller(teacher):
 
 
 def cache_teacher_outputs(
-    teacher, dataset, cache_dir=None, *, top_k=None, verbose=1
-):
+    teacher: keras.Model,
+    dataset: tf.data.Dataset,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    top_k: int | None = None,
+    verbose: int = 1,
+) -> tf.data.Dataset:
     """Runs the teacher once over `dataset`; returns data that carries it.
 
     Each element of the returned dataset is

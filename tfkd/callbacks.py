@@ -11,8 +11,12 @@ resumed by `keras.callbacks.BackupAndRestore`, which restores the variables
 as they were when it stopped, gets the values of an uninterrupted run.
 """
 
+from __future__ import annotations
+
 import math
 import numbers
+from collections.abc import Callable
+from typing import Any
 
 from tfkd._keras import keras
 from tfkd.distiller import Distiller
@@ -84,7 +88,14 @@ class HyperparameterSchedule(keras.callbacks.Callback):
     def _allowed(value):
         return math.isfinite(value)
 
-    def __init__(self, target, schedule, *, per_step=False, name=None):
+    def __init__(
+        self,
+        target: Any,
+        schedule: Callable[[int], float],
+        *,
+        per_step: bool = False,
+        name: str | None = None,
+    ):
         super().__init__()
         if not callable(schedule):
             raise TypeError(
@@ -162,7 +173,9 @@ class AlphaSchedule(HyperparameterSchedule):
 
     _rule = "in [0, 1]"
 
-    def __init__(self, schedule, *, per_step=False):
+    def __init__(
+        self, schedule: Callable[[int], float], *, per_step: bool = False
+    ):
         super().__init__(
             lambda distiller: distiller.alpha,
             schedule,
@@ -188,7 +201,9 @@ class TemperatureSchedule(HyperparameterSchedule):
 
     _rule = "finite and > 0"
 
-    def __init__(self, schedule, *, per_step=False):
+    def __init__(
+        self, schedule: Callable[[int], float], *, per_step: bool = False
+    ):
         def temperatures(distiller):
             found = [
                 loss.temperature
@@ -235,7 +250,13 @@ class LossWeightSchedule(HyperparameterSchedule):
 
     _rule = "finite and >= 0"
 
-    def __init__(self, index, schedule, *, per_step=False):
+    def __init__(
+        self,
+        index: int,
+        schedule: Callable[[int], float],
+        *,
+        per_step: bool = False,
+    ):
         index = _check_index("LossWeightSchedule", index)
         self.index = index
 
@@ -277,7 +298,7 @@ class LinearWarmup(keras.callbacks.Callback):
         ...               callbacks=[tfkd.callbacks.LinearWarmup(20)])
     """
 
-    def __init__(self, warmup_epochs, index=None):
+    def __init__(self, warmup_epochs: int, index: int | None = None):
         super().__init__()
         if not isinstance(warmup_epochs, numbers.Real) or isinstance(
             warmup_epochs, bool

@@ -1,5 +1,11 @@
 """`tfkd.Distiller`: train a student from a frozen teacher with `fit`."""
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
+
 import tensorflow as tf
 
 from tfkd import _augment
@@ -130,15 +136,17 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
 
     def __init__(
         self,
-        teacher,
-        student,
-        distillation_loss=None,
+        teacher: keras.Model
+        | Sequence[keras.Model | tuple[keras.Model, float]]
+        | dict[keras.Model, float],
+        student: keras.Model,
+        distillation_loss: Any = None,
         *,
-        alpha=0.1,
-        temperature=None,
-        augment=None,
-        mixup=0.0,
-        **kwargs,
+        alpha: float = 0.1,
+        temperature: float | None = None,
+        augment: keras.layers.Layer | Callable[..., Any] | None = None,
+        mixup: float = 0.0,
+        **kwargs: Any,
     ):
         kwargs.setdefault("name", "distiller")
         super().__init__(**kwargs)
@@ -321,13 +329,19 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
             )
 
     @property
-    def base_alpha(self):
+    def base_alpha(self) -> float:
         """`alpha` as configured (a schedule may change `distiller.alpha`)."""
         return self._base_alpha
 
     # Keras API.
 
-    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
+    def compile(
+        self,
+        optimizer: str | keras.optimizers.Optimizer = "rmsprop",
+        loss: Any = None,
+        metrics: Any = None,
+        **kwargs: Any,
+    ) -> None:
         """Configures training; `loss` is the student's hard-label loss.
 
         Args:
@@ -414,7 +428,7 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
                 student.optimizer, student.trainable_variables
             )
 
-    def get_compile_config(self):
+    def get_compile_config(self) -> dict | None:
         """What `compile` got, so that `keras.models.load_model` recompiles
         the Distiller (and then restores its optimizer's state)."""
         if self._compile_arguments is None or not _keras.is_compiled(self):
@@ -427,7 +441,7 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         config["optimizer"] = serialize(self.optimizer)
         return config
 
-    def compile_from_config(self, config):
+    def compile_from_config(self, config: dict) -> None:
         """Recompiles from `get_compile_config()`; builds the optimizer so
         that its saved state (iterations, moments) can be loaded."""
         deserialize = keras.saving.deserialize_keras_object
@@ -437,7 +451,12 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         if self.built:
             self.optimizer.build(self.trainable_variables)
 
-    def fit(self, *args, callbacks=None, **kwargs):
+    def fit(
+        self,
+        *args: Any,
+        callbacks: Sequence[keras.callbacks.Callback] | None = None,
+        **kwargs: Any,
+    ) -> keras.callbacks.History:
         """`keras.Model.fit`, plus two callbacks.
 
         With `validation_data`, the teacher's validation loss and metrics
@@ -454,18 +473,18 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
     @property
-    def metrics(self):
+    def metrics(self) -> list:
         return [
             self._loss_tracker_total,
             self._student_loss_tracker,
             self._distillation_loss_tracker,
         ] + _keras.compiled_metrics(self)
 
-    def call(self, inputs, training=False):
+    def call(self, inputs: Any, training: bool = False) -> Any:
         inputs, _ = self._split_inputs(inputs)
         return self.student(inputs, training=training)
 
-    def train_step(self, data):
+    def train_step(self, data: Any) -> dict:
         x, y, sample_weight = _keras.unpack_x_y_sample_weight(data)
         x, teacher_outputs = self._split_inputs(x)
         x, mix = _augment.augment_batch(
@@ -492,7 +511,7 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         self.optimizer.apply_gradients(zip(gradients, variables))
         return self._metrics_result(x, y, student_outputs[0], sample_weight)
 
-    def test_step(self, data):
+    def test_step(self, data: Any) -> dict:
         x, y, sample_weight = _keras.unpack_x_y_sample_weight(data)
         x, teacher_outputs = self._split_inputs(x)
         if teacher_outputs is None:
@@ -506,16 +525,16 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         return self._metrics_result(x, y, student_outputs[0], sample_weight)
 
     @property
-    def teacher_taps(self):
+    def teacher_taps(self) -> list[str]:
         """Names of the teacher layers that the methods read, sorted."""
         return list(self._teacher_taps)
 
     @property
-    def base_loss_weights(self):
+    def base_loss_weights(self) -> tuple[float, ...]:
         """The methods' weights as configured (schedules scale these)."""
         return tuple(weight for _, weight in self._loss_entries)
 
-    def teacher_outputs(self, x):
+    def teacher_outputs(self, x: Any) -> tuple[Any, dict[str, tf.Tensor]]:
         """The teacher's `(outputs, {layer_name: features})` for inputs `x`.
 
         One forward pass in inference mode, with the gradient stopped. This is
@@ -525,7 +544,7 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         outputs, features = self._teacher_tapped(x, training=False)
         return tf.nest.map_structure(tf.stop_gradient, (outputs, features))
 
-    def get_config(self):
+    def get_config(self) -> dict:
         serialize = keras.saving.serialize_keras_object
         return {
             "name": self.name,
@@ -543,7 +562,9 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         }
 
     @classmethod
-    def from_config(cls, config, custom_objects=None):
+    def from_config(
+        cls, config: dict, custom_objects: dict | None = None
+    ) -> Distiller:
         config = dict(config)
         deserialize = keras.saving.deserialize_keras_object
         for key in ("teacher", "student"):

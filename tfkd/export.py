@@ -15,16 +15,21 @@ Conversion routes, one per Keras:
   quantization-aware models; with `input_signature`, a concrete function.
 """
 
+from __future__ import annotations
+
 import os
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from tfkd import _keras
 from tfkd import quantization as _quantization
+from tfkd._keras import keras
 
 QUANTIZATIONS = (None, "float16", "dynamic", "int8")
 _NUMPY_BATCH = 32
@@ -136,13 +141,16 @@ def _check_fully_integer(content, model):
 
 
 def to_tflite(
-    model,
-    quantization=None,
-    representative_data=None,
+    model: keras.Model,
+    quantization: str | None = None,
+    representative_data: tf.data.Dataset
+    | np.ndarray
+    | Sequence[np.ndarray]
+    | None = None,
     *,
-    output_path=None,
-    input_signature=None,
-    **converter_kwargs,
+    output_path: str | os.PathLike | None = None,
+    input_signature: Sequence[tf.TensorSpec] | None = None,
+    **converter_kwargs: Any,
 ) -> bytes:
     """Converts a Keras model to a TFLite (LiteRT) flatbuffer.
 
@@ -349,7 +357,13 @@ class _Runner:
         )
 
 
-def predict_tflite(model, x, *, batch_size=64, num_threads=None) -> np.ndarray:
+def predict_tflite(
+    model: bytes | str | os.PathLike,
+    x: np.ndarray,
+    *,
+    batch_size: int = 64,
+    num_threads: int | None = None,
+) -> np.ndarray:
     """Runs a `.tflite` model with LiteRT and returns float outputs.
 
     int8 inputs are quantized and int8 outputs dequantized with the model's
@@ -408,7 +422,12 @@ def _labels(y, outputs):
 
 
 def evaluate_tflite(
-    model, data, *, num_threads=None, latency_examples=100, warmup=5
+    model: bytes | str | os.PathLike,
+    data: tf.data.Dataset | Sequence[np.ndarray],
+    *,
+    num_threads: int | None = None,
+    latency_examples: int = 100,
+    warmup: int = 5,
 ) -> dict:
     """Accuracy, latency and size of a `.tflite` classifier run by LiteRT.
 

@@ -4,6 +4,10 @@ The cache (`cache_teacher_outputs` and its format: `INPUTS_KEY`,
 `TEACHER_OUTPUTS_KEY`, `split_inputs`) is implemented in `tfkd._cache`.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 import numpy as np
 
 from tfkd import _keras
@@ -22,7 +26,11 @@ __all__ = [
 ]
 
 
-def ensemble(teachers, name="teacher_ensemble"):
+def ensemble(
+    teachers: Sequence[keras.Model | tuple[keras.Model, float]]
+    | dict[keras.Model, float],
+    name: str = "teacher_ensemble",
+) -> keras.Model:
     """One frozen teacher whose logits average several teachers' logits.
 
     ```

@@ -1,6 +1,9 @@
 """The base class that makes a distillation term usable by `tfkd.Distiller`."""
 
+from __future__ import annotations
+
 import math
+from typing import Any
 
 import tensorflow as tf
 
@@ -84,7 +87,12 @@ class DistillationLoss(keras.losses.Loss):
     _may_be_zero = ()
 
     def __init__(
-        self, *, teacher_layer=None, student_layer=None, name=None, **kwargs
+        self,
+        *,
+        teacher_layer: str | None = None,
+        student_layer: str | None = None,
+        name: str | None = None,
+        **kwargs: Any,
     ):
         kwargs.setdefault("reduction", "sum_over_batch_size")
         super().__init__(name=name, **kwargs)
@@ -113,7 +121,7 @@ class DistillationLoss(keras.losses.Loss):
             self._configured[name] = value
             setattr(self, name, hyperparameter(name, value))
 
-    def base_value(self, name):
+    def base_value(self, name: str) -> float:
         """The value of hyper-parameter `name` given to the constructor.
 
         The attribute of the same name is a variable that schedules (e.g.
@@ -141,12 +149,17 @@ class DistillationLoss(keras.losses.Loss):
             )
         return self._configured[name]
 
-    def compute(self, teacher, student, labels=None):
+    def compute(
+        self,
+        teacher: tf.Tensor,
+        student: tf.Tensor,
+        labels: tf.Tensor | None = None,
+    ) -> tf.Tensor:
         """Returns `(batch, ...)` per-example values, or a scalar if
         relational."""
         raise NotImplementedError
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
         if self.requires_labels:
             raise ValueError(
                 f"{type(self).__name__} needs the labels: use it inside "
@@ -159,7 +172,7 @@ class DistillationLoss(keras.losses.Loss):
             return tf.reshape(value, [1])
         return value
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         if self.teacher_layer is not None:
             config.update(
@@ -171,5 +184,5 @@ class DistillationLoss(keras.losses.Loss):
         return config
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict) -> DistillationLoss:
         return cls(**config)

@@ -3,6 +3,8 @@
 Same conventions as `_logits.py`. Feature maps are NHWC.
 """
 
+from __future__ import annotations
+
 import numpy as np
 import tensorflow as tf
 
@@ -22,7 +24,9 @@ def hint_loss_per_example(teacher_features, student_features):
     return tf.reduce_mean(tf.square(_flatten(student - teacher)), axis=-1)
 
 
-def hint_loss(teacher_features, student_features):
+def hint_loss(
+    teacher_features: tf.Tensor, student_features: tf.Tensor
+) -> tf.Tensor:
     """FitNets hint: mean squared error between feature maps.
 
     ```
@@ -129,7 +133,12 @@ def attention_transfer_loss_per_example(
     return tf.reduce_mean(tf.square(difference), axis=-1)
 
 
-def attention_transfer_loss(teacher_features, student_features, *, p=2):
+def attention_transfer_loss(
+    teacher_features: tf.Tensor,
+    student_features: tf.Tensor,
+    *,
+    p: float = 2,
+) -> tf.Tensor:
     """Attention transfer between NHWC feature maps.
 
     ```
@@ -169,7 +178,9 @@ def attention_transfer_loss(teacher_features, student_features, *, p=2):
     )
 
 
-def similarity_preserving_loss(teacher_features, student_features):
+def similarity_preserving_loss(
+    teacher_features: tf.Tensor, student_features: tf.Tensor
+) -> tf.Tensor:
     """Similarity-preserving KD: match the batch's normalised Gram matrices.
 
     ```
@@ -231,12 +242,12 @@ def _smooth_l1(x):
 
 
 def rkd_loss(
-    teacher_features,
-    student_features,
+    teacher_features: tf.Tensor,
+    student_features: tf.Tensor,
     *,
-    distance_weight=25.0,
-    angle_weight=50.0,
-):
+    distance_weight: float | tf.Variable = 25.0,
+    angle_weight: float | tf.Variable = 50.0,
+) -> tf.Tensor:
     """Relational KD: distances and angles between the batch's embeddings.
 
     ```
@@ -297,7 +308,12 @@ def rkd_loss(
     )
 
 
-def pkt_loss(teacher_features, student_features, *, eps=1e-7):
+def pkt_loss(
+    teacher_features: tf.Tensor,
+    student_features: tf.Tensor,
+    *,
+    eps: float = 1e-7,
+) -> tf.Tensor:
     """Probabilistic knowledge transfer: match cosine-kernel distributions.
 
     ```

@@ -9,6 +9,8 @@ position, shape `logits.shape[:-1]`, so that `tfkd.Distiller` can apply
 sample weights and scale by the global batch under `tf.distribute`.
 """
 
+from __future__ import annotations
+
 import tensorflow as tf
 
 from tfkd.losses import _checks
@@ -69,13 +71,13 @@ def kd_loss_per_example(
 
 
 def kd_loss(
-    teacher_logits,
-    student_logits,
+    teacher_logits: tf.Tensor,
+    student_logits: tf.Tensor,
     *,
-    temperature=4.0,
-    standardize=False,
-    activation="softmax",
-):
+    temperature: float | tf.Variable = 4.0,
+    standardize: bool = False,
+    activation: str = "softmax",
+) -> tf.Tensor:
     """Hinton knowledge distillation: temperature-softened KL divergence.
 
     With `activation="softmax"` (one class per example):
@@ -166,14 +168,14 @@ def dkd_loss_per_example(
 
 
 def dkd_loss(
-    teacher_logits,
-    student_logits,
-    labels,
+    teacher_logits: tf.Tensor,
+    student_logits: tf.Tensor,
+    labels: tf.Tensor,
     *,
-    alpha=1.0,
-    beta=8.0,
-    temperature=4.0,
-):
+    alpha: float | tf.Variable = 1.0,
+    beta: float | tf.Variable = 8.0,
+    temperature: float | tf.Variable = 4.0,
+) -> tf.Tensor:
     """Decoupled knowledge distillation: target and non-target KD.
 
     ```
@@ -276,14 +278,14 @@ def _weighted_dist_terms(y_s, y_t, sample_weight):
 
 
 def dist_loss(
-    teacher_logits,
-    student_logits,
+    teacher_logits: tf.Tensor,
+    student_logits: tf.Tensor,
     *,
-    beta=1.0,
-    gamma=1.0,
-    temperature=1.0,
-    sample_weight=None,
-):
+    beta: float | tf.Variable = 1.0,
+    gamma: float | tf.Variable = 1.0,
+    temperature: float | tf.Variable = 1.0,
+    sample_weight: tf.Tensor | None = None,
+) -> tf.Tensor:
     """DIST: inter-class and intra-class Pearson relations of predictions.
 
     ```

@@ -5,6 +5,10 @@ Each class declares its float hyper-parameters once, in `_hyperparameters`
 their schedulable variables and `get_config`.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 from tfkd._keras import register_serializable
 from tfkd.losses import _checks
 from tfkd.losses import _features
@@ -48,11 +52,11 @@ class KD(DistillationLoss):
 
     def __init__(
         self,
-        temperature=4.0,
-        standardize=False,
-        activation="softmax",
-        name="kd",
-        **kwargs,
+        temperature: float = 4.0,
+        standardize: bool = False,
+        activation: str = "softmax",
+        name: str = "kd",
+        **kwargs: Any,
     ):
         super().__init__(name=name, **kwargs)
         self._set_hyperparameters(temperature=temperature)
@@ -115,7 +119,12 @@ class DKD(DistillationLoss):
     _may_be_zero = ("alpha", "beta")
 
     def __init__(
-        self, alpha=1.0, beta=8.0, temperature=4.0, name="dkd", **kwargs
+        self,
+        alpha: float = 1.0,
+        beta: float = 8.0,
+        temperature: float = 4.0,
+        name: str = "dkd",
+        **kwargs: Any,
     ):
         super().__init__(name=name, **kwargs)
         self._set_hyperparameters(
@@ -159,7 +168,12 @@ class DIST(DistillationLoss):
     _may_be_zero = ("beta", "gamma")
 
     def __init__(
-        self, beta=1.0, gamma=1.0, temperature=1.0, name="dist", **kwargs
+        self,
+        beta: float = 1.0,
+        gamma: float = 1.0,
+        temperature: float = 1.0,
+        name: str = "dist",
+        **kwargs: Any,
     ):
         super().__init__(name=name, **kwargs)
         self._set_hyperparameters(
@@ -213,7 +227,11 @@ class FitNets(DistillationLoss):
     requires_matching_width = True
 
     def __init__(
-        self, teacher_layer=None, student_layer=None, name="fitnets", **kwargs
+        self,
+        teacher_layer: str | None = None,
+        student_layer: str | None = None,
+        name: str = "fitnets",
+        **kwargs: Any,
     ):
         super().__init__(
             teacher_layer=teacher_layer,
@@ -266,11 +284,11 @@ class AttentionTransfer(_FeatureLoss):
 
     def __init__(
         self,
-        teacher_layer,
-        student_layer,
-        p=2,
-        name="attention_transfer",
-        **kwargs,
+        teacher_layer: str,
+        student_layer: str,
+        p: float = 2,
+        name: str = "attention_transfer",
+        **kwargs: Any,
     ):
         super().__init__(teacher_layer, student_layer, name=name, **kwargs)
         self.p = check_positive("p", p)
@@ -305,10 +323,10 @@ class SimilarityPreserving(_FeatureLoss):
 
     def __init__(
         self,
-        teacher_layer,
-        student_layer,
-        name="similarity_preserving",
-        **kwargs,
+        teacher_layer: str,
+        student_layer: str,
+        name: str = "similarity_preserving",
+        **kwargs: Any,
     ):
         super().__init__(teacher_layer, student_layer, name=name, **kwargs)
 
@@ -340,12 +358,12 @@ class RKD(_FeatureLoss):
 
     def __init__(
         self,
-        teacher_layer,
-        student_layer,
-        distance_weight=25.0,
-        angle_weight=50.0,
-        name="rkd",
-        **kwargs,
+        teacher_layer: str,
+        student_layer: str,
+        distance_weight: float = 25.0,
+        angle_weight: float = 50.0,
+        name: str = "rkd",
+        **kwargs: Any,
     ):
         super().__init__(teacher_layer, student_layer, name=name, **kwargs)
         self._set_hyperparameters(
@@ -379,7 +397,13 @@ class PKT(_FeatureLoss):
 
     batch_relational = True
 
-    def __init__(self, teacher_layer, student_layer, name="pkt", **kwargs):
+    def __init__(
+        self,
+        teacher_layer: str,
+        student_layer: str,
+        name: str = "pkt",
+        **kwargs: Any,
+    ):
         super().__init__(teacher_layer, student_layer, name=name, **kwargs)
 
     def compute(self, teacher, student, labels=None):

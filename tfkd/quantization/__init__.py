@@ -14,9 +14,14 @@ Either way the result trains under `tfkd.Distiller` and exports with
 uses the ranges learned in training.
 """
 
+from __future__ import annotations
+
 import contextlib
+from collections.abc import Sequence
+from typing import Any
 
 from tfkd import _keras
+from tfkd._keras import keras
 from tfkd.quantization import _tfmot
 from tfkd.quantization._common import check_model
 from tfkd.quantization._common import is_pruned
@@ -42,7 +47,12 @@ __all__ = [
 ]
 
 
-def quantize_aware(model, *, layers=None, custom_objects=None):
+def quantize_aware(
+    model: keras.Model,
+    *,
+    layers: str | type | Sequence[str | type] | None = None,
+    custom_objects: dict[str, Any] | None = None,
+) -> keras.Model:
     """A quantization-aware copy of a student, ready to train or distill.
 
     The copy fake-quantizes what an int8 TFLite model quantizes, so training
@@ -121,7 +131,7 @@ def quantize_aware(model, *, layers=None, custom_objects=None):
     )
 
 
-def learned_ranges(model):
+def learned_ranges(model: keras.Model) -> contextlib.AbstractContextManager:
     """A context in which `model`'s fake quants read their learned ranges.
 
     `tfkd.export.to_tflite` traces a Keras 3 quantization-aware model in it,

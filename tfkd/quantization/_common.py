@@ -1,5 +1,7 @@
 """What both quantization back ends share: model checks and layer walks."""
 
+from __future__ import annotations
+
 from tfkd import _keras
 from tfkd._keras import keras
 
@@ -46,12 +48,12 @@ def has_layer(model, class_names):
     )
 
 
-def is_quantization_aware(model) -> bool:
+def is_quantization_aware(model: keras.Model) -> bool:
     """Whether `model` holds fake-quantization layers (either back end)."""
     return has_layer(model, TFMOT_QUANTIZE_LAYERS + NATIVE_QUANTIZE_LAYERS)
 
 
-def is_pruned(model) -> bool:
+def is_pruned(model: keras.Model) -> bool:
     """Whether `model` holds TFMOT pruning wrappers."""
     return has_layer(model, PRUNE_WRAPPERS)
 

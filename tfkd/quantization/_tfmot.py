@@ -7,7 +7,10 @@ tf_keras mode only: importing it sets `TF_USE_LEGACY_KERAS=1` for the whole
 process.
 """
 
+from __future__ import annotations
+
 import re
+from collections.abc import Sequence
 
 from tfkd import _keras
 from tfkd._keras import keras
@@ -113,16 +116,16 @@ def quantize_aware(model, *, layers=None, custom_objects=None):
 
 
 def prune(
-    model,
-    target_sparsity,
+    model: keras.Model,
+    target_sparsity: float,
     *,
-    begin_step=0,
-    end_step=None,
-    frequency=100,
-    initial_sparsity=0.0,
-    schedule="polynomial",
-    layers=None,
-):
+    begin_step: int = 0,
+    end_step: int | None = None,
+    frequency: int = 100,
+    initial_sparsity: float = 0.0,
+    schedule: str = "polynomial",
+    layers: str | type | Sequence[str | type] | None = None,
+) -> keras.Model:
     """A copy of a student whose kernels are magnitude-pruned while it trains.
 
     Wraps the prunable layers (Dense, Conv, Embedding kernels) with
@@ -259,7 +262,12 @@ def _clone(model, selected, wrap):
     return copy
 
 
-def pruning_callbacks(model, callbacks=None, *, log_dir=None):
+def pruning_callbacks(
+    model: keras.Model,
+    callbacks: Sequence[keras.callbacks.Callback] | None = None,
+    *,
+    log_dir: str | None = None,
+) -> list[keras.callbacks.Callback]:
     """The callbacks that training a `prune`d model needs, added to `callbacks`.
 
     TFMOT's pruning wrappers count optimizer steps in a variable that its
@@ -296,7 +304,7 @@ def pruning_callbacks(model, callbacks=None, *, log_dir=None):
     return callbacks
 
 
-def strip(model):
+def strip(model: keras.Model) -> keras.Model:
     """Removes the training-only TFMOT wrappers before export.
 
     Pruning wrappers (`prune`) are stripped with
@@ -334,7 +342,7 @@ def _kernels(model):
                 yield weight
 
 
-def sparsity(model) -> float:
+def sparsity(model: keras.Model) -> float:
     """The fraction of zero weights in the model's prunable kernels.
 
     Counts the kernels of Dense, Conv (also depthwise and separable) and
