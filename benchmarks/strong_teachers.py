@@ -70,9 +70,9 @@ class Recipe:
 
 RECIPES = {
     "fashion_mnist": Recipe(
-        model="teacher_cnn",
-        epochs=20,
-        peak_learning_rate=0.05,
+        model="resnet20",
+        epochs=15,
+        peak_learning_rate=0.1,
         warmup_fraction=0.15,
         weight_decay=5e-3,
         crop_padding=2,
