@@ -27,6 +27,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import dataclasses  # noqa: E402
 import fcntl  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
@@ -41,6 +42,7 @@ from absl import flags  # noqa: E402
 
 import tfkd  # noqa: E402
 from benchmarks import strong_teachers  # noqa: E402
+from examples import methods  # noqa: E402
 from examples import models  # noqa: E402
 from tfkd import _keras  # noqa: E402
 from tfkd._keras import keras  # noqa: E402
@@ -52,23 +54,54 @@ SETTINGS = {
     "fashion_mnist": (10_000, 128),
     "cifar10": (10_000, 128),
 }
-# name -> (method factory, alpha); None: the student alone.
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """One way to train the student.
+
+    `method`: a name of `examples.methods` (None: hard labels alone) at
+    `temperature`, hard-label weight `alpha`. `augment`: a random crop after
+    zero padding (plus a horizontal flip where the data set allows) of each
+    training batch, the same view for teacher and student
+    (`tfkd.Distiller(augment=...)`); `mixup`: its `alpha` (function matching,
+    Beyer et al. 2022).
+    """
+
+    method: str | None
+    temperature: float = 1.0
+    alpha: float = 0.1
+    augment: bool = False
+    mixup: float = 0.0
+
+    @property
+    def live(self):
+        """The teacher runs in every step (no cached outputs)."""
+        return self.augment or self.method not in _LOGIT_METHODS
+
+
+_LOGIT_METHODS = (None, "kd", "kd_standardized", "dkd", "dist")
 RECIPES = {
-    "alone": None,
-    "kd_t4_a0.1": (lambda: tfkd.losses.KD(temperature=4.0), 0.1),
-    "kd_t4_a0.5": (lambda: tfkd.losses.KD(temperature=4.0), 0.5),
-    "kd_t2_a0.5": (lambda: tfkd.losses.KD(temperature=2.0), 0.5),
-    "kd_t1_a0.5": (lambda: tfkd.losses.KD(temperature=1.0), 0.5),
-    "lskd_t2_a0.1": (
-        lambda: tfkd.losses.KD(temperature=2.0, standardize=True),
-        0.1,
-    ),
-    "lskd_t2_a0.5": (
-        lambda: tfkd.losses.KD(temperature=2.0, standardize=True),
-        0.5,
-    ),
-    "dist_a0.1": (lambda: tfkd.losses.DIST(), 0.1),
-    "dist_a0.5": (lambda: tfkd.losses.DIST(), 0.5),
+    "alone": Recipe(None),
+    "alone_aug": Recipe(None, augment=True),
+    "kd_t4_a0.1": Recipe("kd", 4.0, 0.1),
+    "kd_t4_a0.5": Recipe("kd", 4.0, 0.5),
+    "kd_t2_a0.5": Recipe("kd", 2.0, 0.5),
+    "kd_t1_a0.5": Recipe("kd", 1.0, 0.5),
+    "lskd_t2_a0.1": Recipe("kd_standardized", 2.0, 0.1),
+    "lskd_t2_a0.5": Recipe("kd_standardized", 2.0, 0.5),
+    "dkd_t4_a0.5": Recipe("dkd", 4.0, 0.5),
+    "dist_a0.1": Recipe("dist", 1.0, 0.1),
+    "dist_a0.5": Recipe("dist", 1.0, 0.5),
+    "dist_a0.1_aug": Recipe("dist", 1.0, 0.1, augment=True),
+    "dist_a0.1_fm": Recipe("dist", 1.0, 0.1, augment=True, mixup=1.0),
+    "attention_t4_a0.1": Recipe("attention", 4.0, 0.1),
+}
+# Per data set: (zero padding before the random crop, horizontal flip).
+AUGMENTATION = {
+    "mnist_5k": (2, False),
+    "fashion_mnist": (2, True),
+    "cifar10": (4, True),
 }
 
 _DATASETS = flags.DEFINE_list(
@@ -151,28 +184,49 @@ class _Checkpoints(keras.callbacks.Callback):
             )
 
 
-def _run(recipe, student_name, teacher, train, cached, test, seed, batch):
+def _augmenter(name, shape):
+    padding, flip = AUGMENTATION[name]
+    return keras.Sequential(
+        [
+            keras.layers.ZeroPadding2D(padding),
+            keras.layers.RandomCrop(*shape[:2]),
+            *([keras.layers.RandomFlip("horizontal")] if flip else []),
+        ],
+        name="augment",
+    )
+
+
+def _run(name, recipe, student_name, teacher, train, cached, test, seed):
+    batch = SETTINGS[name][1]
+    recipe = RECIPES[recipe]
     keras.utils.set_random_seed(seed)
     student = models.build_model(student_name, train[0].shape[1:], 10)
-    if RECIPES[recipe] is None:
+    augment = _augmenter(name, train[0].shape[1:]) if recipe.augment else None
+    source = tf.data.Dataset.from_tensor_slices(
+        strong_teachers.to_inputs(*train)
+    )
+    if recipe.method is None:
         model = student
-        source = tf.data.Dataset.from_tensor_slices(
-            strong_teachers.to_inputs(*train)
-        )
+        data = _shuffled(source, len(train[1]), batch, seed)
+        if augment is not None:
+            data = data.map(lambda x, y: (augment(x, training=True), y))
     else:
-        method, alpha = RECIPES[recipe]
-        model = tfkd.Distiller(teacher, student, method(), alpha=alpha)
-        source = cached.unbatch()
+        model = tfkd.Distiller(
+            teacher,
+            student,
+            methods.build(recipe.method, recipe.temperature),
+            alpha=recipe.alpha,
+            augment=augment,
+            mixup=recipe.mixup,
+        )
+        if not recipe.live:
+            source = cached.unbatch()
+        data = _shuffled(source, len(train[1]), batch, seed)
     model.compile(keras.optimizers.Adam(1e-3), _hard_loss())
     checkpoints = _Checkpoints(
         student, test, {_SHORT_EPOCHS.value, _EPOCHS.value}
     )
-    model.fit(
-        _shuffled(source, len(train[1]), batch, seed),
-        epochs=_EPOCHS.value,
-        callbacks=[checkpoints],
-        verbose=0,
-    )
+    model.fit(data, epochs=_EPOCHS.value, callbacks=[checkpoints], verbose=0)
     return checkpoints.accuracies
 
 
@@ -215,8 +269,12 @@ def _run_dataset(name):
     for seed in range(_SEEDS.value):
         for student in _STUDENTS.value:
             for recipe in _RECIPES.value:
+                if student == "student_mlp" and (
+                    RECIPES[recipe].method in methods.CONV_METHODS
+                ):
+                    continue  # no conv maps to tap
                 reads = _run(
-                    recipe, student, teacher, train, cached, test, seed, batch
+                    name, recipe, student, teacher, train, cached, test, seed
                 )
                 for epochs, value in reads.items():
                     accuracies[student][recipe].setdefault(
@@ -303,23 +361,29 @@ def _markdown(results):
         for r in RECIPES
         if r != "alone"
         and any(
-            r in by_recipe
+            by_recipe.get(r)
             for result in results.values()
             for by_recipe in result["accuracies"].values()
         )
     ]
+    table = headline(results)
     lines = [
         "# Defaults: which recipe makes the student better?",
         "",
-        "The longer schedule (the README's table):",
-        "",
-        *headline(results),
-        "",
+        *(
+            ["The longer schedule (the README's table):", "", *table, ""]
+            if len(table) > 2
+            else []
+        ),
         "Test accuracy %, mean ± std (population) over "
         "the seeds, and in parentheses the gain over the student "
         "alone. `kd_t4_a0.1`: KD, T=4, hard-label weight alpha=0.1 (the "
         "defaults of tfkd 0.1); `lskd`: KD on standardized logits (Sun "
-        "et al. 2024); `dist`: DIST (Huang et al. 2022, T=1). Adam 1e-3, "
+        "et al. 2024); `dkd`: DKD (Zhao et al. 2022); `dist`: DIST (Huang "
+        "et al. 2022, T=1); `attention`: attention transfer on the "
+        "`features` maps plus KD; `_aug`: pad-and-crop (and flip) "
+        "augmentation of each batch, the same view for teacher and student; "
+        "`_fm`: that plus mixup 1.0 (function matching). Adam 1e-3, "
         "constant; the shorter schedule (`epochs` column) is the same run "
         "read earlier.",
         "",
@@ -335,7 +399,7 @@ def _markdown(results):
                 alone = by_recipe["alone"][epochs]
                 cells = []
                 for r in recipes:
-                    if r not in by_recipe:
+                    if not by_recipe.get(r):  # not run, or not applicable
                         cells.append("")
                         continue
                     cells.append(_cell(by_recipe[r][epochs], alone))
