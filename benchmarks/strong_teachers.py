@@ -29,6 +29,11 @@ from examples import models
 
 BENCHMARKS_DIR = os.path.dirname(os.path.abspath(__file__))
 WEIGHTS_DIR = os.path.join(BENCHMARKS_DIR, "teachers")
+# The benchmarks (not the examples) also look for local source files here:
+# `shared/data` next to the repository, where our machines keep them.
+SHARED_DATA = os.path.join(
+    os.path.dirname(os.path.dirname(BENCHMARKS_DIR)), "shared", "data"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,8 +159,8 @@ def load_arrays(
         dataset: a name of `examples.data.DATASETS`.
         split: `"train"` or `"test"`.
         data_dir: TFDS data folder. Defaults to `None` (TFDS's default).
-        source_dir: folder of the local source files. Defaults to `None`
-            (auto-detected).
+        source_dir: folder of the local source files. Defaults to `None`:
+            `$TFKD_SOURCE_DIR`, else `SHARED_DATA` where it holds them.
         num_examples: keep the first examples only. Defaults to `None` (all).
 
     Returns:
@@ -164,6 +169,8 @@ def load_arrays(
     """
     if num_examples is not None:
         split = f"{split}[:{int(num_examples)}]"
+    if source_dir is None and not os.environ.get(data.SOURCE_DIR_ENV):
+        source_dir = data.find_source_dir(dataset, SHARED_DATA)
     prepared = data.builder(dataset, data_dir=data_dir, source_dir=source_dir)
     batches = prepared.as_dataset(
         split=split, as_supervised=True, shuffle_files=False

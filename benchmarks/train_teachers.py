@@ -96,9 +96,9 @@ _DATA_DIR = flags.DEFINE_string(
 _SOURCE_DIR = flags.DEFINE_string(
     "source_dir",
     None,
-    "Folder of the local source files of the (single) --dataset: the idx "
-    ".gz files of fashion_mnist, the npz of cifar10. Default: auto-detected "
-    "(../shared/data next to the repository).",
+    "Folder of the local source files (the idx .gz files of fashion_mnist, "
+    "the npz of cifar10), or of their sub-folders fashion-mnist/, cifar10/. "
+    "Default: $TFKD_SOURCE_DIR, else shared/data next to the repository.",
 )
 
 flags.register_validator(
@@ -107,11 +107,6 @@ flags.register_validator(
         bool(names) and all(name in strong_teachers.RECIPES for name in names)
     ),
     message=f"--dataset takes names of {sorted(strong_teachers.RECIPES)}.",
-)
-flags.register_multi_flags_validator(
-    ["dataset", "source_dir"],
-    lambda values: values["source_dir"] is None or len(values["dataset"]) == 1,
-    message="--source_dir is the folder of one data set: give one --dataset.",
 )
 
 

@@ -47,7 +47,8 @@ _SHARED = {  # name: (DEFINE_* function, default, help, its other arguments)
     "data_dir": _string("TFDS data folder. Default: ~/tensorflow_datasets."),
     "source_dir": _string(
         "Folder of local source files for fashion_mnist (idx .gz) or cifar10 "
-        "(npz). Default: auto-detected, else TFDS downloads."
+        "(npz), or of their sub-folders fashion-mnist/ and cifar10/. "
+        "Default: $TFKD_SOURCE_DIR, else TFDS downloads."
     ),
     "teacher": _string("The teacher: a .keras file (examples.train_teacher)."),
     "method": _enum("kd", methods.METHODS, "Distillation method."),
@@ -108,10 +109,10 @@ def define(*names, **defaults):
         ["dataset", "source_dir"],
         lambda values: (
             values["source_dir"] is None
-            or values["dataset"] in data.SOURCE_DIRS
+            or values["dataset"] in data.SOURCE_FOLDERS
         ),
         message="--source_dir is only for --dataset in "
-        f"{sorted(data.SOURCE_DIRS)} (local source files)",
+        f"{sorted(data.SOURCE_FOLDERS)} (local source files)",
     )
 
 

