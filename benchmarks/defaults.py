@@ -230,6 +230,12 @@ def _run(name, recipe, student_name, teacher, train, cached, test, seed):
     return checkpoints.accuracies
 
 
+def _applies(recipe, student):
+    """Feature methods on conv maps need a student with them."""
+    conv = RECIPES[recipe].method in methods.CONV_METHODS
+    return not conv or student != "student_mlp"
+
+
 def _run_dataset(name):
     began = time.time()
     kept, batch = SETTINGS[name]
@@ -251,7 +257,10 @@ def _run_dataset(name):
         verbose=0,
     )
     # accuracies[student][recipe][epochs] = [one per seed]
-    accuracies = {s: {r: {} for r in _RECIPES.value} for s in _STUDENTS.value}
+    accuracies = {
+        s: {r: {} for r in _RECIPES.value if _applies(r, s)}
+        for s in _STUDENTS.value
+    }
     result = {
         "train_examples": len(train[1]),
         "test_examples": len(test[1]),
@@ -269,10 +278,8 @@ def _run_dataset(name):
     for seed in range(_SEEDS.value):
         for student in _STUDENTS.value:
             for recipe in _RECIPES.value:
-                if student == "student_mlp" and (
-                    RECIPES[recipe].method in methods.CONV_METHODS
-                ):
-                    continue  # no conv maps to tap
+                if not _applies(recipe, student):
+                    continue
                 reads = _run(
                     name, recipe, student, teacher, train, cached, test, seed
                 )

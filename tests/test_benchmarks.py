@@ -43,40 +43,6 @@ def _table_rows(path):
 
 
 @pytest.mark.slow
-def test_accuracy_benchmark_writes_table_json_and_plot(data_dir, tmp_path):
-    methods = ["alone", "kd", "dkd@0.5", "attention"]
-    _run(
-        "accuracy.py",
-        "--datasets=mnist_5k",
-        f"--methods={','.join(methods)}",
-        "--seeds=2",
-        "--teacher_epochs=2",
-        "--student_epochs=1",
-        "--train_examples=512",
-        f"--data_dir={data_dir}",
-        f"--output_dir={tmp_path}",
-        "--output_name=tiny",
-    )
-    header, row = _table_rows(tmp_path / "tiny.md")
-    assert [c.strip() for c in header.strip("| ").split("|")] == [
-        "data set",
-        "teacher",
-        *methods,
-    ]
-    assert row.startswith("| mnist_5k |") and row.count("±") == len(methods)
-    with open(tmp_path / "tiny.json") as f:
-        result = json.load(f)["results"]["mnist_5k"]
-    assert result["train_examples"] == 512
-    assert result["test_examples"] == 1000
-    assert sorted(result["accuracies"]) == sorted(methods)
-    for values in result["accuracies"].values():
-        assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values)
-    # Two epochs on 512 digits beat chance (10%) by far.
-    assert result["teacher_accuracy"] > 0.3
-    assert os.path.getsize(tmp_path / "tiny.png") > 10_000
-
-
-@pytest.mark.slow
 def test_defaults_benchmark_reads_two_schedules_and_accumulates(
     data_dir, tmp_path
 ):
@@ -85,35 +51,51 @@ def test_defaults_benchmark_reads_two_schedules_and_accumulates(
         "--teacher_epochs=1",
         "--epochs=2",
         "--short_epochs=1",
-        "--students=student_mlp",
         "--train_examples=256",
         f"--data_dir={data_dir}",
         f"--output_dir={tmp_path}",
     ]
-    recipes = ["alone", "kd_t4_a0.1", "dist_a0.1"]
-    _run_module(
-        "benchmarks.defaults", "--datasets=mnist_5k", "--recipes=alone", *common
-    )
-    # A second run replaces the data set's results with its own.
     _run_module(
         "benchmarks.defaults",
         "--datasets=mnist_5k",
-        f"--recipes={','.join(recipes)}",
+        "--recipes=alone",
+        "--students=student_mlp",
+        *common,
+    )
+    # A second run replaces the data set's results with its own: cached
+    # (kd, dist) and live (attention taps, augmented views) teachers.
+    recipes = ["alone", "kd_t4_a0.1", "dist_a0.1", "dist_a0.1_aug"]
+    _run_module(
+        "benchmarks.defaults",
+        "--datasets=mnist_5k",
+        f"--recipes={','.join(recipes)},attention_t4_a0.1",
+        "--students=student_mlp,student_cnn",
         *common,
     )
     with open(tmp_path / "defaults.json") as f:
         (result,) = json.load(f)["results"].values()
-    accuracies = result["accuracies"]["student_mlp"]
-    assert sorted(accuracies) == sorted(recipes)
-    for by_epochs in accuracies.values():
-        assert sorted(by_epochs) == ["1", "2"]
-        assert all(len(v) == 1 and 0 <= v[0] <= 1 for v in by_epochs.values())
+    by_student = result["accuracies"]
+    # Attention transfer taps conv maps: the MLP student has none.
+    assert sorted(by_student["student_mlp"]) == sorted(recipes)
+    assert sorted(by_student["student_cnn"]) == sorted(
+        [*recipes, "attention_t4_a0.1"]
+    )
+    for accuracies in by_student.values():
+        for by_epochs in accuracies.values():
+            assert sorted(by_epochs) == ["1", "2"]
+            assert all(
+                len(v) == 1 and 0 <= v[0] <= 1 for v in by_epochs.values()
+            )
     rows = _table_rows(tmp_path / "defaults.md")
-    # The README table (one row), then one row per schedule.
+    # The README table (one row per student), then one row per schedule.
     assert rows[1].startswith("| mnist_5k | student_mlp | ")
     assert rows[1].count("±") == 3
     mnist = [r for r in rows if r.startswith("| mnist_5k | student_mlp | ")]
     assert len(mnist) == 3
+    (cnn_row,) = [
+        r for r in rows if r.startswith("| mnist_5k | student_cnn | 2 |")
+    ]
+    assert cnn_row.count("±") == 5  # alone and the four recipes
 
 
 def test_readme_table_is_the_defaults_benchmarks_output(tmp_path):
