@@ -121,7 +121,7 @@ def _check_int8_file(student, float_student, x_test, y_test):
     assert abs(lite_accuracy - keras_accuracy) <= 0.01
     assert agreement >= 0.98
     assert len(int8) <= 0.4 * len(float_file), (len(int8), len(float_file))
-    interpreter = tfkd.export._interpreter(int8)
+    interpreter = tfkd._litert.interpreter(int8)
     assert interpreter.get_input_details()[0]["dtype"] == np.int8
     assert interpreter.get_output_details()[0]["dtype"] == np.int8
     tensors = interpreter.get_tensor_details()
@@ -205,7 +205,7 @@ def test_tflite_scales_are_the_learned_ranges_with_or_without_data(
     low, high = ranges["mlp_input_quant"]
     assert low == 0.0 and 0.99 < high <= 1.0  # pixels in [0, 1]
     for data in (None, x_train[:200]):
-        interpreter = tfkd.export._interpreter(
+        interpreter = tfkd._litert.interpreter(
             tfkd.export.to_tflite(student, "int8", data)
         )
         scale, _ = interpreter.get_input_details()[0]["quantization"]
@@ -220,7 +220,7 @@ def test_kernels_are_int8_per_channel_for_convolutions(mnist):
     keras.utils.set_random_seed(0)
     student = tfkd.quantization.quantize_aware(_cnn())
     _train_float(student, x_train[:320], y_train[:320], epochs=1)
-    interpreter = tfkd.export._interpreter(
+    interpreter = tfkd._litert.interpreter(
         tfkd.export.to_tflite(student, "int8")
     )
     tensors = interpreter.get_tensor_details()
@@ -257,7 +257,7 @@ def test_mobilenet_v2_converts_with_int8_kernels_throughout():
     ]
     _train_float(student, x, y, epochs=1)
     int8 = tfkd.export.to_tflite(student, "int8")
-    interpreter = tfkd.export._interpreter(int8)
+    interpreter = tfkd._litert.interpreter(int8)
     ops = interpreter._get_ops_details()
     weighted = [
         op
@@ -501,7 +501,7 @@ def test_rescaling_and_normalization_become_frozen_int8_convolutions():
     student.compile(keras.optimizers.Adam(1e-3), sparse_ce())
     student.fit(x, y, epochs=2, batch_size=32, verbose=0)
     int8 = tfkd.export.to_tflite(student, "int8")
-    tensors = tfkd.export._interpreter(int8).get_tensor_details()
+    tensors = tfkd._litert.interpreter(int8).get_tensor_details()
     assert not [t["name"] for t in tensors if t["dtype"] == np.float32]
     agreement = np.mean(
         tfkd.export.predict_tflite(int8, x).argmax(1)
@@ -557,5 +557,5 @@ def test_sequential_student_with_rescaling_converts_fully():
     student.compile(keras.optimizers.Adam(1e-3), sparse_ce())
     student.fit(x, y, epochs=1, verbose=0)
     int8 = tfkd.export.to_tflite(student, "int8")
-    tensors = tfkd.export._interpreter(int8).get_tensor_details()
+    tensors = tfkd._litert.interpreter(int8).get_tensor_details()
     assert not [t["name"] for t in tensors if t["dtype"] == np.float32]
