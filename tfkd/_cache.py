@@ -9,13 +9,11 @@ The public names are re-exported by `tfkd.teachers` (and
 from __future__ import annotations
 
 import itertools
-import json
 import os
-import shutil
-import uuid
 
 import tensorflow as tf
 
+from tfkd import _cache_files
 from tfkd import _fingerprint
 from tfkd import _keras
 from tfkd._keras import keras
@@ -25,11 +23,6 @@ from tfkd._keras import keras
 # temperature T up to ~9,000 (float32 underflows below exp(-104)).
 _TOP_K_GAP = 1e6
 _TOP_K_KEYS = ("top_k_values", "top_k_indices", "num_classes")
-_SPEC_FILE = "dataset_spec.pb"
-_FINGERPRINT_FILE = "tfkd_fingerprint.json"
-_REBUILD = (
-    "Delete that folder to rebuild the cache, or pass another `cache_dir`."
-)
 
 # Inputs of a dataset made by `cache_teacher_outputs`: a dict with the
 # student's inputs and the teacher's precomputed outputs.
@@ -190,10 +183,10 @@ def cache_teacher_outputs(
         _check_top_k_fits(top_k, logits[0])
     if cache_dir is not None:
         cache_dir = os.fspath(cache_dir)
-        _check_cache_dir(cache_dir)
+        _cache_files.check_cache_dir(cache_dir)
         fingerprint = _fingerprint.fingerprint(model, taps, top_k, dataset)
-        if os.path.exists(os.path.join(cache_dir, _SPEC_FILE)):
-            return _expand(_load(cache_dir, fingerprint))
+        if _cache_files.holds_cache(cache_dir):
+            return _expand(_cache_files.load(cache_dir, fingerprint))
     batches = _teacher_batches(outputs_of, dataset, top_k, verbose)
     first = next(batches, None)
     if first is None:
@@ -201,7 +194,7 @@ def cache_teacher_outputs(
     batches = itertools.chain([first], batches)
     if cache_dir is None:
         return _expand(_in_memory(list(batches)))
-    return _expand(_save(batches, first, cache_dir, fingerprint))
+    return _expand(_cache_files.save(batches, first, cache_dir, fingerprint))
 
 
 # Checks made before the teacher runs.
@@ -304,114 +297,6 @@ def _check_top_k_fits(top_k, outputs):
         )
 
 
-def _check_cache_dir(cache_dir):
-    if os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
-        raise ValueError(
-            "`cache_dir` is a file, but it must be a folder (new, empty, or "
-            f"a tfkd cache). Received: cache_dir={cache_dir!r}. Pass a "
-            "folder path."
-        )
-    if (
-        os.path.isdir(cache_dir)
-        and os.listdir(cache_dir)
-        and not os.path.exists(os.path.join(cache_dir, _SPEC_FILE))
-    ):
-        raise ValueError(
-            f"`cache_dir` holds no tfkd cache (no {_SPEC_FILE}) but is "
-            "not empty, and tfkd does not overwrite other files. Pass a "
-            f"new or empty folder. Received: cache_dir={cache_dir!r}"
-        )
-
-
-# Storage.
-
-
-def _load(cache_dir, fingerprint):
-    """Loads a cache after checking its fingerprint and its size."""
-    try:
-        with open(os.path.join(cache_dir, _FINGERPRINT_FILE)) as file:
-            stored = json.load(file)
-    except (OSError, ValueError) as error:
-        raise ValueError(
-            f"The cache in cache_dir={cache_dir!r} has no readable "
-            f"{_FINGERPRINT_FILE} ({error}): it was made by an older tfkd or "
-            f"damaged, and tfkd cannot tell what it holds. {_REBUILD}"
-        ) from error
-    differences = _fingerprint.differences(stored, fingerprint)
-    if differences:
-        raise ValueError(
-            f"cache_dir={cache_dir!r} holds teacher outputs made with another "
-            f"teacher, data set or settings: {'; '.join(differences)}. "
-            f"{_REBUILD}"
-        )
-    dataset = tf.data.Dataset.load(cache_dir)
-    sizes = dataset.map(
-        lambda *element: tf.shape(tf.nest.flatten(element)[0], tf.int64)[0]
-    )
-    try:
-        found = int(sizes.reduce(tf.constant(0, tf.int64), tf.add))
-    except tf.errors.OpError as error:
-        raise ValueError(
-            f"The cache in cache_dir={cache_dir!r} cannot be read "
-            f"({type(error).__name__}: {error.message}). {_REBUILD}"
-        ) from error
-    if found != stored.get("examples"):
-        raise ValueError(
-            f"The cache in cache_dir={cache_dir!r} is incomplete: it holds "
-            f"{found} examples, but {stored.get('examples')} were cached (a "
-            f"truncated or damaged file). {_REBUILD}"
-        )
-    return dataset
-
-
-def _save(batches, first, cache_dir, fingerprint):
-    """Writes beside `cache_dir`, then renames: complete caches only."""
-    target = os.path.abspath(cache_dir)
-    parent, name = os.path.split(target)
-    os.makedirs(parent, exist_ok=True)
-    # Unique per process, and made with `os.mkdir` (unlike `mkdtemp`'s 0700,
-    # the umask's permissions, so others can read the renamed cache).
-    temporary = os.path.join(parent, f".{name}.tfkd-{uuid.uuid4().hex}")
-    os.mkdir(temporary)
-    counts = {"batches": 0, "examples": 0}
-
-    def counted():
-        for element in batches:
-            counts["batches"] += 1
-            counts["examples"] += _batch_size(element)
-            yield element
-
-    signature = tf.nest.map_structure(
-        lambda t: tf.TensorSpec([None] + t.shape[1:], t.dtype), first
-    )
-    renamed = False
-    try:
-        tf.data.Dataset.from_generator(
-            counted, output_signature=signature
-        ).save(temporary, shard_func=lambda *_: tf.constant(0, tf.int64))
-        fingerprint = dict(fingerprint, **counts)
-        with open(os.path.join(temporary, _FINGERPRINT_FILE), "w") as file:
-            json.dump(fingerprint, file, indent=1)
-        if os.path.isdir(target) and not os.listdir(target):
-            try:  # Windows cannot rename onto an (empty) folder.
-                os.rmdir(target)
-            except OSError:  # Another process filled or removed it.
-                pass
-        try:
-            os.rename(temporary, target)
-            renamed = True
-        except OSError:
-            if not os.path.exists(os.path.join(target, _SPEC_FILE)):
-                raise
-    finally:
-        if not renamed:
-            shutil.rmtree(temporary, ignore_errors=True)
-    if renamed:
-        return tf.data.Dataset.load(target)
-    # Another process renamed its cache first: use it if it is the same.
-    return _load(target, fingerprint)
-
-
 # The teacher pass and the cached elements.
 
 
@@ -461,13 +346,9 @@ def _lists_as_tuples(outputs):
     return outputs
 
 
-def _batch_size(element):
-    return int(tf.shape(tf.nest.flatten(element)[0])[0])
-
-
 def _in_memory(elements):
     """One dataset of the cached batches, batched as the source was."""
-    sizes = [_batch_size(element) for element in elements]
+    sizes = [_cache_files.batch_size(element) for element in elements]
     if any(size != sizes[0] for size in sizes[:-1]) or sizes[-1] > sizes[0]:
         raise ValueError(
             "In memory, `dataset` must have one batch size (the last batch "
