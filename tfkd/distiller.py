@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from tfkd import _augment
 from tfkd import _keras
+from tfkd import _methods
 from tfkd import _objective
 from tfkd import _taps
 from tfkd import _teacher_logs
@@ -184,7 +185,7 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
                 f"{len(self._output_names)} {self._output_names}: distillation "
                 "pairs them output by output."
             )
-        terms, self._default_method = _validation.resolve_distillation_losses(
+        terms, self._default_method = _methods.resolve_distillation_losses(
             distillation_loss, temperature, self._output_names
         )
         _validation.check_outputs_logits(teacher, "teacher")
@@ -242,7 +243,7 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         self._binary_default(
             lambda index: shapes[index] is not None and shapes[index][-1] == 1
         )
-        _validation.softmax_methods_on_one_class(
+        _methods.softmax_methods_on_one_class(
             [
                 (method, weight, index)
                 for (method, weight), index in zip(
@@ -279,7 +280,7 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         for position, index in enumerate(self._output_indices):
             method, weight = self._loss_entries[position]
             if is_binary(index):
-                method = _validation.binary_default(method)
+                method = _methods.binary_default(method)
                 self.distillation_losses[position] = method
                 self._loss_entries[position] = (method, weight)
 
@@ -574,7 +575,7 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         config["augment"] = _augment.deserialize(
             config.get("augment"), custom_objects=custom_objects
         )
-        config["distillation_loss"] = _validation.distillation_loss_from_terms(
+        config["distillation_loss"] = _methods.distillation_loss_from_terms(
             [
                 (deserialize(entry[0], custom_objects=custom_objects),)
                 + tuple(entry[1:])

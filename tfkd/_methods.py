@@ -1,0 +1,164 @@
+"""Which methods a `tfkd.Distiller` runs: its `distillation_loss` resolved.
+
+`distillation_loss` may be None (the default method), one method, a list of
+methods and `(method, weight)` tuples, or, for multi-output models, a dict
+or list per output; `resolve_distillation_losses` turns any of these into
+`(method, weight, output_index)` terms, and `distillation_loss_from_terms`
+back (for `from_config`). The default method: DIST, a sigmoid KD for binary
+and multi-label heads.
+"""
+
+from tfkd import _validation
+from tfkd.losses._base import DistillationLoss
+from tfkd.losses._base import check_positive
+from tfkd.losses._wrappers import DIST
+from tfkd.losses._wrappers import DKD
+from tfkd.losses._wrappers import KD
+
+
+def _is_weighted_pair(entry):
+    return (
+        isinstance(entry, tuple)
+        and len(entry) == 2
+        and isinstance(entry[0], DistillationLoss)
+        and not isinstance(entry[1], (DistillationLoss, tuple, list))
+    )
+
+
+def _method_entries(entry):
+    """`[(method, weight), ...]` of one output's `distillation_loss` entry."""
+    if entry is None:
+        return []
+    if _is_weighted_pair(entry) or not isinstance(entry, (list, tuple)):
+        entries = [entry]
+    else:
+        entries = list(entry)
+    resolved = []
+    for item in entries:
+        if isinstance(item, tuple):
+            if len(item) != 2:
+                raise ValueError(
+                    "A weighted `distillation_loss` entry is a `(method, "
+                    f"weight)` pair; received a tuple of {len(item)}: {item!r}."
+                )
+            method, weight = item
+        else:
+            method, weight = item, 1.0
+        if not isinstance(method, DistillationLoss):
+            raise TypeError(
+                "Each `distillation_loss` entry must be a `tfkd.losses` method "
+                "(e.g. `tfkd.losses.KD()`) or a `(method, weight)` tuple. "
+                f"Received: {item!r}"
+            )
+        resolved.append(
+            (method, check_positive("loss weight", weight, allow_zero=True))
+        )
+    return resolved
+
+
+# The defaults, chosen by benchmarks/defaults.py (docs/benchmarks.md).
+BINARY_DEFAULT_TEMPERATURE = 4.0
+
+
+def default_distillation_loss(temperature=None):
+    """`Distiller`'s method when none is given: DIST (Huang et al. 2022);
+    with a `temperature`, Hinton KD at that temperature, `KD(temperature)`
+    (the keras.io recipe's meaning of `temperature`)."""
+    if temperature is None:
+        return DIST()
+    return KD(temperature=temperature)
+
+
+def binary_default(method):
+    """The default `method` for a binary or multi-label head: a sigmoid
+    (Bernoulli) KD, at T=4 as in tfkd 0.1 unless the Distiller got a
+    `temperature` (then `method` is that KD, switched to sigmoids)."""
+    if not isinstance(method, KD):
+        method = KD(temperature=BINARY_DEFAULT_TEMPERATURE)
+    method.activation = "sigmoid"
+    return method
+
+
+def resolve_distillation_losses(distillation_loss, temperature, output_names):
+    """Returns `[(method, weight, output_index), ...]` and whether it is the
+    default (Hinton KD on every output).
+
+    `output_index` is the output whose logits a logits method reads; `None`
+    for feature methods, which read named layers.
+    """
+    if temperature is not None and distillation_loss is not None:
+        raise ValueError(
+            "`temperature` selects Hinton KD instead of the default "
+            "method. With `distillation_loss=...`, set the temperature "
+            "on the method itself, e.g. `tfkd.losses.KD(temperature=4.0)`. "
+            f"Received: temperature={temperature!r}"
+        )
+    if distillation_loss is None:
+        return [
+            (default_distillation_loss(temperature), 1.0, index)
+            for index in range(len(output_names))
+        ], True
+    if isinstance(distillation_loss, (list, tuple)) and not distillation_loss:
+        raise ValueError(
+            "`distillation_loss` is an empty list: pass at least one "
+            "`tfkd.losses` method, or None for Hinton KD."
+        )
+    if len(output_names) == 1 and not isinstance(distillation_loss, dict):
+        entries = [distillation_loss]
+    elif _is_weighted_pair(distillation_loss):
+        entries = [distillation_loss] * len(output_names)
+    else:
+        entries = _validation.per_output(
+            distillation_loss, output_names, "`distillation_loss`"
+        )
+    terms = []
+    seen_features = set()
+    for index, entry in enumerate(entries):
+        for method, weight in _method_entries(entry):
+            if method.teacher_layer is not None:
+                # Feature methods read layers, not an output: once only.
+                if id(method) in seen_features:
+                    continue
+                seen_features.add(id(method))
+                terms.append((method, weight, None))
+            else:
+                terms.append((method, weight, index))
+    if not terms:
+        raise ValueError(
+            "`distillation_loss` selects no method for any output "
+            f"{output_names}. Give at least one output a `tfkd.losses` method "
+            "(None skips an output)."
+        )
+    return terms, False
+
+
+def distillation_loss_from_terms(terms, count):
+    """`distillation_loss` for a model of `count` outputs, from the
+    `(method, weight, output_index)` terms that `get_config` stores."""
+    if count == 1:
+        return [(method, weight) for method, weight, *_ in terms]
+    per_output = [[] for _ in range(count)]
+    for method, weight, *index in terms:
+        # Feature terms (no output) may sit with any output: the first.
+        position = index[0] if index and index[0] is not None else 0
+        per_output[position].append((method, weight))
+    return [entries or None for entries in per_output]
+
+
+def softmax_methods_on_one_class(terms, shapes, output_names):
+    """Refuses softmax methods on an output with a single logit."""
+    for method, _, index in terms:
+        if index is None or not isinstance(method, (KD, DKD, DIST)):
+            continue
+        if getattr(method, "activation", "softmax") != "softmax":
+            continue
+        shape = shapes[index]
+        if shape is not None and shape[-1] == 1:
+            raise ValueError(
+                f"{type(method).__name__} is a softmax over classes, but "
+                f"output {output_names[index]!r} has one logit (shape "
+                f"{shape}): the softmax of one logit is constant, so the loss "
+                "would be 0. For a binary or multi-label head use "
+                "`tfkd.losses.KD(activation='sigmoid')` (the default method "
+                "picks it by itself)."
+            )
