@@ -1,4 +1,12 @@
-"""`tfkd.Distiller`: train a student from a frozen teacher with `fit`."""
+"""`tfkd.Distiller`: train a student from a frozen teacher with `fit`.
+
+Over 400 lines on purpose: the one public class, Keras' `Model` API that it
+overrides (`compile`, `fit`, `train_step`, `test_step`, configs) and the
+docs users read with `help()` (a quarter of the file). The work is in
+functions of their own modules: the objective (`_objective`), the methods
+(`_methods`), argument checks (`_validation`), augmentation (`_augment`),
+layer taps (`_taps`), the teacher's logs (`_teacher_logs`).
+"""
 
 from __future__ import annotations
 

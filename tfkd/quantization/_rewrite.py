@@ -23,6 +23,10 @@ copied, so the original is untouched:
   as the converter fuses it); a Concatenate's inputs and output share one
   range (one `FakeQuant` called on each); max pooling, reshapes, padding
   and dropout keep their input's range; the model's outputs get one too.
+
+Over 400 lines on purpose: one graph walk (`_Rewriter`), whose rules above
+decide together where each range goes; split, each rule would need the
+walk's state passed around.
 """
 
 import warnings
