@@ -114,6 +114,18 @@ def define(*names, **defaults):
         message="--source_dir is only for --dataset in "
         f"{sorted(data.SOURCE_FOLDERS)} (local source files)",
     )
+    flags.register_multi_flags_validator(
+        ["dataset", "source_dir"],
+        lambda values: (
+            values["source_dir"] is None
+            or values["dataset"] not in data.SOURCE_FOLDERS
+            or data.find_source_dir(values["dataset"], values["source_dir"])
+        ),
+        message="--source_dir holds no source files of --dataset "
+        "(fashion_mnist: its four idx .gz files; cifar10: "
+        "cifar10_jpeg_bytes.npz), in it or in a sub-folder fashion-mnist/ or "
+        "cifar10/",
+    )
 
 
 def check_flag(name, predicate, rule):

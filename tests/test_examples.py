@@ -329,6 +329,16 @@ _BAD_FLAGS = [
         ],
     ),
     (
+        "train_teacher",
+        ["--dataset=cifar10", "--source_dir={tmp}"],
+        [
+            "flags dataset=cifar10, source_dir={tmp}: --source_dir holds no "
+            "source files of --dataset (fashion_mnist: its four idx .gz "
+            "files; cifar10: cifar10_jpeg_bytes.npz), in it or in a "
+            "sub-folder fashion-mnist/ or cifar10/",
+        ],
+    ),
+    (
         "distill",
         ["--steps_per_epoch=0"],
         ["flag --steps_per_epoch=0: 0 is not a positive integer"],
