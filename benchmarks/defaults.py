@@ -374,11 +374,20 @@ def _markdown(results):
         )
     ]
     table = headline(results)
+    readme = _OUTPUT_NAME.value == "defaults"
     lines = [
-        "# Defaults: which recipe makes the student better?",
+        "# Defaults: which recipe makes the student better?"
+        if readme
+        else f"# Recipes compared ({_OUTPUT_NAME.value})",
         "",
         *(
-            ["The longer schedule (the README's table):", "", *table, ""]
+            [
+                "The longer schedule"
+                + (" (the README's table):" if readme else ":"),
+                "",
+                *table,
+                "",
+            ]
             if len(table) > 2
             else []
         ),
