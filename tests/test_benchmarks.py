@@ -87,11 +87,11 @@ def test_defaults_benchmark_reads_two_schedules_and_accumulates(
                 len(v) == 1 and 0 <= v[0] <= 1 for v in by_epochs.values()
             )
     rows = _table_rows(tmp_path / "defaults.md")
-    # The README table (one row per student), then one row per schedule.
+    # The README table, then the recipes' table: one row per schedule each.
     assert rows[1].startswith("| mnist_5k | student_mlp | ")
     assert rows[1].count("±") == 3
     mnist = [r for r in rows if r.startswith("| mnist_5k | student_mlp | ")]
-    assert len(mnist) == 3
+    assert len(mnist) == 4
     (cnn_row,) = [
         r for r in rows if r.startswith("| mnist_5k | student_cnn | 2 |")
     ]
@@ -108,9 +108,10 @@ def test_readme_table_is_the_defaults_benchmarks_output(tmp_path):
         "benchmarks.defaults", "--markdown_only", f"--output_dir={tmp_path}"
     )
     lines = (tmp_path / "defaults.md").read_text().splitlines()
-    start = lines.index("The longer schedule (the README's table):") + 2
+    start = lines.index("Both schedules (the README's table):") + 2
     table = lines[start : lines.index("", start)]
-    assert len(table) == 2 + 6  # header, rule, 3 data sets x 2 students
+    # header, rule, 3 data sets x 2 students x 2 schedules
+    assert len(table) == 2 + 12
     with open(os.path.join(REPO_ROOT, "README.md")) as f:
         readme = f.read()
     for line in table:
