@@ -110,8 +110,16 @@ _DATASETS = flags.DEFINE_list(
 _STUDENTS = flags.DEFINE_list(
     "students", ["student_mlp", "student_cnn"], "Students (examples/models)."
 )
+# The candidates for the defaults: logit methods on cached teacher outputs.
+DEFAULT_RECIPES = [
+    name
+    for name, recipe in RECIPES.items()
+    if not recipe.live and recipe.method != "dkd"
+]
 _RECIPES = flags.DEFINE_list(
-    "recipes", list(RECIPES), f"Recipes, of {list(RECIPES)}."
+    "recipes",
+    DEFAULT_RECIPES,
+    f"Recipes, of {list(RECIPES)}. Default: the candidates for the defaults.",
 )
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per recipe (0, 1, ...).")
 _EPOCHS = flags.DEFINE_integer("epochs", 20, "The longer schedule's epochs.")
