@@ -14,7 +14,7 @@ the other data sets use the benchmark teachers of
 outputs are cached once per data set (no augmentation, so caching is
 exact), and every recipe of a seed sees the same batches in the same order.
 
-    python -m benchmarks.defaults                         # ~1 h on 2 cores
+    python -m benchmarks.defaults                         # ~2.5 h on 2 cores
     python -m benchmarks.defaults --datasets=mnist_5k --seeds=1 \
         --epochs=2 --short_epochs=1 --recipes=alone,kd_t4_a0.1   # quick
 
