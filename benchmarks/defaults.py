@@ -97,11 +97,14 @@ RECIPES = {
     "dist_a0.1_fm": Recipe("dist", 1.0, 0.1, augment=True, mixup=1.0),
     "attention_t4_a0.1": Recipe("attention", 4.0, 0.1),
 }
-# Per data set: (zero padding before the random crop, horizontal flip).
+# Per data set: (zero padding before the random crop, horizontal flip); the
+# teachers' training augmentation where there is one, no flip for digits.
 AUGMENTATION = {
     "mnist_5k": (2, False),
-    "fashion_mnist": (2, True),
-    "cifar10": (4, True),
+    **{
+        name: (recipe.crop_padding, recipe.flip)
+        for name, recipe in strong_teachers.RECIPES.items()
+    },
 }
 
 _DATASETS = flags.DEFINE_list(
