@@ -42,11 +42,15 @@ from absl import flags  # noqa: E402
 
 import tfkd  # noqa: E402
 from benchmarks import strong_teachers  # noqa: E402
+from examples import cli  # noqa: E402
+from examples import data  # noqa: E402
 from examples import methods  # noqa: E402
 from examples import models  # noqa: E402
+from examples import training  # noqa: E402
 from tfkd import _keras  # noqa: E402
 from tfkd._keras import keras  # noqa: E402
 
+FLAGS = flags.FLAGS
 _RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # Per data set: (training examples kept, batch size).
 SETTINGS = {
@@ -124,35 +128,34 @@ _RECIPES = flags.DEFINE_list(
     DEFAULT_RECIPES,
     f"Recipes, of {list(RECIPES)}. Default: the candidates for the defaults.",
 )
-_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per recipe (0, 1, ...).")
-_EPOCHS = flags.DEFINE_integer("epochs", 20, "The longer schedule's epochs.")
 _SHORT_EPOCHS = flags.DEFINE_integer(
     "short_epochs", 5, "The short schedule's epochs (read in the same run)."
 )
 _TEACHER_EPOCHS = flags.DEFINE_integer(
     "teacher_epochs", 15, "Epochs of the mnist_5k teacher (trained here)."
 )
-_TRAIN_EXAMPLES = flags.DEFINE_integer(
-    "train_examples", None, "Training examples kept (default: per data set)."
-)
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data folder.")
-_SOURCE_DIR = flags.DEFINE_string(
-    "source_dir", None, "Folder of the local source files of the data sets."
+cli.define(
+    "seeds",
+    "epochs",
+    "train_examples",
+    "data_dir",
+    "source_dir",
+    "output_dir",
+    common=(),
+    epochs=(20, "The longer schedule's epochs."),
+    train_examples=(None, "Training examples kept (default: per data set)."),
+    source_dir=(None, strong_teachers.SOURCE_DIR_HELP),
+    output_dir=(_RESULTS, "Results folder."),
 )
 _TEACHERS_DIR = flags.DEFINE_string(
     "teachers_dir", strong_teachers.WEIGHTS_DIR, "Benchmark teachers' weights."
 )
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", _RESULTS, "Results folder.")
 _OUTPUT_NAME = flags.DEFINE_string(
     "output_name", "defaults", "Results file names, without extension."
 )
 _MARKDOWN_ONLY = flags.DEFINE_bool(
     "markdown_only", False, "Only rewrite the .md from the .json results."
 )
-
-
-def _hard_loss():
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 def _shuffled(dataset, size, batch_size, seed):
@@ -168,7 +171,7 @@ def _teacher(name, train, test, batch_size):
     if name == "mnist_5k":
         keras.utils.set_random_seed(0)
         teacher = models.build_model("teacher_cnn", (28, 28, 1), 10)
-        teacher.compile(keras.optimizers.Adam(1e-3), _hard_loss())
+        teacher.compile(keras.optimizers.Adam(1e-3), training.hard_label_loss())
         source = tf.data.Dataset.from_tensor_slices(train)
         teacher.fit(
             _shuffled(source, len(train[1]), batch_size, 0),
@@ -177,7 +180,7 @@ def _teacher(name, train, test, batch_size):
         )
     else:
         teacher = strong_teachers.load_teacher(name, _TEACHERS_DIR.value)
-    return teacher, strong_teachers.accuracy(teacher, *test)
+    return teacher, training.accuracy(teacher, test)
 
 
 class _Checkpoints(keras.callbacks.Callback):
@@ -190,8 +193,8 @@ class _Checkpoints(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if epoch + 1 in self._epochs:
-            self.accuracies[epoch + 1] = strong_teachers.accuracy(
-                self._student, *self._test
+            self.accuracies[epoch + 1] = training.accuracy(
+                self._student, self._test
             )
 
 
@@ -213,14 +216,12 @@ def _run(name, recipe, student_name, teacher, train, cached, test, seed):
     keras.utils.set_random_seed(seed)
     student = models.build_model(student_name, train[0].shape[1:], 10)
     augment = _augmenter(name, train[0].shape[1:]) if recipe.augment else None
-    source = tf.data.Dataset.from_tensor_slices(
-        strong_teachers.to_inputs(*train)
-    )
+    source = tf.data.Dataset.from_tensor_slices(train)
     if recipe.method is None:
         model = student
-        data = _shuffled(source, len(train[1]), batch, seed)
+        batches = _shuffled(source, len(train[1]), batch, seed)
         if augment is not None:
-            data = data.map(lambda x, y: (augment(x, training=True), y))
+            batches = batches.map(lambda x, y: (augment(x, training=True), y))
     else:
         model = tfkd.Distiller(
             teacher,
@@ -232,12 +233,12 @@ def _run(name, recipe, student_name, teacher, train, cached, test, seed):
         )
         if not recipe.live:
             source = cached.unbatch()
-        data = _shuffled(source, len(train[1]), batch, seed)
-    model.compile(keras.optimizers.Adam(1e-3), _hard_loss())
+        batches = _shuffled(source, len(train[1]), batch, seed)
+    model.compile(keras.optimizers.Adam(1e-3), training.hard_label_loss())
     checkpoints = _Checkpoints(
-        student, test, {_SHORT_EPOCHS.value, _EPOCHS.value}
+        student, test, {_SHORT_EPOCHS.value, FLAGS.epochs}
     )
-    model.fit(data, epochs=_EPOCHS.value, callbacks=[checkpoints], verbose=0)
+    model.fit(batches, epochs=FLAGS.epochs, callbacks=[checkpoints], verbose=0)
     return checkpoints.accuracies
 
 
@@ -250,21 +251,20 @@ def _applies(recipe, student):
 def _run_dataset(name):
     began = time.time()
     kept, batch = SETTINGS[name]
-    kept = _TRAIN_EXAMPLES.value or kept
-    load = dict(data_dir=_DATA_DIR.value, source_dir=_SOURCE_DIR.value)
-    train = strong_teachers.load_arrays(
+    kept = FLAGS.train_examples or kept
+    load = dict(data_dir=FLAGS.data_dir, source_dir=FLAGS.source_dir)
+    images, labels = strong_teachers.load_arrays(
         name, "train", num_examples=kept, **load
     )
-    test = strong_teachers.load_arrays(name, "test", **load)
-    teacher, teacher_accuracy = _teacher(
-        name, strong_teachers.to_inputs(*train), test, batch
+    train = (images.astype(np.float32) / 255.0, labels)
+    test = data.from_arrays(
+        *strong_teachers.load_arrays(name, "test", **load), batch_size=1000
     )
+    teacher, teacher_accuracy = _teacher(name, train, test, batch)
     print(f"{name}: teacher {100 * teacher_accuracy:.2f}%", flush=True)
     cached = tfkd.cache_teacher_outputs(
         teacher,
-        tf.data.Dataset.from_tensor_slices(
-            strong_teachers.to_inputs(*train)
-        ).batch(1024),
+        tf.data.Dataset.from_tensor_slices(train).batch(1024),
         verbose=0,
     )
     # accuracies[student][recipe][epochs] = [one per seed]
@@ -274,7 +274,7 @@ def _run_dataset(name):
     }
     result = {
         "train_examples": len(train[1]),
-        "test_examples": len(test[1]),
+        "test_examples": int(sum(len(y) for _, y in test)),
         "batch_size": batch,
         "teacher": teacher.name,
         "teacher_accuracy": teacher_accuracy,
@@ -286,7 +286,7 @@ def _run_dataset(name):
             f"{tf.__version__}, {_keras.KERAS_NAME} {keras.__version__}"
         ),
     }
-    for seed in range(_SEEDS.value):
+    for seed in range(FLAGS.seeds):
         for student in _STUDENTS.value:
             for recipe in _RECIPES.value:
                 if not _applies(recipe, student):
@@ -314,8 +314,8 @@ def _run_dataset(name):
 def _save(name, result):
     """Adds `result` (data set `name`, unless None) to the results files,
     under a lock."""
-    os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
-    path = os.path.join(_OUTPUT_DIR.value, _OUTPUT_NAME.value)
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    path = os.path.join(FLAGS.output_dir, _OUTPUT_NAME.value)
     lock_path = os.path.join(
         tempfile.gettempdir(), f"tfkd_{_OUTPUT_NAME.value}.lock"
     )
@@ -480,7 +480,7 @@ def main(argv):
             )
     if "alone" not in _RECIPES.value:
         raise app.UsageError("--recipes must include `alone` (the baseline).")
-    if not 0 < _SHORT_EPOCHS.value <= _EPOCHS.value:
+    if not 0 < _SHORT_EPOCHS.value <= FLAGS.epochs:
         raise app.UsageError("Need 0 < --short_epochs <= --epochs.")
     if _MARKDOWN_ONLY.value:
         lines = _save(None, None)

@@ -41,68 +41,46 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
 
 import tfkd  # noqa: E402
 import tfkd.export  # noqa: E402
 import tfkd.quantization  # noqa: E402
 from benchmarks import strong_teachers  # noqa: E402
+from examples import cli  # noqa: E402
+from examples import data  # noqa: E402
+from examples import models  # noqa: E402
+from examples import training  # noqa: E402
 from tfkd import _keras  # noqa: E402
 from tfkd._keras import keras  # noqa: E402
 
-_DATASET = flags.DEFINE_string("dataset", "cifar10", "Data set name.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data folder.")
-_SOURCE_DIR = flags.DEFINE_string(
-    "source_dir", None, "Folder of the local source files of the data set."
+FLAGS = flags.FLAGS
+cli.define(
+    "dataset",
+    "data_dir",
+    "source_dir",
+    "train_examples",
+    "test_examples",
+    "epochs",
+    "seeds",
+    "batch_size",
+    "calibration_examples",
+    "output_dir",
+    common=(),
+    dataset="cifar10",
+    source_dir=(None, strong_teachers.SOURCE_DIR_HELP),
+    train_examples=10_000,
+    test_examples=2_000,
+    epochs=(15, "Float training epochs."),
+    seeds=2,
+    calibration_examples=500,
+    output_dir=(os.path.join(strong_teachers.BENCHMARKS_DIR, "results"), ""),
 )
-_TRAIN_EXAMPLES = flags.DEFINE_integer(
-    "train_examples", 10000, "First N training examples.", lower_bound=64
-)
-_TEST_EXAMPLES = flags.DEFINE_integer(
-    "test_examples", 2000, "First N test examples.", lower_bound=1
-)
-_EPOCHS = flags.DEFINE_integer(
-    "epochs", 15, "Float training epochs.", lower_bound=1
-)
-_QAT_EPOCHS = flags.DEFINE_integer(
+flags.DEFINE_integer(
     "qat_epochs",
     3,
     "Fine-tuning epochs (QAT and its float references).",
     lower_bound=1,
 )
-_SEEDS = flags.DEFINE_integer("seeds", 2, "Seeds 0..N-1.", lower_bound=1)
-_BATCH_SIZE = flags.DEFINE_integer(
-    "batch_size", 64, "Batch size.", lower_bound=1
-)
-_CALIBRATION = flags.DEFINE_integer(
-    "calibration_examples",
-    500,
-    "Training images that calibrate post-training int8.",
-    lower_bound=1,
-)
-_OUTPUT_DIR = flags.DEFINE_string(
-    "output_dir", strong_teachers.BENCHMARKS_DIR + "/results", "Output folder."
-)
-
-
-def separable_student(input_shape, classes, width=32):
-    """A MobileNet-style student: stem, 4 separable blocks, pooling, Dense."""
-    inputs = keras.Input(input_shape)
-    x = keras.layers.Conv2D(width // 2, 3, padding="same", use_bias=False)(
-        inputs
-    )
-    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
-    for filters, stride in ((width, 1), (2 * width, 2), (2 * width, 1)):
-        x = keras.layers.DepthwiseConv2D(
-            3, strides=stride, padding="same", use_bias=False
-        )(x)
-        x = keras.layers.ReLU(6.0)(keras.layers.BatchNormalization()(x))
-        x = keras.layers.Conv2D(filters, 1, use_bias=False)(x)
-        x = keras.layers.ReLU(6.0)(keras.layers.BatchNormalization()(x))
-    x = keras.layers.DepthwiseConv2D(3, strides=2, padding="same")(x)
-    x = keras.layers.Conv2D(4 * width, 1, activation="relu6")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, keras.layers.Dense(classes)(x), name="student")
 
 
 class _StepTimer(keras.callbacks.Callback):
@@ -132,22 +110,10 @@ class _StepTimer(keras.callbacks.Callback):
         return float(np.median(timed))
 
 
-def _loss():
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-
-def _lite_accuracy(content, x, y):
-    return float(np.mean(tfkd.export.predict_tflite(content, x).argmax(1) == y))
-
-
-def _keras_accuracy(model, x, y):
-    return float(np.mean(model.predict(x, verbose=0).argmax(1) == y))
-
-
 def _teacher(student):
     """The benchmark's strong teacher of the data set, if trained; else the
     float student itself (self-distillation). Returns (model, name)."""
-    dataset = _DATASET.value
+    dataset = FLAGS.dataset
     if dataset in strong_teachers.RECIPES and os.path.exists(
         strong_teachers.weights_path(dataset)
     ):
@@ -166,23 +132,23 @@ def _fine_tune(student, train, teacher, *, qat, timer=None):
         model = keras.models.clone_model(student)
         model.set_weights(student.get_weights())
     trainer = model if teacher is None else tfkd.Distiller(teacher, model)
-    trainer.compile(keras.optimizers.Adam(1e-4), _loss())
+    trainer.compile(keras.optimizers.Adam(1e-4), training.hard_label_loss())
     callbacks = [timer] if timer else []
-    trainer.fit(train, epochs=_QAT_EPOCHS.value, verbose=0, callbacks=callbacks)
+    trainer.fit(train, epochs=FLAGS.qat_epochs, verbose=0, callbacks=callbacks)
     return model
 
 
-def run_seed(seed, train, x_test, y_test, calibration):
+def run_seed(seed, train, test, calibration):
     """One seed's rows: {name: {keras, litert, size_bytes}}, step costs,
     the student's parameter count and the teacher's name."""
     keras.utils.set_random_seed(seed)
-    shape, classes = x_test.shape[1:], int(y_test.max()) + 1
-    student = separable_student(shape, max(classes, 10))
-    steps = _EPOCHS.value * int(train.cardinality())
+    shape, classes = data.info(FLAGS.dataset)
+    student = models.build_model("student_separable", shape, classes)
+    steps = FLAGS.epochs * int(train.cardinality())
     schedule = keras.optimizers.schedules.CosineDecay(2e-3, steps)
-    student.compile(keras.optimizers.Adam(schedule), _loss())
+    student.compile(keras.optimizers.Adam(schedule), training.hard_label_loss())
     float_timer = _StepTimer()
-    student.fit(train, epochs=_EPOCHS.value, verbose=0, callbacks=[float_timer])
+    student.fit(train, epochs=FLAGS.epochs, verbose=0, callbacks=[float_timer])
     rows = {
         "float32": (student, tfkd.export.to_tflite(student)),
         "post-training int8": (
@@ -206,8 +172,8 @@ def run_seed(seed, train, x_test, y_test, calibration):
         rows[f"QAT {how}, int8"] = (qat, tfkd.export.to_tflite(qat, "int8"))
     result = {
         name: {
-            "keras": _keras_accuracy(model, x_test, y_test),
-            "litert": _lite_accuracy(content, x_test, y_test),
+            "keras": training.accuracy(model, test),
+            "litert": tfkd.export.evaluate_tflite(content, test)["accuracy"],
             "size_bytes": len(content),
         }
         for name, (model, content) in rows.items()
@@ -259,36 +225,40 @@ def _table(results, steps, parameters, args):
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.WARNING)
+    training.quiet_logs()
     tf.get_logger().setLevel("ERROR")
     if _keras.IS_LEGACY:
         raise app.UsageError(
             "benchmarks.qat measures tfkd's Keras 3 QAT: run it without "
             "TF_USE_LEGACY_KERAS=1."
         )
-    common = dict(data_dir=_DATA_DIR.value, source_dir=_SOURCE_DIR.value)
+    load = dict(data_dir=FLAGS.data_dir, source_dir=FLAGS.source_dir)
     images, labels = strong_teachers.load_arrays(
-        _DATASET.value,
-        "train",
-        num_examples=_TRAIN_EXAMPLES.value,
-        **common,
+        FLAGS.dataset, "train", num_examples=FLAGS.train_examples, **load
     )
-    test_images, y_test = strong_teachers.load_arrays(
-        _DATASET.value, "test", num_examples=_TEST_EXAMPLES.value, **common
+    test = strong_teachers.load_arrays(
+        FLAGS.dataset, "test", num_examples=FLAGS.test_examples, **load
     )
-    x_test = test_images.astype(np.float32) / 255.0
-    calibration = images[: _CALIBRATION.value].astype(np.float32) / 255.0
+    test_examples = len(test[1])
+    test = data.from_arrays(*test, batch_size=500)
+    calibration = images[: FLAGS.calibration_examples].astype(np.float32) / 255
     recipe = strong_teachers.RECIPES.get(
-        _DATASET.value, strong_teachers.RECIPES["cifar10"]
+        FLAGS.dataset, strong_teachers.RECIPES["cifar10"]
     )
     results, steps = [], []
-    for seed in range(_SEEDS.value):
-        train = strong_teachers.train_dataset(
-            images, labels, recipe, batch_size=_BATCH_SIZE.value, seed=seed
+    for seed in range(FLAGS.seeds):
+        train = data.from_arrays(
+            images,
+            labels,
+            batch_size=FLAGS.batch_size,
+            shuffle=True,
+            seed=seed,
+            crop_padding=recipe.crop_padding,
+            flip=recipe.flip,
         )
         start = time.time()
         result, step, parameters, teacher = run_seed(
-            seed, train, x_test, y_test, calibration
+            seed, train, test, calibration
         )
         results.append(result)
         steps.append(step)
@@ -301,7 +271,7 @@ def main(argv):
             flush=True,
         )
     args = {
-        "dataset": _DATASET.value,
+        "dataset": FLAGS.dataset,
         "command": " ".join(
             f"--{name}={flags.FLAGS[name].value}"
             for name in (
@@ -314,18 +284,18 @@ def main(argv):
             )
         ),
         "machine": f"{os.cpu_count()} CPU cores ({platform.machine()})",
-        "epochs": _EPOCHS.value,
-        "qat_epochs": _QAT_EPOCHS.value,
+        "epochs": FLAGS.epochs,
+        "qat_epochs": FLAGS.qat_epochs,
         "train_examples": len(labels),
-        "test_examples": len(y_test),
-        "batch_size": _BATCH_SIZE.value,
+        "test_examples": test_examples,
+        "batch_size": FLAGS.batch_size,
         "teacher": teacher,
     }
-    os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
     table = _table(results, steps, parameters, args)
-    with open(os.path.join(_OUTPUT_DIR.value, "qat.md"), "w") as f:
+    with open(os.path.join(FLAGS.output_dir, "qat.md"), "w") as f:
         f.write(table)
-    with open(os.path.join(_OUTPUT_DIR.value, "qat.json"), "w") as f:
+    with open(os.path.join(FLAGS.output_dir, "qat.json"), "w") as f:
         json.dump({"args": args, "seeds": results, "steps": steps}, f, indent=1)
     print(table)
 

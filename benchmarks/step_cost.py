@@ -53,26 +53,32 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 import tfkd  # noqa: E402
+from benchmarks import strong_teachers  # noqa: E402
+from examples import cli  # noqa: E402
 from examples import data  # noqa: E402
 from examples import models  # noqa: E402
+from examples import training  # noqa: E402
 from tfkd import _keras  # noqa: E402
 from tfkd._keras import keras  # noqa: E402
 
-_RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-_DATASET = flags.DEFINE_string("dataset", "mnist_5k", "examples/data.py name.")
-_NUM_EXAMPLES = flags.DEFINE_integer(
-    "num_examples", None, "Training examples to keep (default: all)."
+FLAGS = flags.FLAGS
+cli.define(
+    "dataset",
+    "data_dir",
+    "source_dir",
+    "train_examples",
+    "batch_size",
+    "output_dir",
+    common=(),
+    output_dir=(os.path.join(strong_teachers.BENCHMARKS_DIR, "results"), ""),
 )
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data folder.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Batch size.")
-_ROUNDS = flags.DEFINE_integer(
-    "rounds", 40, "Timed epochs per contender, interleaved."
+flags.DEFINE_integer(
+    "rounds", 40, "Timed epochs per contender, interleaved.", lower_bound=1
 )
-_MEMORY = flags.DEFINE_bool(
+flags.DEFINE_bool(
     "memory", True, "Measure peak RSS, one subprocess per contender."
 )
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", _RESULTS, "Results folder.")
-_MEMORY_RUN = flags.DEFINE_string(
+flags.DEFINE_string(
     "memory_run", None, "Internal: run one contender, print its peak RSS."
 )
 
@@ -127,12 +133,12 @@ class KerasIoDistiller(keras.Model):
         return self.student(x)
 
 
-def _hard_loss():
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-
 def _alone(teacher, student, train):
-    student.compile(keras.optimizers.Adam(), _hard_loss(), metrics=["accuracy"])
+    student.compile(
+        keras.optimizers.Adam(),
+        training.hard_label_loss(),
+        metrics=["accuracy"],
+    )
     return student, train
 
 
@@ -144,7 +150,9 @@ def _tfkd(teacher, student, train, cached=False):
         alpha=ALPHA,
     )
     distiller.compile(
-        keras.optimizers.Adam(), _hard_loss(), metrics=["accuracy"]
+        keras.optimizers.Adam(),
+        training.hard_label_loss(),
+        metrics=["accuracy"],
     )
     if cached:
         train = tfkd.cache_teacher_outputs(distiller, train, verbose=0)
@@ -161,7 +169,9 @@ def _keras_distiller(teacher, student, train, loss="kl_divergence"):
         student_loss_weight=ALPHA,
     )
     distiller.compile(
-        keras.optimizers.Adam(), _hard_loss(), metrics=["accuracy"]
+        keras.optimizers.Adam(),
+        training.hard_label_loss(),
+        metrics=["accuracy"],
     )
     return distiller, train
 
@@ -172,7 +182,7 @@ def _keras_io(teacher, student, train):
     distiller.compile(
         optimizer=keras.optimizers.Adam(),
         metrics=[keras.metrics.SparseCategoricalAccuracy()],
-        student_loss_fn=_hard_loss(),
+        student_loss_fn=training.hard_label_loss(),
         distillation_loss_fn=keras.losses.KLDivergence(),
         alpha=ALPHA,
         temperature=TEMPERATURE,
@@ -215,21 +225,22 @@ def _setup():
     so the table compares training steps, not input pipelines.
     """
     source = data.load(
-        _DATASET.value,
+        FLAGS.dataset,
         "train",
-        data_dir=_DATA_DIR.value,
-        batch_size=_BATCH_SIZE.value,
-        num_examples=_NUM_EXAMPLES.value,
+        data_dir=FLAGS.data_dir,
+        source_dir=FLAGS.source_dir,
+        batch_size=FLAGS.batch_size,
+        num_examples=FLAGS.train_examples,
     )
     x = tf.concat([x for x, _ in source], axis=0)
     y = tf.concat([y for _, y in source], axis=0)
     train = (
         tf.data.Dataset.from_tensor_slices((x, y))
-        .batch(_BATCH_SIZE.value)
+        .batch(FLAGS.batch_size)
         .prefetch(tf.data.AUTOTUNE)
     )
     steps = int(train.cardinality())
-    input_shape, num_classes = data.info(_DATASET.value)
+    input_shape, num_classes = data.info(FLAGS.dataset)
     keras.utils.set_random_seed(0)
     # Untrained weights: a step costs the same whatever the values.
     teacher = models.build_model("teacher_cnn", input_shape, num_classes)
@@ -258,13 +269,13 @@ def _measure_memory(name):
         "-m",
         "benchmarks.step_cost",
         f"--memory_run={name}",
-        f"--dataset={_DATASET.value}",
-        f"--batch_size={_BATCH_SIZE.value}",
+        *(
+            f"--{flag}={FLAGS[flag].value}"
+            for flag in ("dataset", "data_dir", "source_dir", "train_examples")
+            if FLAGS[flag].value is not None
+        ),
+        f"--batch_size={FLAGS.batch_size}",
     ]
-    if _DATA_DIR.value:
-        command.append(f"--data_dir={_DATA_DIR.value}")
-    if _NUM_EXAMPLES.value:
-        command.append(f"--num_examples={_NUM_EXAMPLES.value}")
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     output = subprocess.run(
         command, check=True, capture_output=True, text=True, cwd=repo
@@ -292,7 +303,7 @@ def _time_epochs(runs):
     for model, dataset in runs.values():
         model.fit(dataset, epochs=1, verbose=0)  # Tracing.
     times = {name: {"wall": [], "cpu": []} for name in runs}
-    for _ in range(_ROUNDS.value):
+    for _ in range(FLAGS.rounds):
         for name, (model, dataset) in runs.items():
             timer = _EpochTimer()
             model.fit(dataset, epochs=1, verbose=0, callbacks=[timer])
@@ -345,8 +356,8 @@ def main(argv):
         raise app.UsageError(
             "keras.distillation is Keras 3 only: unset TF_USE_LEGACY_KERAS."
         )
-    if _MEMORY_RUN.value:
-        _memory_run(_MEMORY_RUN.value)
+    if FLAGS.memory_run:
+        _memory_run(FLAGS.memory_run)
         return
     start = time.time()
     train, steps, teacher, fresh_student = _setup()
@@ -360,7 +371,7 @@ def main(argv):
     times = _time_epochs(runs)
     memory = (
         {name: _measure_memory(name) for name in CONTENDERS}
-        if _MEMORY.value
+        if FLAGS.memory
         else {}
     )
     command = "python -m benchmarks.step_cost " + " ".join(sys.argv[1:])
@@ -369,11 +380,11 @@ def main(argv):
         "",
         f"Command: `{command.strip()}`",
         "",
-        f"Data: {_DATASET.value} train, {steps} batches of "
-        f"{_BATCH_SIZE.value}, in memory. Teacher `teacher_cnn`, student "
+        f"Data: {FLAGS.dataset} train, {steps} batches of "
+        f"{FLAGS.batch_size}, in memory. Teacher `teacher_cnn`, student "
         f"`student_cnn` (examples/models.py); Adam; KD T={TEMPERATURE:g}, "
         f"hard-label weight {ALPHA:g}; jit_compile default (off on CPU). "
-        f"Median of {_ROUNDS.value} interleaved epochs after one warm-up "
+        f"Median of {FLAGS.rounds} interleaved epochs after one warm-up "
         "epoch each, timed from the first step's start to the last step's "
         "end; wall and process CPU time (all threads).",
         "",
@@ -394,16 +405,16 @@ def main(argv):
         "",
     ]
     print("\n".join(lines))
-    os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
-    with open(os.path.join(_OUTPUT_DIR.value, "step_cost.md"), "w") as f:
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    with open(os.path.join(FLAGS.output_dir, "step_cost.md"), "w") as f:
         f.write("\n".join(lines))
-    with open(os.path.join(_OUTPUT_DIR.value, "step_cost.json"), "w") as f:
+    with open(os.path.join(FLAGS.output_dir, "step_cost.json"), "w") as f:
         json.dump(
             {
                 "command": command.strip(),
-                "dataset": _DATASET.value,
+                "dataset": FLAGS.dataset,
                 "steps_per_epoch": steps,
-                "batch_size": _BATCH_SIZE.value,
+                "batch_size": FLAGS.batch_size,
                 "epoch_seconds": times,
                 "cache_seconds": cache_seconds,
                 "memory_kib": memory,

@@ -7,22 +7,20 @@ trains the teachers with `RECIPES` and writes their weights to
 benchmarks rebuild them with `load_teacher`.
 
 Inputs: every teacher takes float32 NHWC images in [0, 1], as
-`examples.data.load` gives them and as every model of `examples/models.py`
-expects. Scaling happens in the input pipeline (`to_inputs`), not in the
-model: feed the teacher and the student the same `to_inputs` batches.
+`examples.data` batches them and as every model of `examples/models.py`
+expects. Scaling happens in the input pipeline, not in the model: feed the
+teacher and the student the same batches.
 
 Example:
     >>> from benchmarks import strong_teachers
+    >>> from examples import data, training
     >>> teacher = strong_teachers.load_teacher("cifar10")
-    >>> images, labels = strong_teachers.load_arrays("cifar10", "test")
-    >>> strong_teachers.accuracy(teacher, images, labels)
+    >>> test = data.from_arrays(*strong_teachers.load_arrays("cifar10", "test"))
+    >>> training.accuracy(teacher, test)
 """
 
 import dataclasses
 import os
-
-import numpy as np
-import tensorflow as tf
 
 from examples import data
 from examples import models
@@ -33,6 +31,11 @@ WEIGHTS_DIR = os.path.join(BENCHMARKS_DIR, "teachers")
 # `shared/data` next to the repository, where our machines keep them.
 SHARED_DATA = os.path.join(
     os.path.dirname(os.path.dirname(BENCHMARKS_DIR)), "shared", "data"
+)
+SOURCE_DIR_HELP = (
+    "Folder of the local source files (the idx .gz files of fashion_mnist, "
+    "the npz of cifar10), or of their sub-folders fashion-mnist/, cifar10/. "
+    "Default: $TFKD_SOURCE_DIR, else shared/data next to the repository."
 )
 
 
@@ -146,90 +149,9 @@ def load_teacher(dataset, weights_dir=WEIGHTS_DIR):
     return teacher
 
 
-def load_arrays(
-    dataset, split, *, data_dir=None, source_dir=None, num_examples=None
-):
-    """A split decoded once: uint8 images and int32 labels, in TFDS order.
-
-    Goes through `examples.data.builder` (the local builders of
-    `examples/datasets.py`), so `data_dir` and `source_dir` mean what they
-    mean there.
-
-    Args:
-        dataset: a name of `examples.data.DATASETS`.
-        split: `"train"` or `"test"`.
-        data_dir: TFDS data folder. Defaults to `None` (TFDS's default).
-        source_dir: folder of the local source files. Defaults to `None`:
-            `$TFKD_SOURCE_DIR`, else `SHARED_DATA` where it holds them.
-        num_examples: keep the first examples only. Defaults to `None` (all).
-
-    Returns:
-        `(images, labels)`: NumPy arrays `(n, h, w, c)` uint8 and `(n,)`
-        int32.
-    """
-    if num_examples is not None:
-        split = f"{split}[:{int(num_examples)}]"
+def load_arrays(dataset, split, *, source_dir=None, **kwargs):
+    """`examples.data.arrays`, whose `source_dir` defaults to
+    `$TFKD_SOURCE_DIR`, else `SHARED_DATA` where it holds the files."""
     if source_dir is None and not os.environ.get(data.SOURCE_DIR_ENV):
         source_dir = data.find_source_dir(dataset, SHARED_DATA)
-    prepared = data.builder(dataset, data_dir=data_dir, source_dir=source_dir)
-    batches = prepared.as_dataset(
-        split=split, as_supervised=True, shuffle_files=False
-    ).batch(4096)
-    images, labels = zip(*((x.numpy(), y.numpy()) for x, y in batches))
-    return np.concatenate(images), np.concatenate(labels).astype(np.int32)
-
-
-def to_inputs(images, labels):
-    """uint8 images to the teachers' inputs: float32 in [0, 1]."""
-    return tf.cast(images, tf.float32) / 255.0, tf.cast(labels, tf.int32)
-
-
-def augment(image, label, *, crop_padding, flip=True):
-    """A random crop of the zero-padded image, and a random flip.
-
-    Args:
-        image: one uint8 image `(h, w, c)`.
-        label: its label, passed through.
-        crop_padding: pixels of zeros added on each side before cropping
-            back to `(h, w, c)`; 0 disables the crop.
-        flip: flip left-right half of the time.
-
-    Returns:
-        `(image, label)`, the image still uint8 `(h, w, c)`.
-    """
-    if crop_padding:
-        padding = [[crop_padding] * 2, [crop_padding] * 2, [0, 0]]
-        image = tf.image.random_crop(tf.pad(image, padding), tf.shape(image))
-    if flip:
-        image = tf.image.random_flip_left_right(image)
-    return image, label
-
-
-def train_dataset(images, labels, recipe, *, batch_size, seed=0):
-    """Reshuffled, augmented batches of `to_inputs` (every epoch anew)."""
-    size = len(labels)
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
-    dataset = dataset.shuffle(size, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.map(
-        lambda x, y: augment(
-            x, y, crop_padding=recipe.crop_padding, flip=recipe.flip
-        ),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
-    dataset = dataset.batch(batch_size).map(to_inputs)
-    return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-def eval_dataset(images, labels, *, batch_size=1000):
-    """Batches of `to_inputs`, in order, no augmentation."""
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
-    return dataset.batch(batch_size).map(to_inputs).prefetch(tf.data.AUTOTUNE)
-
-
-def accuracy(model, images, labels, *, batch_size=1000):
-    """Top-1 accuracy of a logits `model` on uint8 `images`."""
-    correct = 0
-    for x, y in eval_dataset(images, labels, batch_size=batch_size):
-        predicted = np.argmax(model(x, training=False), axis=-1)
-        correct += int(np.sum(predicted == y.numpy()))
-    return correct / len(labels)
+    return data.arrays(dataset, split, source_dir=source_dir, **kwargs)

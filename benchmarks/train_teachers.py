@@ -8,15 +8,15 @@ each with the recipe of `benchmarks/strong_teachers.py` (`RECIPES`): random
 crops of the zero-padded images and horizontal flips, SGD with Nesterov
 momentum 0.9, decoupled weight decay, a one-cycle learning rate (linear
 warm-up, cosine decay to 0), batch 128. The images are decoded once into a
-uint8 array; `tf.data` augments and scales them to [0, 1] floats (the
-teachers' inputs: `strong_teachers.to_inputs`).
+uint8 array; `examples.data.from_arrays` augments and scales them to
+[0, 1] floats (the teachers' inputs).
 
 Resumable: `keras.callbacks.BackupAndRestore` backs the training state up in
 `--backup_dir/<dataset>_<model>` after every epoch; run the same command
 again after an interruption and it goes on from the last finished epoch (a
 larger `--epochs` goes on too, stretching the remaining schedule). One line
-per epoch on stdout: epoch, loss, train and test accuracy, learning rate,
-seconds.
+per epoch on stdout (`examples.training.EpochLine`): the logs, learning
+rate and seconds.
 
 Writes `teachers/<dataset>_<model>.weights.h5` and `results/teachers.json`
 and `results/teachers.md` (one row per teacher, merged with the rows already
@@ -26,7 +26,7 @@ there) to `--output_dir` (default: `benchmarks/`). Load a teacher with
     python -m benchmarks.train_teachers                 # both, hours on 2 cores
     python -m benchmarks.train_teachers --dataset=fashion_mnist
     python -m benchmarks.train_teachers --dataset=cifar10 --epochs=2 \
-        --max_train_examples=5000 --output_dir=/tmp/teachers   # quick
+        --train_examples=5000 --output_dir=/tmp/teachers   # quick
 """
 
 import os
@@ -45,62 +45,18 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from benchmarks import strong_teachers  # noqa: E402
+from examples import cli  # noqa: E402
+from examples import data  # noqa: E402
 from examples import training  # noqa: E402
 from tfkd import _keras  # noqa: E402
 from tfkd._keras import keras  # noqa: E402
 
-_DATASET = flags.DEFINE_list(
+FLAGS = flags.FLAGS
+flags.DEFINE_list(
     "dataset",
     ["fashion_mnist", "cifar10"],
     f"Teachers to train, by data set: of {sorted(strong_teachers.RECIPES)}.",
 )
-_EPOCHS = flags.DEFINE_integer(
-    "epochs",
-    None,
-    "Training epochs. Default: the data set's recipe (fashion_mnist "
-    f"{strong_teachers.RECIPES['fashion_mnist'].epochs}, cifar10 "
-    f"{strong_teachers.RECIPES['cifar10'].epochs}).",
-    lower_bound=1,
-)
-_BATCH_SIZE = flags.DEFINE_integer(
-    "batch_size", 128, "Training batch size.", lower_bound=1
-)
-_MAX_TRAIN_EXAMPLES = flags.DEFINE_integer(
-    "max_train_examples",
-    None,
-    "Train on the first N training examples only (tests, timing).",
-    lower_bound=1,
-)
-_MAX_TEST_EXAMPLES = flags.DEFINE_integer(
-    "max_test_examples",
-    None,
-    "Evaluate on the first N test examples only (tests).",
-    lower_bound=1,
-)
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the weights and shuffling.")
-_OUTPUT_DIR = flags.DEFINE_string(
-    "output_dir",
-    strong_teachers.BENCHMARKS_DIR,
-    "Writes teachers/<dataset>_<model>.weights.h5 and results/teachers.json "
-    "and .md here.",
-)
-_BACKUP_DIR = flags.DEFINE_string(
-    "backup_dir",
-    os.path.join("~", ".cache", "tfkd", "benchmarks"),
-    "Training state backups, one folder per teacher: re-running the same "
-    "command resumes from them.",
-)
-_DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, "TFDS data folder. Default: ~/tensorflow_datasets."
-)
-_SOURCE_DIR = flags.DEFINE_string(
-    "source_dir",
-    None,
-    "Folder of the local source files (the idx .gz files of fashion_mnist, "
-    "the npz of cifar10), or of their sub-folders fashion-mnist/, cifar10/. "
-    "Default: $TFKD_SOURCE_DIR, else shared/data next to the repository.",
-)
-
 flags.register_validator(
     "dataset",
     lambda names: (
@@ -108,46 +64,31 @@ flags.register_validator(
     ),
     message=f"--dataset takes names of {sorted(strong_teachers.RECIPES)}.",
 )
-
-
-class EpochLog(keras.callbacks.Callback):
-    """Prints one line per epoch and appends it to a JSON-lines file.
-
-    The file (in the backup folder) keeps the epochs of every session of a
-    resumed run, so that the total training time survives interruptions.
-    """
-
-    def __init__(self, path, epochs):
-        super().__init__()
-        self.path = path
-        self.epochs = epochs
-        self._began = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._began = time.time()
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        learning_rate = self.model.optimizer.learning_rate
-        record = {
-            "epoch": epoch + 1,
-            "loss": float(logs["loss"]),
-            "train_accuracy": float(logs["accuracy"]),
-            "test_accuracy": float(logs["val_accuracy"]),
-            "learning_rate": float(keras.ops.convert_to_numpy(learning_rate)),
-            "seconds": time.time() - self._began,
-        }
-        print(
-            f"epoch {record['epoch']}/{self.epochs} "
-            f"loss {record['loss']:.4f} "
-            f"train_acc {record['train_accuracy']:.4f} "
-            f"test_acc {record['test_accuracy']:.4f} "
-            f"lr {record['learning_rate']:.5f} "
-            f"seconds {record['seconds']:.1f}",
-            flush=True,
-        )
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+cli.define(
+    "epochs",
+    "batch_size",
+    "train_examples",
+    "test_examples",
+    "seed",
+    "data_dir",
+    "source_dir",
+    "output_dir",
+    common=(),
+    epochs=(None, "Training epochs. Default: the data set's recipe."),
+    batch_size=128,
+    output_dir=(
+        strong_teachers.BENCHMARKS_DIR,
+        "Writes teachers/<dataset>_<model>.weights.h5 and "
+        "results/teachers.json and .md here.",
+    ),
+    source_dir=(None, strong_teachers.SOURCE_DIR_HELP),
+)
+flags.DEFINE_string(
+    "backup_dir",
+    os.path.join("~", ".cache", "tfkd", "benchmarks"),
+    "Training state backups, one folder per teacher: re-running the same "
+    "command resumes from them.",
+)
 
 
 def _read_epochs(path):
@@ -206,64 +147,69 @@ def _command():
 def train(dataset):
     """Trains (or resumes) `dataset`'s teacher; returns its results row."""
     recipe = strong_teachers.RECIPES[dataset]
-    epochs = _EPOCHS.value or recipe.epochs
-    load = dict(data_dir=_DATA_DIR.value, source_dir=_SOURCE_DIR.value)
-    train_images, train_labels = strong_teachers.load_arrays(
-        dataset, "train", num_examples=_MAX_TRAIN_EXAMPLES.value, **load
+    epochs = FLAGS.epochs or recipe.epochs
+    load = dict(data_dir=FLAGS.data_dir, source_dir=FLAGS.source_dir)
+    images, labels = strong_teachers.load_arrays(
+        dataset, "train", num_examples=FLAGS.train_examples, **load
     )
-    test_images, test_labels = strong_teachers.load_arrays(
-        dataset, "test", num_examples=_MAX_TEST_EXAMPLES.value, **load
+    test = strong_teachers.load_arrays(
+        dataset, "test", num_examples=FLAGS.test_examples, **load
     )
+    test_examples = len(test[1])
+    test = data.from_arrays(*test, batch_size=1000)
     name = f"{dataset}_{recipe.model}"
-    backup_dir = os.path.join(os.path.expanduser(_BACKUP_DIR.value), name)
+    backup_dir = os.path.join(os.path.expanduser(FLAGS.backup_dir), name)
     # What the backup depends on (not the epochs: a run may be extended).
     run = {
-        "batch_size": _BATCH_SIZE.value,
-        "train_examples": len(train_labels),
-        "seed": _SEED.value,
+        "batch_size": FLAGS.batch_size,
+        "train_examples": len(labels),
+        "seed": FLAGS.seed,
         **dataclasses.asdict(recipe),
     }
     del run["epochs"]
     _check_backup(backup_dir, run)
     print(
-        f"{name}: {len(train_labels):,} train / {len(test_labels):,} test "
+        f"{name}: {len(labels):,} train / {test_examples:,} test "
         f"images, {epochs} epochs, backups in {backup_dir}",
         flush=True,
     )
 
-    keras.utils.set_random_seed(_SEED.value)
+    keras.utils.set_random_seed(FLAGS.seed)
     teacher = strong_teachers.build_teacher(dataset)
-    steps_per_epoch = math.ceil(len(train_labels) / _BATCH_SIZE.value)
+    steps_per_epoch = math.ceil(len(labels) / FLAGS.batch_size)
     teacher.compile(
         optimizer=_optimizer(recipe, epochs * steps_per_epoch),
         loss=training.hard_label_loss(),
         metrics=["accuracy"],
     )
     log_path = os.path.join(backup_dir, "epochs.jsonl")
+    train = data.from_arrays(
+        images,
+        labels,
+        batch_size=FLAGS.batch_size,
+        shuffle=True,
+        seed=FLAGS.seed,
+        crop_padding=recipe.crop_padding,
+        flip=recipe.flip,
+    )
     teacher.fit(
-        strong_teachers.train_dataset(
-            train_images,
-            train_labels,
-            recipe,
-            batch_size=_BATCH_SIZE.value,
-            seed=_SEED.value,
-        ),
-        validation_data=strong_teachers.eval_dataset(test_images, test_labels),
+        train,
+        validation_data=test,
         epochs=epochs,
         shuffle=False,  # The dataset reshuffles itself.
         verbose=0,
         callbacks=[
             # The log first: an epoch logged but not backed up runs again,
             # and its second record replaces the first.
-            EpochLog(log_path, epochs),
+            training.EpochLine(epochs, log_path),
             keras.callbacks.BackupAndRestore(
                 os.path.join(backup_dir, "keras"), delete_checkpoint=False
             ),
         ],
     )
-    test_accuracy = strong_teachers.accuracy(teacher, test_images, test_labels)
+    test_accuracy = training.accuracy(teacher, test)
     path = strong_teachers.weights_path(
-        dataset, os.path.join(_OUTPUT_DIR.value, "teachers")
+        dataset, os.path.join(FLAGS.output_dir, "teachers")
     )
     os.makedirs(os.path.dirname(path), exist_ok=True)
     # A fresh model: the weights file holds no optimizer state.
@@ -280,14 +226,14 @@ def train(dataset):
         "model": recipe.model,
         "params": int(teacher.count_params()),
         "epochs": epochs,
-        "batch_size": _BATCH_SIZE.value,
-        "train_examples": len(train_labels),
-        "test_examples": len(test_labels),
+        "batch_size": FLAGS.batch_size,
+        "train_examples": len(labels),
+        "test_examples": test_examples,
         "test_accuracy": test_accuracy,
         "train_seconds": sum(r["seconds"] for r in records),
         "epoch_log": records,
         "recipe": dataclasses.asdict(recipe),
-        "weights": os.path.relpath(path, _OUTPUT_DIR.value),
+        "weights": os.path.relpath(path, FLAGS.output_dir),
         "command": _command(),
         "tensorflow": tf.__version__,
         "keras": f"{_keras.KERAS_NAME} {keras.__version__}",
@@ -335,7 +281,7 @@ def _markdown(rows):
 
 
 def _write_results(row):
-    results_dir = os.path.join(_OUTPUT_DIR.value, "results")
+    results_dir = os.path.join(FLAGS.output_dir, "results")
     os.makedirs(results_dir, exist_ok=True)
     path = os.path.join(results_dir, "teachers.json")
     rows = {}
@@ -354,7 +300,7 @@ def main(argv):
     del argv
     training.quiet_logs()
     tf.get_logger().setLevel("ERROR")
-    for dataset in _DATASET.value:
+    for dataset in FLAGS.dataset:
         _write_results(train(dataset))
 
 

@@ -60,6 +60,7 @@ _SHARED = {  # name: (DEFINE_* function, default, help, its other arguments)
     ),
     "learning_rate": _float(1e-3, "Adam step size."),
     "seed": _integer(0, "Seed of weights and shuffling.", 0, 2**32 - 1),
+    "seeds": _integer(3, "Runs per row, seeds 0..N-1: mean and std."),
     "train_examples": _integer(None, "Use only the first N training examples."),
     "test_examples": _integer(None, "Use only the first N test examples."),
     "calibration_examples": _integer(
@@ -81,30 +82,39 @@ COMMON = (
 ).split()
 
 
-def define(*names, **defaults):
-    """Defines the `COMMON` flags and `names` of `_SHARED`, with checks.
+def define(*names, common=COMMON, **defaults):
+    """Defines the flags `common` and `names` of `_SHARED`, with checks.
 
     Args:
         *names: the other shared flags the script takes.
+        common: the flags every example script takes (`COMMON`); the
+            benchmarks pick their own.
         **defaults: the script's default of a flag, or `(default, help)`.
             `output_dir` is required unless given a default.
     """
-    names = (*COMMON, *names)
+    names = (*common, *names)
     for name in names:
         function, default, help_, kwargs = _SHARED[name]
         default = defaults.get(name, default)
         if isinstance(default, tuple):
             default, help_ = default
         function(name=name, default=default, help=help_, **kwargs)
-    if FLAGS["output_dir"].default is None:
+    if "output_dir" in names and FLAGS["output_dir"].default is None:
         flags.mark_flag_as_required("output_dir")
     check_positive(*[n for n in ("temperature", "learning_rate") if n in names])
     if "alpha" in names:
         check_fraction("alpha")
     if "teacher" in names:
         check_model_files("teacher")
-    check_output_dirs("output_dir", "data_dir")
-    check_flag("source_dir", os.path.isdir, "an existing folder")
+    check_output_dirs(*[n for n in ("output_dir", "data_dir") if n in names])
+    if "source_dir" in names:
+        check_flag("source_dir", os.path.isdir, "an existing folder")
+    if "source_dir" in names and "dataset" in names:
+        _check_source_dir()
+
+
+def _check_source_dir():
+    """`--source_dir` must hold the source files of `--dataset`."""
     flags.register_multi_flags_validator(
         ["dataset", "source_dir"],
         lambda values: (

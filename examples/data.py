@@ -13,6 +13,9 @@ in [0, 1] and int32 labels. Every name goes through TFDS:
   builders, which download.
 - `mnist`: TFDS's own builder (downloads).
 
+`arrays` decodes a split once into NumPy arrays; `from_arrays` batches
+them (the benchmarks train several models on the same arrays).
+
 Example:
     >>> from examples import data
     >>> train = data.load("mnist_5k", "train", batch_size=64, shuffle=True)
@@ -22,6 +25,7 @@ Example:
 import contextlib
 import os
 
+import numpy as np
 import tensorflow as tf
 
 DATASETS = {
@@ -168,63 +172,134 @@ def load(
     split,
     *,
     data_dir=None,
-    batch_size=64,
-    shuffle=False,
-    seed=0,
-    num_examples=None,
-    drop_remainder=False,
     source_dir=None,
+    num_examples=None,
+    **kwargs,
 ):
     """Batches of `(image float32 in [0, 1], label int32)` from a TFDS split.
 
-    The order is fixed (TFDS's) unless `shuffle`: then a full-split buffer
-    (50,000 at most) reshuffles every epoch from `seed`.
+    The decoded uint8 images are cached in memory after the first pass.
 
     Args:
         name: one of `DATASETS`.
         split: `"train"` or `"test"`, or any TFDS split string
             (`"train[:10%]"`).
         data_dir: TFDS data folder. Defaults to `None` (TFDS's default).
+        source_dir: see `builder`. Defaults to `None`.
+        num_examples: keep only the first examples of `split`. Defaults to
+            `None` (all).
+        **kwargs: `batch_size`, `shuffle`, `seed`, `drop_remainder`,
+            `crop_padding`, `flip`: see `batches`.
+
+    Returns:
+        A `tf.data.Dataset` of `(images (batch, h, w, c), labels (batch,))`.
+    """
+    split = _first(split, num_examples)
+    prepared = builder(name, data_dir=data_dir, source_dir=source_dir)
+    dataset = prepared.as_dataset(
+        split=split, as_supervised=True, shuffle_files=False
+    )
+    # Cache the decoded uint8 images: float32 would take 4x the memory.
+    size = prepared.info.splits[split].num_examples
+    return batches(dataset.cache(), size, **kwargs)
+
+
+def arrays(name, split, *, data_dir=None, source_dir=None, num_examples=None):
+    """A split decoded once: uint8 images and int32 labels, in TFDS order.
+
+    Arguments as in `load`. Returns NumPy arrays `(n, h, w, c)` uint8 and
+    `(n,)` int32: feed them to `batches` (`from_arrays`).
+    """
+    prepared = builder(name, data_dir=data_dir, source_dir=source_dir)
+    dataset = prepared.as_dataset(
+        split=_first(split, num_examples),
+        as_supervised=True,
+        shuffle_files=False,
+    )
+    images, labels = zip(
+        *((x, y) for x, y in dataset.batch(4096).as_numpy_iterator())
+    )
+    return np.concatenate(images), np.concatenate(labels).astype(np.int32)
+
+
+def from_arrays(images, labels, **kwargs):
+    """`batches` of uint8 `images` and their `labels` (NumPy arrays)."""
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+    return batches(dataset, len(labels), **kwargs)
+
+
+def batches(
+    examples,
+    size,
+    *,
+    batch_size=64,
+    shuffle=False,
+    seed=0,
+    drop_remainder=False,
+    crop_padding=0,
+    flip=False,
+):
+    """Float batches of uint8 `(image, label)` examples, optionally augmented.
+
+    The order is kept unless `shuffle`: then a buffer of the whole set
+    (50,000 at most) reshuffles every epoch from `seed`.
+
+    Args:
+        examples: a `tf.data.Dataset` of uint8 `(image (h, w, c), label)`.
+        size: the number of examples.
         batch_size: examples per batch (the GLOBAL batch under
             `tf.distribute`). Defaults to `64`.
         shuffle: reshuffle the examples every epoch. Defaults to `False`.
         seed: shuffling seed. Defaults to `0`.
-        num_examples: keep only the first examples of `split`. Defaults to
-            `None` (all).
         drop_remainder: drop a last, smaller batch. Defaults to `False`.
-        source_dir: see `builder`. Defaults to `None`.
+        crop_padding: random crops of each image zero-padded by this many
+            pixels on each side. Defaults to `0` (none).
+        flip: random left-right flips. Defaults to `False`.
 
     Returns:
-        A `tf.data.Dataset` of `(images (batch, h, w, c), labels (batch,))`.
+        A `tf.data.Dataset` of `(float32 images in [0, 1], int32 labels)`.
     """
     if batch_size < 1:
         raise ValueError(
             f"`batch_size` must be a positive integer. Received: "
             f"batch_size={batch_size}"
         )
-    if num_examples is not None:
-        if num_examples < 1:
-            raise ValueError(
-                "`num_examples` must be a positive integer or None. "
-                f"Received: num_examples={num_examples}"
-            )
-        split = f"{split}[:{int(num_examples)}]"
-    prepared = builder(name, data_dir=data_dir, source_dir=source_dir)
-    dataset = prepared.as_dataset(
-        split=split, as_supervised=True, shuffle_files=False
-    )
-    # Cache the decoded uint8 images: float32 would take 4x the memory.
-    dataset = dataset.cache()
     if shuffle:
-        size = prepared.info.splits[split].num_examples
-        dataset = dataset.shuffle(
+        examples = examples.shuffle(
             min(size, _MAX_SHUFFLE_BUFFER),
             seed=seed,
             reshuffle_each_iteration=True,
         )
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    if crop_padding or flip:
+        examples = examples.map(
+            lambda x, y: (augment(x, crop_padding, flip), y),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    dataset = examples.batch(batch_size, drop_remainder=drop_remainder)
     dataset = dataset.map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def augment(image, crop_padding=0, flip=False):
+    """A random crop of `image` (h, w, c) zero-padded by `crop_padding`
+    pixels on each side, and a random left-right flip if `flip`."""
+    if crop_padding:
+        padding = [[crop_padding] * 2, [crop_padding] * 2, [0, 0]]
+        image = tf.image.random_crop(tf.pad(image, padding), tf.shape(image))
+    if flip:
+        image = tf.image.random_flip_left_right(image)
+    return image
+
+
+def _first(split, num_examples):
+    if num_examples is None:
+        return split
+    if num_examples < 1:
+        raise ValueError(
+            "`num_examples` must be a positive integer or None. "
+            f"Received: num_examples={num_examples}"
+        )
+    return f"{split}[:{int(num_examples)}]"
 
 
 def _to_float(images, labels):

@@ -1,14 +1,16 @@
 """Teacher and student models of the examples and benchmarks.
 
-Small Functional CNNs, an MLP and a ResNet-20 for 28x28 grey and 32x32 RGB
-images (NHWC), built with the Keras that tfkd uses (Keras 3, or tf_keras with
-`TF_USE_LEGACY_KERAS=1`): TFMOT's quantization-aware training needs Functional
-or Sequential models. Every model outputs LOGITS (no softmax) and names the
-layers that feature distillation methods tap:
+Small Functional CNNs, an MLP, a depthwise-separable CNN and a ResNet-20 for
+28x28 grey and 32x32 RGB images (NHWC), built with the Keras that tfkd uses
+(Keras 3, or tf_keras with `TF_USE_LEGACY_KERAS=1`): TFMOT's
+quantization-aware training needs Functional or Sequential models. Every
+model outputs LOGITS (no softmax) and names the layers that feature
+distillation methods tap:
 
 - `"features"`: the last conv block's ReLU maps, `(batch, h, w, channels)`,
   with the same `h, w` in `teacher_cnn` and the CNN student (the MLP has
-  none; ResNet-20's are smaller: 8x8 on 32x32 images, the student's 13x13);
+  none; those of ResNet-20 and `student_separable` are smaller: 8x8 on 32x32
+  images, the CNN student's 13x13);
 - `"embedding"`: the penultimate dense layer, `(batch, width)` (ResNet-20:
   the global average pool, `(batch, 64)`).
 
@@ -76,6 +78,37 @@ def student_mlp(input_shape, num_classes):
     x = keras.layers.Flatten(name="flatten")(inputs)
     x = keras.layers.Dense(32, activation="relu", name="embedding")(x)
     return keras.Model(inputs, _logits(x, num_classes), name="student_mlp")
+
+
+def student_separable(input_shape, num_classes, width=32):
+    """A MobileNet-style student for int8 edge export (`benchmarks/qat.py`).
+
+    A 3x3 conv stem (`width / 2` filters), three separable blocks
+    (depthwise 3x3 + BatchNorm + ReLU6, pointwise 1x1 + BatchNorm + ReLU6;
+    `width`, `2 width` strided, `2 width` filters), a strided depthwise 3x3
+    and a 1x1 conv of `4 width` ReLU6 maps (`"features"`), global average
+    pooling (`"embedding"`) and the logits: 19,498 parameters on 32x32x3.
+    """
+    inputs = keras.Input(input_shape, name="image")
+    x = keras.layers.Conv2D(width // 2, 3, padding="same", use_bias=False)(
+        inputs
+    )
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+    for filters, stride in ((width, 1), (2 * width, 2), (2 * width, 1)):
+        x = keras.layers.DepthwiseConv2D(
+            3, strides=stride, padding="same", use_bias=False
+        )(x)
+        x = keras.layers.ReLU(6.0)(keras.layers.BatchNormalization()(x))
+        x = keras.layers.Conv2D(filters, 1, use_bias=False)(x)
+        x = keras.layers.ReLU(6.0)(keras.layers.BatchNormalization()(x))
+    x = keras.layers.DepthwiseConv2D(3, strides=2, padding="same")(x)
+    x = keras.layers.Conv2D(4 * width, 1, activation="relu6", name="features")(
+        x
+    )
+    x = keras.layers.GlobalAveragePooling2D(name="embedding")(x)
+    return keras.Model(
+        inputs, _logits(x, num_classes), name="student_separable"
+    )
 
 
 def resnet20(input_shape, num_classes):
@@ -149,6 +182,7 @@ MODELS = {
     "teacher_cnn": teacher_cnn,
     "student_cnn": student_cnn,
     "student_mlp": student_mlp,
+    "student_separable": student_separable,
     "resnet20": resnet20,
 }
 
@@ -158,7 +192,7 @@ def build_model(name, input_shape, num_classes):
 
     Args:
         name: one of `MODELS`: `"teacher_cnn"`, `"student_cnn"`,
-            `"student_mlp"`, `"resnet20"`.
+            `"student_mlp"`, `"student_separable"`, `"resnet20"`.
         input_shape: image shape without the batch axis, `(h, w, channels)`.
         num_classes: number of classes, the width of the logits.
 

@@ -55,12 +55,6 @@ flags.DEFINE_integer(
     "Epochs of the student, alone and distilled.",
     lower_bound=1,
 )
-flags.DEFINE_integer(
-    "seeds",
-    3,
-    "Students trained per row (seeds 0..N-1): mean and std.",
-    lower_bound=1,
-)
 flags.DEFINE_bool(
     "qat",
     True,
@@ -79,6 +73,7 @@ flags.DEFINE_float(
 )
 cli.check_positive("qat_learning_rate")
 cli.define(
+    "seeds",
     "method",
     "temperature",
     "alpha",

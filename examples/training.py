@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -182,16 +183,28 @@ class EpochLine(keras.callbacks.Callback):
     """Prints one line per epoch: `epoch 3/60: loss 0.311, val_loss 0.48`.
 
     Keras' `verbose=2` prints two (an "Epoch 3/60" header and the logs).
+    With `path`, the line also gives the learning rate and the epoch's
+    seconds, and its record is appended to that JSON-lines file (which
+    keeps every epoch of a resumed run).
     """
 
-    def __init__(self, epochs):
+    def __init__(self, epochs, path=None):
         super().__init__()
         self.epochs = epochs
+        self.path = path
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._began = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
-        values = ", ".join(
-            f"{k} {float(v):.4g}" for k, v in (logs or {}).items()
-        )
+        record = {k: float(v) for k, v in (logs or {}).items()}
+        if self.path:
+            rate = self.model.optimizer.learning_rate
+            record["learning_rate"] = float(keras.ops.convert_to_numpy(rate))
+            record["seconds"] = time.time() - self._began
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"epoch": epoch + 1, **record}) + "\n")
+        values = ", ".join(f"{k} {v:.4g}" for k, v in record.items())
         print(f"epoch {epoch + 1}/{self.epochs}: {values}", flush=True)
 
 
@@ -395,11 +408,6 @@ def load_model(path):
             "pass a `.keras` file."
         )
     return keras.models.load_model(path, compile=False)
-
-
-def read_spec(path):
-    with open(_prefix(path) + ".json") as f:
-        return json.load(f)
 
 
 def _prefix(path):

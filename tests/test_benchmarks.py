@@ -124,7 +124,7 @@ def test_step_cost_benchmark_times_every_contender(data_dir, tmp_path):
     _run(
         "step_cost.py",
         "--rounds=2",
-        "--num_examples=256",
+        "--train_examples=256",
         f"--data_dir={data_dir}",
         f"--output_dir={tmp_path}",
     )
@@ -172,18 +172,18 @@ def test_train_teachers_resumes_and_writes_a_loadable_teacher(tmp_path):
     args = [
         "--dataset=cifar10",
         "--batch_size=32",
-        "--max_train_examples=96",
-        "--max_test_examples=48",
+        "--train_examples=96",
+        "--test_examples=48",
         f"--source_dir={source}",
         f"--data_dir={tmp_path / 'tfds'}",
         f"--output_dir={tmp_path / 'out'}",
         f"--backup_dir={tmp_path / 'backup'}",
     ]
     first = _run("train_teachers.py", *args, "--epochs=1")
-    assert "epoch 1/1 loss " in first
+    assert "epoch 1/1: " in first and " val_accuracy " in first
     # The same command with more epochs resumes: only the second one runs.
     second = _run("train_teachers.py", *args, "--epochs=2")
-    assert "epoch 2/2 loss " in second and "epoch 1/2" not in second
+    assert "epoch 2/2: " in second and "epoch 1/2" not in second
 
     with open(tmp_path / "out" / "results" / "teachers.json") as f:
         row = json.load(f)["teachers"]["cifar10"]
@@ -204,6 +204,8 @@ def test_train_teachers_resumes_and_writes_a_loadable_teacher(tmp_path):
     if REPO_ROOT not in sys.path:
         sys.path.insert(0, REPO_ROOT)
     from benchmarks import strong_teachers
+    from examples import data
+    from examples import training
 
     teacher = strong_teachers.load_teacher(
         "cifar10", weights_dir=tmp_path / "out" / "teachers"
@@ -216,9 +218,8 @@ def test_train_teachers_resumes_and_writes_a_loadable_teacher(tmp_path):
         num_examples=48,
     )
     # The recorded accuracy, to one example (float rounding near a tie).
-    assert strong_teachers.accuracy(teacher, images, labels) == pytest.approx(
-        row["test_accuracy"], abs=1.01 / 48
-    )
+    accuracy = training.accuracy(teacher, data.from_arrays(images, labels))
+    assert accuracy == pytest.approx(row["test_accuracy"], abs=1.01 / 48)
     with pytest.raises(ValueError, match="benchmarks.train_teachers "):
         strong_teachers.load_teacher(
             "fashion_mnist", weights_dir=tmp_path / "out" / "teachers"

@@ -148,7 +148,7 @@ def test_models_output_logits_and_name_their_taps(name, shape):
     def maps(m):
         return tuple(m.get_layer("features").output.shape[1:3])
 
-    if name == "resnet20":  # Two stride-2 stages.
+    if name in ("resnet20", "student_separable"):  # Two stride-2 stages.
         assert maps(model) == (shape[0] // 4, shape[1] // 4)
     elif name != "student_mlp":
         teacher = models.build_model("teacher_cnn", shape, 10)
@@ -160,6 +160,8 @@ def test_model_sizes_and_errors():
     assert mlp.count_params() == 784 * 32 + 32 + 32 * 10 + 10
     teacher = models.build_model("teacher_cnn", (28, 28, 1), 10)
     assert teacher.count_params() == 225_034  # the README's teacher
+    separable = models.build_model("student_separable", (32, 32, 3), 10)
+    assert separable.count_params() == 19_498  # benchmarks/results/qat.md
     with pytest.raises(ValueError, match=r"Received: name='resnet'"):
         models.build_model("resnet", (28, 28, 1), 10)
     with pytest.raises(ValueError, match=r"Received: input_shape=\(784,\)"):
@@ -272,7 +274,7 @@ def test_helpfull_documents_every_flag(script):
     stdout = _run(script, "--helpfull", returncode=1)  # absl exits with 1
     for flag in README_FLAGS[script]:
         # The flag's own help line, not a mention in the usage text.
-        assert re.search(rf"^\s+--(\[no\])?{flag}: \S", stdout, re.M), flag
+        assert re.search(rf"^\s+--(\[no\])?{flag}:\s+\S", stdout, re.M), flag
 
 
 # Each script with cheap settings, so that a flag that wrongly passes fails
