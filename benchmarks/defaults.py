@@ -23,32 +23,29 @@ accumulate per data set: a run updates the rows of its `--datasets` and
 keeps the others (so data sets can run in separate processes).
 """
 
+import dataclasses
+import fcntl
+import json
 import os
+import platform
+import sys
+import tempfile
+import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np
+import tensorflow as tf
+from absl import app
+from absl import flags
 
-import dataclasses  # noqa: E402
-import fcntl  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-
-import tfkd  # noqa: E402
-from benchmarks import strong_teachers  # noqa: E402
-from examples import cli  # noqa: E402
-from examples import data  # noqa: E402
-from examples import methods  # noqa: E402
-from examples import models  # noqa: E402
-from examples import training  # noqa: E402
-from tfkd import _keras  # noqa: E402
-from tfkd._keras import keras  # noqa: E402
+import tfkd
+from benchmarks import strong_teachers
+from examples import cli
+from examples import data
+from examples import methods
+from examples import models
+from examples import training
+from tfkd import _keras
+from tfkd._keras import keras
 
 FLAGS = flags.FLAGS
 _RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")

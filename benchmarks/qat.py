@@ -29,29 +29,26 @@ Writes `qat.md` and `qat.json` to `--output_dir` (default:
 `benchmarks/results/`).
 """
 
+import json
 import os
+import platform
+import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np
+import tensorflow as tf
+from absl import app
+from absl import flags
 
-import json  # noqa: E402
-import platform  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-
-import tfkd  # noqa: E402
-import tfkd.export  # noqa: E402
-import tfkd.quantization  # noqa: E402
-from benchmarks import strong_teachers  # noqa: E402
-from examples import cli  # noqa: E402
-from examples import data  # noqa: E402
-from examples import models  # noqa: E402
-from examples import training  # noqa: E402
-from tfkd import _keras  # noqa: E402
-from tfkd._keras import keras  # noqa: E402
+import tfkd
+import tfkd.export
+import tfkd.quantization
+from benchmarks import strong_teachers
+from examples import cli
+from examples import data
+from examples import models
+from examples import training
+from tfkd import _keras
+from tfkd._keras import keras
 
 FLAGS = flags.FLAGS
 cli.define(

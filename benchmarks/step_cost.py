@@ -37,29 +37,26 @@ Keras 3 only (`keras.distillation` does not exist in tf_keras).
 Writes `benchmarks/results/step_cost.md` and `step_cost.json`.
 """
 
+import json
 import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import tensorflow as tf
+from absl import app
+from absl import flags
 
-import json  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-
-import tensorflow as tf  # noqa: E402
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-
-import tfkd  # noqa: E402
-from benchmarks import strong_teachers  # noqa: E402
-from examples import cli  # noqa: E402
-from examples import data  # noqa: E402
-from examples import models  # noqa: E402
-from examples import training  # noqa: E402
-from tfkd import _keras  # noqa: E402
-from tfkd._keras import keras  # noqa: E402
+import tfkd
+from benchmarks import strong_teachers
+from examples import cli
+from examples import data
+from examples import models
+from examples import training
+from tfkd import _keras
+from tfkd._keras import keras
 
 FLAGS = flags.FLAGS
 cli.define(

@@ -29,27 +29,24 @@ there) to `--output_dir` (default: `benchmarks/`). Load a teacher with
         --train_examples=5000 --output_dir=/tmp/teachers   # quick
 """
 
+import dataclasses
+import json
+import math
 import os
+import platform
+import sys
+import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import tensorflow as tf
+from absl import app
+from absl import flags
 
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import platform  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-
-import tensorflow as tf  # noqa: E402
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-
-from benchmarks import strong_teachers  # noqa: E402
-from examples import cli  # noqa: E402
-from examples import data  # noqa: E402
-from examples import training  # noqa: E402
-from tfkd import _keras  # noqa: E402
-from tfkd._keras import keras  # noqa: E402
+from benchmarks import strong_teachers
+from examples import cli
+from examples import data
+from examples import training
+from tfkd import _keras
+from tfkd._keras import keras
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list(
