@@ -6,6 +6,8 @@ the logit-standardization repository, DIST_KD, and RepDistiller (FitNets,
 AT, SP, RKD, PKT).
 """
 
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -418,14 +420,45 @@ def test_get_config_round_trip(name):
     assert restored.get_config() == config
 
 
-def test_round_trip_table_covers_every_class():
+def _method_classes(entry):
+    """Class names of a `Distiller(distillation_loss=...)` value."""
+    if isinstance(entry, (list, tuple)):
+        return set().union(*(_method_classes(e) for e in entry))
+    return (
+        {type(entry).__name__}
+        if isinstance(entry, L.DistillationLoss)
+        else set()
+    )
+
+
+def _method_table(path):
+    import conftest
+
+    if conftest.REPO_ROOT not in sys.path:  # `examples`: a repository folder.
+        sys.path.insert(0, conftest.REPO_ROOT)
+    from examples import methods
+
+    return {
+        "tests/conftest.py": lambda: [f() for f in conftest.METHODS.values()],
+        "tests/test_losses.py": lambda: [f() for f, _ in METHODS.values()],
+        "examples/methods.py": lambda: [
+            f(4.0) for f in methods.METHODS.values()
+        ],
+    }[path]()
+
+
+@pytest.mark.parametrize(
+    "table",
+    ["tests/conftest.py", "tests/test_losses.py", "examples/methods.py"],
+)
+def test_method_tables_cover_every_class(table):
     classes = {
         name
         for name in L.__all__
         if isinstance(getattr(L, name), type) and name != "DistillationLoss"
     }
-    covered = {type(factory()).__name__ for factory, _ in METHODS.values()}
-    assert covered == classes
+    covered = _method_classes(_method_table(table))
+    assert covered == classes, f"{table} misses {sorted(classes - covered)}"
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
