@@ -108,9 +108,10 @@ def student_separable(input_shape, num_classes, width=32):
         x = keras.layers.Conv2D(filters, 1, use_bias=False)(x)
         x = keras.layers.ReLU(6.0)(keras.layers.BatchNormalization()(x))
     x = keras.layers.DepthwiseConv2D(3, strides=2, padding="same")(x)
-    x = keras.layers.Conv2D(4 * width, 1, activation="relu6", name="features")(
-        x
-    )
+    x = keras.layers.Conv2D(4 * width, 1)(x)
+    # A ReLU layer, not `activation="relu6"`: TFMOT quantizes only some
+    # in-layer activations.
+    x = keras.layers.ReLU(6.0, name="features")(x)
     x = keras.layers.GlobalAveragePooling2D(name="embedding")(x)
     return keras.Model(
         inputs, _logits(x, num_classes), name="student_separable"

@@ -155,6 +155,17 @@ def test_models_output_logits_and_name_their_taps(name, shape):
         assert maps(model) == maps(teacher)
 
 
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_models_can_be_made_quantization_aware(name):
+    # In either mode: TFMOT (tf_keras) refuses some in-layer activations.
+    import tfkd.quantization
+
+    model = models.build_model(name, (28, 28, 1), 10)
+    qat = tfkd.quantization.quantize_aware(model)
+    x = np.random.default_rng(0).uniform(size=(2, 28, 28, 1)).astype("float32")
+    assert qat.predict(x, verbose=0).shape == (2, 10)
+
+
 def test_model_sizes_and_errors():
     mlp = models.build_model("student_mlp", (28, 28, 1), 10)
     assert mlp.count_params() == 784 * 32 + 32 + 32 * 10 + 10
