@@ -48,7 +48,6 @@ from tfkd import _keras
 from tfkd._keras import keras
 
 FLAGS = flags.FLAGS
-_RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # Per data set: (training examples kept, batch size).
 SETTINGS = {
     "mnist_5k": (None, 64),
@@ -142,7 +141,7 @@ cli.define(
     epochs=(20, "The longer schedule's epochs."),
     train_examples=(None, "Training examples kept (default: per data set)."),
     source_dir=(None, strong_teachers.SOURCE_DIR_HELP),
-    output_dir=(_RESULTS, "Results folder."),
+    output_dir=(strong_teachers.RESULTS_DIR, "Results folder."),
 )
 _TEACHERS_DIR = flags.DEFINE_string(
     "teachers_dir", strong_teachers.WEIGHTS_DIR, "Benchmark teachers' weights."

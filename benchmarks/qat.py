@@ -70,7 +70,7 @@ cli.define(
     epochs=(15, "Float training epochs."),
     seeds=2,
     calibration_examples=500,
-    output_dir=(os.path.join(strong_teachers.BENCHMARKS_DIR, "results"), ""),
+    output_dir=(strong_teachers.RESULTS_DIR, "Results folder."),
 )
 flags.DEFINE_integer(
     "qat_epochs",

@@ -67,7 +67,7 @@ cli.define(
     "batch_size",
     "output_dir",
     common=(),
-    output_dir=(os.path.join(strong_teachers.BENCHMARKS_DIR, "results"), ""),
+    output_dir=(strong_teachers.RESULTS_DIR, "Results folder."),
 )
 flags.DEFINE_integer(
     "rounds", 40, "Timed epochs per contender, interleaved.", lower_bound=1

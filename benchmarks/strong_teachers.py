@@ -27,6 +27,7 @@ from examples import models
 
 BENCHMARKS_DIR = os.path.dirname(os.path.abspath(__file__))
 WEIGHTS_DIR = os.path.join(BENCHMARKS_DIR, "teachers")
+RESULTS_DIR = os.path.join(BENCHMARKS_DIR, "results")
 # The benchmarks (not the examples) also look for local source files here:
 # `shared/data` next to the repository, where our machines keep them.
 SHARED_DATA = os.path.join(

@@ -71,7 +71,14 @@ cli.define(
     "source_dir",
     "output_dir",
     common=(),
-    epochs=(None, "Training epochs. Default: the data set's recipe."),
+    epochs=(
+        None,
+        "Training epochs. Default: the data set's recipe ("
+        + ", ".join(
+            f"{k} {r.epochs}" for k, r in strong_teachers.RECIPES.items()
+        )
+        + ").",
+    ),
     batch_size=128,
     output_dir=(
         strong_teachers.BENCHMARKS_DIR,
