@@ -38,7 +38,12 @@ if os.path.isdir(SHARED_DATA):
 
 @pytest.fixture(autouse=True)
 def _seed_and_clear():
-    keras.backend.clear_session()
+    # Keras 3's default also runs gc.collect() (~0.4 s a test here); Keras'
+    # own TestCase skips it. tf_keras' clear_session has no such argument.
+    if _keras.IS_LEGACY:
+        keras.backend.clear_session()
+    else:
+        keras.backend.clear_session(free_memory=False)
     keras.utils.set_random_seed(0)
     yield
 
