@@ -36,6 +36,20 @@ if os.path.isdir(SHARED_DATA):
     os.environ.setdefault("TFKD_SOURCE_DIR", SHARED_DATA)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `mode_independent` (pure TF functions, data builders,
+    text checks, subprocesses that choose their own mode) run once, under
+    Keras 3: under tf_keras they would repeat the same assertions."""
+    if not _keras.IS_LEGACY:
+        return
+    skip = pytest.mark.skip(
+        reason="mode_independent: asserted in the Keras 3 run"
+    )
+    for item in items:
+        if item.get_closest_marker("mode_independent"):
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_clear():
     # Keras 3's default also runs gc.collect() (~0.4 s a test here); Keras'
