@@ -21,13 +21,25 @@ def _channel_images(n, seed, classes=3, size=8):
     return x, y
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_method_trains_under_xla_and_the_student_improves(method):
+@pytest.fixture(scope="module")
+def teacher_weights():
+    """The teacher's weights, trained once for every method's test."""
+    keras.utils.set_random_seed(0)
     x, y = _channel_images(96, seed=0)
-    x_test, y_test = _channel_images(96, seed=1)
     teacher = make_cnn(8, channels=3, name="teacher", seed=1)
     teacher.compile(keras.optimizers.Adam(0.01), sparse_ce())
     teacher.fit(x, y, epochs=10, verbose=0)
+    return teacher.get_weights()
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_method_trains_under_xla_and_the_student_improves(
+    method, teacher_weights
+):
+    x, y = _channel_images(96, seed=0)
+    x_test, y_test = _channel_images(96, seed=1)
+    teacher = make_cnn(8, channels=3, name="teacher", seed=1)
+    teacher.set_weights(teacher_weights)
     student = make_cnn(4, channels=3, name="student", seed=4)
     distiller = tfkd.Distiller(
         teacher, student, distillation_loss=METHODS[method](), alpha=0.5
