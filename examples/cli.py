@@ -82,13 +82,15 @@ COMMON = (
 ).split()
 
 
-def define(*names, common=COMMON, **defaults):
+def define(*names, common=COMMON, flag_values=FLAGS, **defaults):
     """Defines the flags `common` and `names` of `_SHARED`, with checks.
 
     Args:
         *names: the other shared flags the script takes.
         common: the flags every example script takes (`COMMON`); the
             benchmarks pick their own.
+        flag_values: the `flags.FlagValues` to define them in; tests pass
+            a new one to parse a script's command line in-process.
         **defaults: the script's default of a flag, or `(default, help)`.
             `output_dir` is required unless given a default.
     """
@@ -98,22 +100,39 @@ def define(*names, common=COMMON, **defaults):
         default = defaults.get(name, default)
         if isinstance(default, tuple):
             default, help_ = default
-        function(name=name, default=default, help=help_, **kwargs)
-    if "output_dir" in names and FLAGS["output_dir"].default is None:
-        flags.mark_flag_as_required("output_dir")
-    check_positive(*[n for n in ("temperature", "learning_rate") if n in names])
+        function(
+            name=name,
+            default=default,
+            help=help_,
+            flag_values=flag_values,
+            **kwargs,
+        )
+    if "output_dir" in names and flag_values["output_dir"].default is None:
+        flags.mark_flag_as_required("output_dir", flag_values=flag_values)
+    check_positive(
+        *[n for n in ("temperature", "learning_rate") if n in names],
+        flag_values=flag_values,
+    )
     if "alpha" in names:
-        check_fraction("alpha")
+        check_fraction("alpha", flag_values=flag_values)
     if "teacher" in names:
-        check_model_files("teacher")
-    check_output_dirs(*[n for n in ("output_dir", "data_dir") if n in names])
+        check_model_files("teacher", flag_values=flag_values)
+    check_output_dirs(
+        *[n for n in ("output_dir", "data_dir") if n in names],
+        flag_values=flag_values,
+    )
     if "source_dir" in names:
-        check_flag("source_dir", os.path.isdir, "an existing folder")
+        check_flag(
+            "source_dir",
+            os.path.isdir,
+            "an existing folder",
+            flag_values=flag_values,
+        )
     if "source_dir" in names and "dataset" in names:
-        _check_source_dir()
+        _check_source_dir(flag_values)
 
 
-def _check_source_dir():
+def _check_source_dir(flag_values):
     """`--source_dir` must hold the source files of `--dataset`."""
     flags.register_multi_flags_validator(
         ["dataset", "source_dir"],
@@ -123,6 +142,7 @@ def _check_source_dir():
         ),
         message="--source_dir is only for --dataset in "
         f"{sorted(data.SOURCE_FOLDERS)} (local source files)",
+        flag_values=flag_values,
     )
     flags.register_multi_flags_validator(
         ["dataset", "source_dir"],
@@ -135,10 +155,11 @@ def _check_source_dir():
         "(fashion_mnist: its four idx .gz files; cifar10: "
         "cifar10_jpeg_bytes.npz), in it or in a sub-folder fashion-mnist/ or "
         "cifar10/",
+        flag_values=flag_values,
     )
 
 
-def check_flag(name, predicate, rule):
+def check_flag(name, predicate, rule, *, flag_values=FLAGS):
     """Registers `predicate(value)` as the rule of flag `name`.
 
     `rule` completes the error message "must be ..."; `predicate` may also
@@ -148,25 +169,28 @@ def check_flag(name, predicate, rule):
         name,
         lambda value: value is None or predicate(value),
         message=f"must be {rule}",
+        flag_values=flag_values,
     )
 
 
-def check_positive(*names):
+def check_positive(*names, flag_values=FLAGS):
     """Each float flag must be finite and > 0 (temperatures, step sizes)."""
     for name in names:
         check_flag(
             name,
             lambda value: math.isfinite(value) and value > 0,
             "a finite number > 0",
+            flag_values=flag_values,
         )
 
 
-def check_fraction(name, *, include_one=True):
+def check_fraction(name, *, include_one=True, flag_values=FLAGS):
     """The float flag must be in [0, 1] (or [0, 1) without `include_one`)."""
     if include_one:
-        check_flag(name, lambda value: 0 <= value <= 1, "in [0, 1]")
+        rule, check = "in [0, 1]", lambda value: 0 <= value <= 1
     else:
-        check_flag(name, lambda value: 0 <= value < 1, "in [0, 1)")
+        rule, check = "in [0, 1)", lambda value: 0 <= value < 1
+    check_flag(name, check, rule, flag_values=flag_values)
 
 
 def _folder_to_write(path):
@@ -184,10 +208,15 @@ def _folder_to_write(path):
     return True
 
 
-def check_output_dirs(*names):
+def check_output_dirs(*names, flag_values=FLAGS):
     """Each path flag must name a folder, existing or not, and no file."""
     for name in names:
-        check_flag(name, _folder_to_write, "a folder to write to")
+        check_flag(
+            name,
+            _folder_to_write,
+            "a folder to write to",
+            flag_values=flag_values,
+        )
 
 
 def _model_file(path):
@@ -199,11 +228,11 @@ def _model_file(path):
     return True
 
 
-def check_model_files(*names):
+def check_model_files(*names, flag_values=FLAGS):
     """Each flag must name a saved model: a `.keras` path that exists (or
     the `.json` spec of `training.save_model` next to it)."""
     for name in names:
-        check_flag(name, _model_file, "a saved model")
+        check_flag(name, _model_file, "a saved model", flag_values=flag_values)
 
 
 def load(split, **kwargs):

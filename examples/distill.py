@@ -32,59 +32,78 @@ from examples import training
 from tfkd._keras import keras
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum(
-    "student", "student_mlp", sorted(models.MODELS), "Student to distill."
-)
-cli.define(
-    "teacher",
-    "method",
-    "temperature",
-    "alpha",
-    "epochs",
-    "seed",
-    epochs=60,
-    output_dir=(None, "Where to write student.keras, history and logs."),
-)
-flags.DEFINE_enum(
-    "strategy",
-    "default",
-    list(training.STRATEGIES),
-    "default: one device; mirrored: all local GPUs (or --cpu_replicas "
-    "logical CPUs); multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG.",
-)
-flags.DEFINE_integer(
-    "cpu_replicas",
-    1,
-    "With --strategy=mirrored and no GPU: logical CPUs.",
-    lower_bound=1,
-)
-flags.DEFINE_bool(
-    "mixed_precision",
-    False,
-    "mixed_float16 on GPU, mixed_bfloat16 on CPU; the losses stay float32.",
-)
-flags.DEFINE_bool("jit_compile", False, "Compile with XLA.")
-flags.DEFINE_bool(
-    "cache_teacher",
-    False,
-    "Run the teacher once over the training set and train on its stored "
-    "outputs (the batches are then fixed: no reshuffling between epochs).",
-)
-flags.DEFINE_integer(
-    "steps_per_epoch",
-    None,
-    "Steps per epoch. Default: one pass.",
-    lower_bound=1,
-)
-flags.DEFINE_bool("shuffle", True, "Reshuffle the training set every epoch.")
-flags.mark_flag_as_required("teacher")
-flags.register_multi_flags_validator(
-    ["strategy", "cpu_replicas"],
-    lambda values: (
-        values["cpu_replicas"] == 1 or values["strategy"] == "mirrored"
-    ),
-    message="--cpu_replicas > 1 needs --strategy=mirrored",
-)
+
+
+def define_flags(flag_values=FLAGS):
+    """Defines this script's flags in `flag_values` (tests: a new one)."""
+    fv = dict(flag_values=flag_values)
+    flags.DEFINE_enum(
+        "student",
+        "student_mlp",
+        sorted(models.MODELS),
+        "Student to distill.",
+        **fv,
+    )
+    cli.define(
+        "teacher",
+        "method",
+        "temperature",
+        "alpha",
+        "epochs",
+        "seed",
+        epochs=60,
+        output_dir=(None, "Where to write student.keras, history and logs."),
+        **fv,
+    )
+    flags.DEFINE_enum(
+        "strategy",
+        "default",
+        list(training.STRATEGIES),
+        "default: one device; mirrored: all local GPUs (or --cpu_replicas "
+        "logical CPUs); multi_worker: MultiWorkerMirroredStrategy from "
+        "TF_CONFIG.",
+        **fv,
+    )
+    flags.DEFINE_integer(
+        "cpu_replicas",
+        1,
+        "With --strategy=mirrored and no GPU: logical CPUs.",
+        lower_bound=1,
+        **fv,
+    )
+    flags.DEFINE_bool(
+        "mixed_precision",
+        False,
+        "mixed_float16 on GPU, mixed_bfloat16 on CPU; the losses stay float32.",
+        **fv,
+    )
+    flags.DEFINE_bool("jit_compile", False, "Compile with XLA.", **fv)
+    flags.DEFINE_bool(
+        "cache_teacher",
+        False,
+        "Run the teacher once over the training set and train on its stored "
+        "outputs (the batches are then fixed: no reshuffling between epochs).",
+        **fv,
+    )
+    flags.DEFINE_integer(
+        "steps_per_epoch",
+        None,
+        "Steps per epoch. Default: one pass.",
+        lower_bound=1,
+        **fv,
+    )
+    flags.DEFINE_bool(
+        "shuffle", True, "Reshuffle the training set every epoch.", **fv
+    )
+    flags.mark_flag_as_required("teacher", **fv)
+    flags.register_multi_flags_validator(
+        ["strategy", "cpu_replicas"],
+        lambda values: (
+            values["cpu_replicas"] == 1 or values["strategy"] == "mirrored"
+        ),
+        message="--cpu_replicas > 1 needs --strategy=mirrored",
+        **fv,
+    )
 
 
 def _datasets(strategy):
@@ -161,4 +180,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

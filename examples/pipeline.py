@@ -42,45 +42,65 @@ from tfkd import _keras
 from tfkd._keras import keras
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum(
-    "teacher_model", "teacher_cnn", sorted(models.MODELS), "Teacher."
-)
-flags.DEFINE_enum(
-    "student_model", "student_mlp", sorted(models.MODELS), "Student."
-)
-flags.DEFINE_integer("teacher_epochs", 15, "Teacher epochs.", lower_bound=1)
-flags.DEFINE_integer(
-    "student_epochs",
-    60,
-    "Epochs of the student, alone and distilled.",
-    lower_bound=1,
-)
-flags.DEFINE_bool(
-    "qat",
-    True,
-    "Quantization-aware distillation before the int8 export; --noqat: "
-    "post-training int8.",
-)
-flags.DEFINE_bool(
-    "tfmot",
-    False,
-    "QAT with TFMOT: re-runs the pipeline under tf_keras "
-    "(TF_USE_LEGACY_KERAS=1). Default: tfkd's Keras 3 QAT in the current mode.",
-)
-flags.DEFINE_integer("qat_epochs", 5, "QAT epochs.", lower_bound=1)
-flags.DEFINE_float(
-    "qat_learning_rate", 1e-4, "Adam step size of QAT fine-tuning."
-)
-cli.check_positive("qat_learning_rate")
-cli.define(
-    "seeds",
-    "method",
-    "temperature",
-    "alpha",
-    "calibration_examples",
-    verbose=2,
-    output_dir=("pipeline_output", "Where to write the table and models."),
-)
+
+
+def define_flags(flag_values=FLAGS):
+    """Defines this script's flags in `flag_values` (tests: a new one)."""
+    fv = dict(flag_values=flag_values)
+    flags.DEFINE_enum(
+        "teacher_model",
+        "teacher_cnn",
+        sorted(models.MODELS),
+        "Teacher.",
+        **fv,
+    )
+    flags.DEFINE_enum(
+        "student_model",
+        "student_mlp",
+        sorted(models.MODELS),
+        "Student.",
+        **fv,
+    )
+    flags.DEFINE_integer(
+        "teacher_epochs", 15, "Teacher epochs.", lower_bound=1, **fv
+    )
+    flags.DEFINE_integer(
+        "student_epochs",
+        60,
+        "Epochs of the student, alone and distilled.",
+        lower_bound=1,
+        **fv,
+    )
+    flags.DEFINE_bool(
+        "qat",
+        True,
+        "Quantization-aware distillation before the int8 export; --noqat: "
+        "post-training int8.",
+        **fv,
+    )
+    flags.DEFINE_bool(
+        "tfmot",
+        False,
+        "QAT with TFMOT: re-runs the pipeline under tf_keras "
+        "(TF_USE_LEGACY_KERAS=1). Default: tfkd's Keras 3 QAT in the "
+        "current mode.",
+        **fv,
+    )
+    flags.DEFINE_integer("qat_epochs", 5, "QAT epochs.", lower_bound=1, **fv)
+    flags.DEFINE_float(
+        "qat_learning_rate", 1e-4, "Adam step size of QAT fine-tuning.", **fv
+    )
+    cli.check_positive("qat_learning_rate", **fv)
+    cli.define(
+        "seeds",
+        "method",
+        "temperature",
+        "alpha",
+        "calibration_examples",
+        verbose=2,
+        output_dir=("pipeline_output", "Where to write the table and models."),
+        **fv,
+    )
 
 
 def _stage(number, text):
@@ -297,4 +317,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

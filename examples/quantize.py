@@ -32,37 +32,51 @@ from examples import training
 from tfkd._keras import keras
 
 FLAGS = flags.FLAGS
-cli.define(
-    "teacher",
-    "temperature",
-    "alpha",
-    "epochs",
-    "seed",
-    "calibration_examples",
-    epochs=(5, "Epochs of each stage (pruning, QAT)."),
-    learning_rate=(1e-4, "Adam step size (fine-tuning: small)."),
-    output_dir=(None, "Where to write student_int8.tflite, results.json."),
-)
-flags.DEFINE_string(
-    "student", None, "The student: a .keras file (from examples.distill)."
-)
-flags.DEFINE_bool(
-    "qat", True, "Quantization-aware distillation before the int8 export."
-)
-flags.DEFINE_bool(
-    "prune",
-    False,
-    "Magnitude pruning (distilled) before QAT / export. With --qat, QAT "
-    "retrains every weight: results.json reports the final sparsity.",
-)
-flags.DEFINE_float(
-    "target_sparsity",
-    0.5,
-    "Fraction of zero weights reached by pruning, in [0, 1).",
-)
-flags.mark_flags_as_required(["teacher", "student"])
-cli.check_fraction("target_sparsity", include_one=False)
-cli.check_model_files("student")
+
+
+def define_flags(flag_values=FLAGS):
+    """Defines this script's flags in `flag_values` (tests: a new one)."""
+    fv = dict(flag_values=flag_values)
+    cli.define(
+        "teacher",
+        "temperature",
+        "alpha",
+        "epochs",
+        "seed",
+        "calibration_examples",
+        epochs=(5, "Epochs of each stage (pruning, QAT)."),
+        learning_rate=(1e-4, "Adam step size (fine-tuning: small)."),
+        output_dir=(None, "Where to write student_int8.tflite, results.json."),
+        **fv,
+    )
+    flags.DEFINE_string(
+        "student",
+        None,
+        "The student: a .keras file (from examples.distill).",
+        **fv,
+    )
+    flags.DEFINE_bool(
+        "qat",
+        True,
+        "Quantization-aware distillation before the int8 export.",
+        **fv,
+    )
+    flags.DEFINE_bool(
+        "prune",
+        False,
+        "Magnitude pruning (distilled) before QAT / export. With --qat, QAT "
+        "retrains every weight: results.json reports the final sparsity.",
+        **fv,
+    )
+    flags.DEFINE_float(
+        "target_sparsity",
+        0.5,
+        "Fraction of zero weights reached by pruning, in [0, 1).",
+        **fv,
+    )
+    flags.mark_flags_as_required(["teacher", "student"], **fv)
+    cli.check_fraction("target_sparsity", include_one=False, **fv)
+    cli.check_model_files("student", **fv)
 
 
 def main(argv):
@@ -109,4 +123,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -22,15 +22,24 @@ from examples import training
 from tfkd._keras import keras
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum(
-    "model", "teacher_cnn", sorted(models.MODELS), "Model to train."
-)
-cli.define(
-    "epochs",
-    "seed",
-    epochs=15,
-    output_dir=(None, "Where to write teacher.keras and history.json."),
-)
+
+
+def define_flags(flag_values=FLAGS):
+    """Defines this script's flags in `flag_values` (tests: a new one)."""
+    flags.DEFINE_enum(
+        "model",
+        "teacher_cnn",
+        sorted(models.MODELS),
+        "Model to train.",
+        flag_values=flag_values,
+    )
+    cli.define(
+        "epochs",
+        "seed",
+        epochs=15,
+        output_dir=(None, "Where to write teacher.keras and history.json."),
+        flag_values=flag_values,
+    )
 
 
 def main(argv):
@@ -58,4 +67,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

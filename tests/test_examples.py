@@ -5,6 +5,7 @@ re-run themselves under tf_keras) on tiny settings: one epoch, a few hundred
 mnist_5k digits, prepared once in a temporary TFDS folder.
 """
 
+import importlib
 import importlib.util
 import json
 import os
@@ -16,6 +17,8 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import app
+from absl import flags
 from conftest import NO_ONEDNN
 from conftest import REPO_ROOT
 from conftest import run_two_workers
@@ -276,16 +279,31 @@ def test_scalar_summaries_are_what_fit_logged(tmp_path):
 # Subprocesses: the scripts end to end.
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
-    _keras.IS_LEGACY, reason="flags do not depend on the Keras mode"
-)
+def _flag_values(script):
+    """A new `flags.FlagValues` holding only `script`'s flags: its command
+    line parses in this process (absl's global FLAGS is left alone)."""
+    module = importlib.import_module(f"examples.{script}")
+    flag_values = flags.FlagValues()
+    module.define_flags(flag_values)
+    return flag_values
+
+
+@pytest.mark.mode_independent
 @pytest.mark.parametrize("script", sorted(README_FLAGS))
-def test_helpfull_documents_every_flag(script):
-    stdout = _run(script, "--helpfull", returncode=1)  # absl exits with 1
+def test_help_documents_every_flag(script):
+    # The text of `--helpfull` for the script's own flags.
+    text = _flag_values(script).get_help()
     for flag in README_FLAGS[script]:
         # The flag's own help line, not a mention in the usage text.
-        assert re.search(rf"^\s+--(\[no\])?{flag}:\s+\S", stdout, re.M), flag
+        assert re.search(rf"^\s+--(\[no\])?{flag}:\s+\S", text, re.M), flag
+
+
+@pytest.mark.slow
+@pytest.mark.mode_independent
+def test_helpfull_exits_with_the_help_text():
+    """One real `--helpfull` run (a subprocess): absl prints, exits with 1."""
+    stdout = _run("distill", "--helpfull", returncode=1)
+    assert re.search(r"^\s+--teacher:\s+\S", stdout, re.M)
 
 
 # Each script with cheap settings, so that a flag that wrongly passes fails
@@ -412,29 +430,18 @@ _BAD_FLAGS = [
 ]
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
-    _keras.IS_LEGACY, reason="flags do not depend on the Keras mode"
-)
-@pytest.mark.parametrize(
-    "script, bad_flags, errors",
-    _BAD_FLAGS,
-    ids=[f"{script}-{len(flags)}" for script, flags, _ in _BAD_FLAGS],
-)
-def test_bad_flags_stop_the_script_before_any_work(
-    script, bad_flags, errors, tmp_path
-):
+def _bad_flags_case(script, bad_flags, errors, tmp_path):
+    """The command line of a `_BAD_FLAGS` case, its report on stderr and
+    the folders that it must not create."""
     tmp = str(tmp_path)
     for name in ("teacher.keras", "student.keras"):
         (tmp_path / name).write_text("")
     output_dir, data_dir = tmp_path / "output", tmp_path / "tfds"
-    result = _run_module(
-        script,
+    argv = [
         f"--output_dir={output_dir}",
         f"--data_dir={data_dir}",
         *[arg.format(tmp=tmp) for arg in _CHEAP[script] + bad_flags],
-    )
-    assert result.returncode == 1, result.stdout + result.stderr[-3000:]
+    ]
     # One line per bad flag: the flag, its value and the rule.
     errors = [error.format(tmp=tmp) for error in errors]
     if len(errors) == 1:
@@ -444,10 +451,42 @@ def test_bad_flags_stop_the_script_before_any_work(
             f"  {error}\n" for error in errors
         )
     hint = "Pass --helpshort or --helpfull to see help on flags.\n"
-    assert report + hint in result.stderr
+    return argv, report + hint, (output_dir, data_dir)
+
+
+@pytest.mark.mode_independent
+@pytest.mark.parametrize(
+    "script, bad_flags, errors",
+    _BAD_FLAGS,
+    ids=[f"{script}-{len(flags)}" for script, flags, _ in _BAD_FLAGS],
+)
+def test_bad_flags_stop_the_script_before_any_work(
+    script, bad_flags, errors, tmp_path, capsys, monkeypatch
+):
+    # In-process: absl's own parse-and-report of `app.run`, on the script's
+    # flags only. A real run of one case: the test after this one.
+    argv, report, folders = _bad_flags_case(script, bad_flags, errors, tmp_path)
+    monkeypatch.setattr(app, "FLAGS", _flag_values(script))
+    with pytest.raises(SystemExit) as exit_:
+        app.parse_flags_with_usage([script, *argv])
+    assert exit_.value.code == 1
+    out, err = capsys.readouterr()
+    assert err == report
+    assert out == ""  # no stage, no epoch
+    assert not any(folder.exists() for folder in folders)
+
+
+@pytest.mark.slow
+@pytest.mark.mode_independent
+def test_bad_flags_stop_a_real_run_before_any_work(tmp_path):
+    script, bad_flags, errors = _BAD_FLAGS[4]  # distill, four bad flags
+    argv, report, folders = _bad_flags_case(script, bad_flags, errors, tmp_path)
+    result = _run_module(script, *argv)
+    assert result.returncode == 1, result.stdout + result.stderr[-3000:]
+    assert report in result.stderr
     assert "Traceback" not in result.stderr
     assert result.stdout == ""  # no stage, no epoch
-    assert not output_dir.exists() and not data_dir.exists()
+    assert not any(folder.exists() for folder in folders)
 
 
 @pytest.mark.slow
