@@ -17,6 +17,7 @@ from conftest import sparse_ce
 from conftest import toy_classification
 
 import tfkd
+from tfkd import _loss_scale
 from tfkd._keras import IS_LEGACY
 from tfkd._keras import keras
 
@@ -441,3 +442,149 @@ def test_regularization_counts_in_evaluate_as_in_keras():
         student.evaluate(x, y, verbose=0),
         rtol=1e-5,
     )
+
+
+# 11. Mixed float16 on several replicas: a gradient overflow on one replica
+# (issue 22). Keras 3's LossScaleOptimizer asks replica 0 only whether the
+# gradients are finite; the Distiller's step must skip on every replica.
+
+
+class _OverflowOnReplica(keras.layers.Layer):
+    """The identity, whose gradient is inf on replica `replica` while the
+    `armed` weight is 1 (as a float16 overflow there would be)."""
+
+    def __init__(self, replica, **kwargs):
+        super().__init__(**kwargs)
+        self.replica = replica
+
+    def build(self, input_shape):
+        self.armed = self.add_weight(
+            name="armed", shape=(), initializer="ones", trainable=False
+        )
+
+    def call(self, inputs):
+        armed = tf.cast(self.armed, "bool")
+        replica = self.replica
+
+        @tf.custom_gradient
+        def identity(x):
+            def grad(dy):
+                context = tf.distribute.get_replica_context()
+                here = tf.equal(context.replica_id_in_sync_group, replica)
+                factor = tf.where(armed & here, float("inf"), 1.0)
+                return dy * tf.cast(factor, dy.dtype)
+
+            return tf.identity(x), grad
+
+        return identity(inputs)
+
+
+def _overflowing_student(replica):
+    inputs = keras.Input((8,))
+    x = keras.layers.Dense(
+        6, kernel_initializer=keras.initializers.GlorotUniform(seed=2)
+    )(inputs)
+    x = _OverflowOnReplica(replica, name="overflow")(x)
+    outputs = keras.layers.Dense(
+        3, kernel_initializer=keras.initializers.GlorotUniform(seed=3)
+    )(x)
+    return keras.Model(inputs, outputs, name="s")
+
+
+def _scale_of(optimizer):
+    # Keras 3's `dynamic_scale` variable; tf_keras' `loss_scale` tensor.
+    value = optimizer.loss_scale if IS_LEGACY else optimizer.dynamic_scale
+    return float(np.asarray(value))
+
+
+def _trainable(model):
+    return [np.array(w) for w in model.trainable_weights]
+
+
+@pytest.fixture
+def mixed_float16():
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    yield
+    keras.mixed_precision.set_global_policy(previous)
+
+
+@pytest.mark.parametrize("replica", [0, 1])
+def test_overflow_on_one_replica_skips_the_step_on_every_replica(
+    mixed_float16, replica
+):
+    x, y = toy_classification(n=16)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+
+    def distiller_on(strategy, start=None):
+        with strategy.scope():
+            teacher = make_mlp(16, name="t", seed=1)
+            student = _overflowing_student(replica)
+            distiller = tfkd.Distiller(teacher, student, alpha=0.5)
+            distiller.compile(keras.optimizers.SGD(0.1), loss=sparse_ce())
+        if start is not None:
+            for weight, value in zip(student.trainable_weights, start):
+                weight.assign(value)
+        return distiller
+
+    distiller = distiller_on(mirrored_strategy())
+    assert "LossScale" in type(distiller.optimizer).__name__
+    start = _trainable(distiller.student)
+    initial_scale = float(distiller.optimizer.initial_scale)
+    logs = distiller.fit(data, epochs=1, verbose=0).history
+    # Skipped on both replicas: the weights are as they were (finite), the
+    # loss scale halved, as on one device.
+    for before, after in zip(start, _trainable(distiller.student)):
+        np.testing.assert_array_equal(after, before)
+    assert _scale_of(distiller.optimizer) == initial_scale / 2
+    assert np.isfinite(logs["loss"][0])
+
+    # The next step, without overflow, trains as one device does.
+    distiller.student.get_layer("overflow").armed.assign(0.0)
+    distiller.fit(data, epochs=1, verbose=0)
+    trained = _trainable(distiller.student)
+    assert all(np.all(np.isfinite(w)) for w in trained)
+    assert relative_difference(trained, start) > 1e-3
+    single = distiller_on(tf.distribute.get_strategy(), start)
+    single.student.get_layer("overflow").armed.assign(0.0)
+    single.fit(data, epochs=1, verbose=0)
+    expected = _trainable(single.student)
+    update = [a - b for a, b in zip(trained, start)]
+    expected_update = [a - b for a, b in zip(expected, start)]
+    assert relative_difference(update, expected_update) < 2e-3
+    assert _scale_of(distiller.optimizer) == initial_scale / 2
+
+
+@pytest.mark.parametrize("replica", [0, 1, None])
+def test_replicas_agree_on_finite_gradients_in_both_keras(replica):
+    # tfkd's own agreement, whatever the optimizer then does with it.
+    strategy = mirrored_strategy()
+    with strategy.scope():
+        optimizer = keras.mixed_precision.LossScaleOptimizer(
+            keras.optimizers.SGD()
+        )
+    dense = tf.constant([[1.0, -0.0], [3.0, 4.0]])
+    sparse = tf.IndexedSlices(
+        tf.constant([[5.0, 6.0]]), tf.constant([1]), tf.constant([4, 2])
+    )
+
+    def step():
+        here = tf.distribute.get_replica_context().replica_id_in_sync_group
+        bad = replica is not None and here == replica
+        grads = [None, sparse, dense * (float("inf") if bad else 1.0)]
+        agreed = _loss_scale.agree_on_finite(optimizer, grads)
+        assert agreed[0] is None
+        return agreed[1].values, agreed[2]
+
+    for values, grad in zip(
+        *(
+            strategy.experimental_local_results(result)
+            for result in tf.function(lambda: strategy.run(step))()
+        )
+    ):
+        if replica is None:  # untouched, bit for bit (-0.0 too)
+            np.testing.assert_array_equal(values, sparse.values)
+            np.testing.assert_array_equal(grad, dense)
+            assert np.signbit(grad[0, 1])
+        else:
+            assert not (np.isfinite(values).all() and np.isfinite(grad).all())

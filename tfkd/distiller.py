@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from tfkd import _augment
 from tfkd import _keras
+from tfkd import _loss_scale
 from tfkd import _methods
 from tfkd import _objective
 from tfkd import _taps
@@ -517,6 +518,9 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         variables = self.trainable_variables
         gradients = tape.gradient(scaled_loss, variables)
         gradients = _keras.unscale_gradients(self.optimizer, gradients)
+        # Every replica skips an overflowing step, or none (Keras 3 asks
+        # replica 0 only).
+        gradients = _loss_scale.agree_on_finite(self.optimizer, gradients)
         self.optimizer.apply_gradients(zip(gradients, variables))
         return self._metrics_result(x, y, student_outputs[0], sample_weight)
 
