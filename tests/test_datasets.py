@@ -23,6 +23,9 @@ pytest.importorskip("mlxtend")
 from examples import data  # noqa: E402
 from examples import datasets  # noqa: E402
 
+# TFDS builders and tf.data pipelines: no Keras in them.
+pytestmark = pytest.mark.mode_independent
+
 
 def _prepare(builder_cls, data_dir, source_dir=None):
     builder = builder_cls(data_dir=str(data_dir))

@@ -181,6 +181,7 @@ def _maps(batch, size, channels, seed):
 LOGIT_CASES = [(2, 2, 1.0), (8, 10, 1.0), (32, 100, 5.0), (5, 3, 20.0)]
 
 
+@pytest.mark.mode_independent  # pure TF functions
 @pytest.mark.parametrize("batch,classes,scale", LOGIT_CASES)
 @pytest.mark.parametrize("temperature", [1.0, 4.0])
 def test_logit_losses_match_official_code(batch, classes, scale, temperature):
@@ -213,6 +214,7 @@ def test_logit_losses_match_official_code(batch, classes, scale, temperature):
         )
 
 
+@pytest.mark.mode_independent  # pure TF functions
 @pytest.mark.parametrize("classes", [10, 100, 1000])
 def test_kl_stays_accurate_in_float32_at_high_temperature(classes):
     # At T=20 the softened distributions are close and the terms of the KL
@@ -242,6 +244,7 @@ def test_kl_stays_accurate_in_float32_at_high_temperature(classes):
     )
 
 
+@pytest.mark.mode_independent  # pure TF functions
 @pytest.mark.parametrize(
     "batch,t_shape,s_shape",
     [
@@ -280,6 +283,7 @@ def test_feature_losses_match_official_code(batch, t_shape, s_shape):
         )
 
 
+@pytest.mark.mode_independent  # pure TF functions
 def test_hand_checked_values():
     # KD, T=1: p_t = [1/4, 3/4], p_s = [1/2, 1/2]:
     # 0.25 ln(0.5) + 0.75 ln(1.5) = 0.1308120...
@@ -320,6 +324,7 @@ def test_hand_checked_values():
     np.testing.assert_allclose(zero, 0.0, atol=1e-6)
 
 
+@pytest.mark.mode_independent  # pure TF functions
 def test_degenerate_inputs_have_finite_gradients():
     # A zero-initialised head gives all-equal logits; dead ReLUs give an
     # all-zero embedding row. PyTorch's norm has a zero subgradient there.

@@ -9,6 +9,9 @@ import tensorflow as tf
 import tfkd
 from tfkd import _objective
 
+# Functions of tensors: the same TensorFlow code under either Keras.
+pytestmark = pytest.mark.mode_independent
+
 
 def _scale(local=4, global_=8, replicas=2):
     return _objective.Scale(
