@@ -36,17 +36,29 @@ if os.path.isdir(SHARED_DATA):
     os.environ.setdefault("TFKD_SOURCE_DIR", SHARED_DATA)
 
 
+SLOW_TIMEOUT = 600  # seconds; the others: setup.cfg's `timeout`
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `mode_independent` (pure TF functions, data builders,
-    text checks, subprocesses that choose their own mode) run once, under
-    Keras 3: under tf_keras they would repeat the same assertions."""
-    if not _keras.IS_LEGACY:
-        return
+    """Orders, limits and skips what was collected.
+
+    - `slow` tests (end-to-end subprocesses) first, so that `-n 2` starts
+      them early instead of leaving one worker busy at the end; each with
+      `SLOW_TIMEOUT` unless it sets its own `timeout`.
+    - Tests marked `mode_independent` (pure TF functions, data builders,
+      text checks, subprocesses that choose their own mode) run once, under
+      Keras 3: under tf_keras they would repeat the same assertions.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
     skip = pytest.mark.skip(
         reason="mode_independent: asserted in the Keras 3 run"
     )
     for item in items:
-        if item.get_closest_marker("mode_independent"):
+        if item.get_closest_marker("slow") and not item.get_closest_marker(
+            "timeout"
+        ):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
+        if _keras.IS_LEGACY and item.get_closest_marker("mode_independent"):
             item.add_marker(skip)
 
 

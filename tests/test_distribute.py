@@ -187,6 +187,7 @@ def _resumable_run(output_dir, kill_at):
     )
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_backup_and_restore_gives_same_student(
     tmp_path,
 ):
@@ -208,6 +209,8 @@ def test_sigkill_mid_epoch_then_backup_and_restore_gives_same_student(
         np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("multi_process")
 def test_two_workers_on_localhost_train_like_one_process(tmp_path):
     script = os.path.join(TESTS_DIR, "_multi_worker_run.py")
     env = dict(os.environ, PYTHONPATH=TESTS_DIR, TF_CPP_MIN_LOG_LEVEL="3")

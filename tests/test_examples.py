@@ -567,6 +567,7 @@ def test_distill_on_two_replicas_with_every_option(
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("multi_process")
 def test_distill_multi_worker_matches_one_process(
     teacher_path, data_dir, tmp_path
 ):

