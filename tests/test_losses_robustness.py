@@ -555,3 +555,108 @@ def test_constant_student_logits_give_bounded_gradients(loss):
     gradient = tape.gradient(value, s)
     assert np.isfinite(float(value))
     assert float(tf.reduce_max(tf.abs(gradient))) < 10.0
+
+
+# Issue 22: a NaN in the inputs surfaces as a NaN loss.
+
+_METHOD_CLASSES = sorted(
+    name
+    for name in L.__all__
+    if isinstance(getattr(L, name), type)
+    and issubclass(getattr(L, name), L.DistillationLoss)
+    and getattr(L, name) is not L.DistillationLoss
+)
+_LOSS_FUNCTIONS = sorted(
+    name
+    for name in L.__all__
+    if not isinstance(getattr(L, name), type) and name.endswith("_loss")
+)
+
+
+def _any_method(cls):
+    """An instance of `cls`: logit methods take no layer names, feature
+    methods need them (any names: `compute` is called directly)."""
+    try:
+        return cls()
+    except (TypeError, ValueError):
+        return cls("teacher_layer", "student_layer")
+
+
+def _nan_inputs(method, side, value):
+    """Teacher and student tensors (logits, or NHWC maps of one shape for
+    feature methods), with `value` in example 0 on `side`, and labels."""
+    rng = np.random.default_rng(0)
+    shape = (6, 5) if method.teacher_layer is None else (6, 4, 4, 3)
+    tensors = [rng.normal(size=shape).astype("float32") for _ in range(2)]
+    tensors["ts".index(side)][(0,) * len(shape)] = value
+    labels = np.array([0, 1, 2, 3, 4, 0])
+    return tensors[0], tensors[1], labels
+
+
+def test_nan_tests_cover_every_method_and_function():
+    # Derived from `tfkd.losses.__all__`: a new method is covered as added.
+    assert {"KD", "DKD", "DIST", "FitNets", "PKT"} <= set(_METHOD_CLASSES)
+    assert {"dist_loss", "kd_loss", "pkt_loss"} <= set(_LOSS_FUNCTIONS)
+
+
+@pytest.mark.parametrize("side", ["t", "s"])
+@pytest.mark.parametrize("name", _METHOD_CLASSES)
+def test_every_method_returns_nan_for_a_nan_input(name, side):
+    # DIST returned a finite 1.91 for a NaN student logit (its gradients
+    # NaN): `safe_sqrt`'s zero for a NaN norm made the row's Pearson
+    # correlation 0. Then `TerminateOnNaN` never stops such a student.
+    method = _any_method(getattr(L, name))
+    teacher, student, labels = _nan_inputs(method, side, np.nan)
+    value = method.compute(teacher, student, labels).numpy()
+    if method.batch_relational:
+        assert value.shape == () and np.isnan(value)
+    else:  # The NaN example's loss, the others' stay finite.
+        assert np.isnan(value[0]) and np.isfinite(value[1:]).all()
+    if method.accepts_sample_weight:
+        weights = np.ones(6, "float32")
+        weighted = method.compute(teacher, student, sample_weight=weights)
+        assert np.isnan(weighted.numpy())
+    # As a standalone Keras loss too (DKD needs its labels there).
+    if not method.requires_labels:
+        assert np.isnan(method(teacher, student).numpy())
+
+
+@pytest.mark.parametrize("side", ["t", "s"])
+@pytest.mark.parametrize("name", ["kd_standardized", "dist", "pkt"])
+def test_an_inf_input_gives_a_non_finite_loss(name, side):
+    # The methods through `safe_sqrt` (a norm, a standard deviation) gave a
+    # finite loss for an inf logit or feature too.
+    method = {
+        "kd_standardized": L.KD(standardize=True),
+        "dist": L.DIST(),
+        "pkt": L.PKT("t", "s"),
+    }[name]
+    teacher, student, labels = _nan_inputs(method, side, np.inf)
+    assert not np.isfinite(method.compute(teacher, student).numpy()).all()
+
+
+@pytest.mark.parametrize("side", ["t", "s"])
+@pytest.mark.parametrize("name", _LOSS_FUNCTIONS)
+def test_every_loss_function_returns_nan_for_a_nan_input(name, side):
+    function = getattr(L, name)
+    logits = name in ("kd_loss", "dkd_loss", "dist_loss")
+    rng = np.random.default_rng(1)
+    shape = (6, 5) if logits else (6, 4, 4, 3)
+    tensors = [rng.normal(size=shape).astype("float32") for _ in range(2)]
+    tensors["ts".index(side)][-1, ...] = np.nan  # One whole example.
+    args = tensors + ([np.arange(6) % 5] if name == "dkd_loss" else [])
+    assert np.isnan(function(*args).numpy())
+
+
+def test_nan_free_numerics_hold_next_to_nan_propagation():
+    # What `safe_sqrt`'s zero is for: constant student logits still give
+    # finite values and gradients.
+    constant = np.zeros((4, 5), "float32")
+    teacher = np.random.default_rng(2).normal(size=(4, 5)).astype("float32")
+    for loss in (
+        lambda s: L.dist_loss(teacher, s),
+        lambda s: L.kd_loss(teacher, s, standardize=True),
+        lambda s: L.pkt_loss(teacher, s),
+    ):
+        value, gradient = _gradient(loss, constant)
+        assert np.isfinite(value) and np.isfinite(gradient).all()
