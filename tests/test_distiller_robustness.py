@@ -641,3 +641,45 @@ def test_terminate_on_nan_stops_a_nan_student_at_the_first_batch(method):
     assert len(batches) == 1
     assert np.isnan(batches[0]["loss"])
     assert np.isnan(batches[0]["distillation_loss"])
+
+
+# Issue 22: saving.
+
+
+def _saved_distiller(tmp_path):
+    x, y = toy_classification(32)
+    distiller = tfkd.Distiller(*_teacher_student(), alpha=0.3)
+    distiller.compile(keras.optimizers.Adam(0.01), loss=sparse_ce())
+    distiller.fit(x, y, epochs=1, verbose=0)
+    path = tmp_path / "distiller.keras"
+    distiller.save(str(path))
+    return distiller, path
+
+
+def test_a_failed_save_leaves_the_file_saved_before_intact(
+    tmp_path, monkeypatch
+):
+    # Keras writes into the target: a save that failed half-way left a
+    # truncated file (0 bytes) where the good one was.
+    distiller, path = _saved_distiller(tmp_path)
+    good = path.read_bytes()
+    layer = distiller.student.get_layer("logits")
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(layer, "save_own_variables", fail, raising=False)
+    monkeypatch.setattr(layer, "save_weights", fail, raising=False)
+    distiller.fit(*toy_classification(32), epochs=1, verbose=0)
+    with pytest.raises(RuntimeError, match="disk full"):
+        distiller.save(str(path))
+    assert path.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    monkeypatch.undo()
+    distiller.save(path)  # A `pathlib.Path` too; replaces the old file.
+    restored = keras.models.load_model(path)
+    for saved, weight in zip(
+        restored.student.get_weights(), distiller.student.get_weights()
+    ):
+        np.testing.assert_array_equal(saved, weight)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]

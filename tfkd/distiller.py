@@ -21,6 +21,7 @@ from tfkd import _keras
 from tfkd import _loss_scale
 from tfkd import _methods
 from tfkd import _objective
+from tfkd import _saving
 from tfkd import _taps
 from tfkd import _teacher_logs
 from tfkd import _validation
@@ -556,6 +557,15 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         _validation.check_single_input(self.teacher, x, "teacher")
         outputs, features = self._teacher_tapped(x, training=False)
         return tf.nest.map_structure(tf.stop_gradient, (outputs, features))
+
+    def save(self, filepath: Any, *args: Any, **kwargs: Any) -> None:
+        """Keras' `save`, through a temporary file renamed over `filepath`.
+
+        A save that fails (an object that cannot be serialized, a full
+        disk) leaves the file saved before intact, not a truncated one.
+        Arguments as Keras' `Model.save`.
+        """
+        return _saving.save_atomically(super().save, filepath, *args, **kwargs)
 
     def get_config(self) -> dict:
         serialize = keras.saving.serialize_keras_object
