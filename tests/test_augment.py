@@ -5,6 +5,7 @@ the step must have built; random draws are replaced, where a value is
 checked, by fixed ones (`tfkd._augment.sample_mixup` patched).
 """
 
+import functools
 import warnings
 
 import numpy as np
@@ -33,6 +34,26 @@ def shift(x):
 
 def flip_width(images):
     return tf.reverse(images, axis=[2])
+
+
+def relu(x):
+    """A user function named like a Keras built-in (keras.activations.relu)."""
+    return x * 2.0
+
+
+@keras.saving.register_keras_serializable(package="tfkd_tests")
+def tanh(x):
+    """A registered function named like a Keras built-in."""
+    return x - 1.0
+
+
+def _scale(x, factor):
+    return x * factor
+
+
+@tf.function
+def compiled_shift(x):
+    return x + 1.0
 
 
 class Shift(keras.layers.Layer):
@@ -479,3 +500,153 @@ def test_an_augment_function_loads_by_name(tmp_path):
     restored = keras.models.load_model(path, custom_objects={"shift": shift})
     assert restored.augment is shift
     restored.fit(x, y, epochs=1, verbose=0)
+
+
+# Issue 22: augments that could not be saved, or reloaded as another.
+
+
+def _saved(tmp_path, augment):
+    x, y = toy_classification(n=32)
+    distiller = _distiller(make_mlp(8, name="teacher"), augment=augment)
+    distiller.fit(x, y, epochs=1, verbose=0)
+    path = str(tmp_path / "distiller.keras")
+    distiller.save(path)
+    return path
+
+
+def test_a_function_named_like_a_keras_builtin_reloads_as_itself(tmp_path):
+    # Saved by its bare name, `relu` reloaded as keras.activations.relu,
+    # silently.
+    path = _saved(tmp_path, relu)
+    with pytest.raises(TypeError, match="`augment` \\('relu'\\).*custom_obj"):
+        keras.models.load_model(path)
+    restored = keras.models.load_model(path, custom_objects={"relu": relu})
+    assert restored.augment is relu
+    np.testing.assert_allclose(restored.augment(tf.constant([-3.0])), [-6.0])
+
+
+def test_a_registered_function_reloads_by_its_registered_name(tmp_path):
+    restored = keras.models.load_model(_saved(tmp_path, tanh))
+    assert restored.augment is tanh
+
+
+def test_a_tf_function_augment_saves_and_loads(tmp_path):
+    # Accepted, but the saved file did not load ("could not be
+    # deserialized properly").
+    path = _saved(tmp_path, compiled_shift)
+    restored = keras.models.load_model(
+        path, custom_objects={"compiled_shift": compiled_shift}
+    )
+    assert restored.augment is compiled_shift
+
+
+def _bound_method():
+    return Shift().call
+
+
+class _CallableObject:
+    def __call__(self, x):
+        return x
+
+
+@pytest.mark.parametrize(
+    "augment, kind",
+    [
+        (functools.partial(_scale, factor=2.0), "a `functools.partial`"),
+        (_bound_method(), "a bound method"),
+        (
+            _CallableObject(),
+            "a callable _CallableObject object without `get_config`",
+        ),
+        (tf.function(lambda x: x), "a `tf.function` of a lambda"),
+    ],
+    ids=["partial", "bound_method", "callable_object", "tf_function_lambda"],
+)
+def test_an_augment_that_cannot_be_saved_is_refused_at_construction(
+    augment, kind
+):
+    # Accepted, then failed at `save` (leaving a 0-byte file) or at load.
+    with pytest.raises(TypeError) as error:
+        tfkd.Distiller(make_mlp(8, name="t"), make_mlp(4), augment=augment)
+    message = str(error.value)
+    assert f"`augment` is {kind}, which the Distiller cannot save" in message
+    assert "register_keras_serializable" in message
+    assert "keras.layers.Layer" in message
+
+
+def test_a_lambda_augment_names_safe_mode_at_load(tmp_path):
+    path = _saved(tmp_path, lambda x: x + 1.0)
+    with pytest.raises(ValueError, match="`augment`, a lambda.*safe_mode"):
+        keras.models.load_model(path)
+    restored = keras.models.load_model(path, safe_mode=False)
+    np.testing.assert_allclose(restored.augment(tf.constant([1.0])), [2.0])
+
+
+# Issue 22: an augment that returns no batch like its input is named.
+
+
+def test_a_layer_class_as_augment_is_refused():
+    with pytest.raises(
+        TypeError,
+        match="`augment` is the class RandomFlip, not an instance.*"
+        "`augment=RandomFlip\\(...\\)`",
+    ):
+        tfkd.Distiller(
+            make_mlp(8, name="t"), make_mlp(4), augment=keras.layers.RandomFlip
+        )
+
+
+def _returns_none(x):
+    tf.reverse(x, axis=[1])
+
+
+def _returns_pair(x):
+    return x, x
+
+
+def _returns_numpy(x):
+    return np.zeros((16, 8), "float32")
+
+
+def _drops_examples(x):
+    return x[::2]
+
+
+def _drops_features(x):
+    return x[:, :4]
+
+
+@pytest.mark.parametrize(
+    "augment, error, message",
+    [
+        (_returns_none, TypeError, "`augment` returned None"),
+        (
+            _returns_pair,
+            TypeError,
+            "`augment` returned a tuple of 2 for inputs that are a tensor",
+        ),
+        (_returns_numpy, TypeError, "`augment` returned a numpy.ndarray, not"),
+        (
+            _drops_examples,
+            tf.errors.InvalidArgumentError,
+            "`augment` changed the batch size",
+        ),
+        (
+            _drops_features,
+            ValueError,
+            "`augment` changed the shape of the inputs from \\(None, 8\\) "
+            "to \\(None, 4\\)",
+        ),
+    ],
+    ids=["none", "tuple", "numpy", "batch_size", "width"],
+)
+def test_an_augment_that_breaks_the_batch_is_named(augment, error, message):
+    # The errors blamed the model or the data ("Input 0 of layer ... is
+    # incompatible", "Dimensions must be equal", an unpacking error).
+    x, y = toy_classification(n=32)
+    distiller = _distiller(make_mlp(8, name="teacher"), augment=augment)
+    # Batches of an unknown static size, as from most data pipelines.
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    with pytest.raises(error, match=message) as raised:
+        distiller.fit(data, epochs=1, verbose=0)
+    assert "takes the inputs `x` of a training batch" in str(raised.value)

@@ -16,7 +16,10 @@ import warnings
 
 import tensorflow as tf
 
+from tfkd import _augment_saving
 from tfkd import _keras
+from tfkd._augment_saving import deserialize  # noqa: F401 (the Distiller's)
+from tfkd._augment_saving import serialize  # noqa: F401 (the Distiller's)
 from tfkd._keras import keras
 
 # Keras' random augmentation layers: class names that start with "Random"
@@ -29,9 +32,21 @@ _TINY = 1e-30  # > 0 in float32: log(u) stays finite.
 
 
 def check_augment(augment):
-    """`augment`: None, a Keras layer (or model) or a callable `x -> x`."""
+    """`augment`: None, a Keras layer (or model) or a callable `x -> x`
+    that can be saved with the Distiller."""
     if augment is None or isinstance(augment, keras.layers.Layer):
         return augment
+    if isinstance(augment, type):
+        example = (
+            f"an instance, `augment={augment.__name__}(...)`"
+            if issubclass(augment, keras.layers.Layer)
+            else "an instance of it, or a function `x -> x`"
+        )
+        raise TypeError(
+            f"`augment` is the class {augment.__name__}, not an instance: "
+            f"the Distiller would call the class on each batch. Pass "
+            f"{example}. Received: augment={augment!r}"
+        )
     if _is_other_keras_layer(augment):
         kind = f"{type(augment).__module__}.{type(augment).__name__}"
         raise TypeError(
@@ -41,6 +56,7 @@ def check_augment(augment):
             f"`{_keras.KERAS_NAME}.layers`."
         )
     if callable(augment):
+        _augment_saving.check_saveable(augment)
         return augment
     raise TypeError(
         "`augment` must be a Keras layer or model (e.g. `keras.Sequential("
@@ -106,10 +122,78 @@ def build(augment, model):
 
 
 def apply(augment, x):
-    """The augmented view of a training batch `x`."""
+    """The augmented view of a training batch `x`, checked by `_checked`."""
     if isinstance(augment, keras.layers.Layer):
-        return augment(x, training=True)
-    return augment(x)
+        return _checked(augment(x, training=True), x)
+    return _checked(augment(x), x)
+
+
+def _checked(view, x):
+    """`view` if it is a batch like `x`: the same structure of tensors, of
+    the same rank, batch size and last axis (width, channels); spatial axes
+    may change (a crop, a resize). Otherwise an error that blames `augment`
+    (the models or the loss would fail on it, or train on a wrong view)."""
+    fix = (
+        "`augment` takes the inputs `x` of a training batch (not the labels) "
+        "and must return them augmented: tensors of the same structure, "
+        "batch size and width, built with TensorFlow ops or Keras layers."
+    )
+    if view is None:
+        raise TypeError(
+            "`augment` returned None (does it end with `return`?). " + fix
+        )
+    try:
+        tf.nest.assert_same_structure(x, view, check_types=False)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"`augment` returned {_describe(view)} for inputs that are "
+            f"{_describe(x)}. {fix}"
+        ) from None
+    checks = []
+    for inputs, output in zip(tf.nest.flatten(x), tf.nest.flatten(view)):
+        if not tf.is_tensor(output):
+            raise TypeError(
+                f"`augment` returned {_describe(output)}, not a tensor. "
+                "Inside the compiled train step a NumPy (or Python) function "
+                "runs once, when the step is traced: every step would reuse "
+                f"its first result. {fix}"
+            )
+        before, after = inputs.shape, output.shape
+        if before.rank is not None and after.rank is not None:
+            if before.rank != after.rank or not before[-1:].is_compatible_with(
+                after[-1:]
+            ):
+                raise ValueError(
+                    "`augment` changed the shape of the inputs from "
+                    f"{tuple(before)} to {tuple(after)} (the rank or the last "
+                    f"axis, the width or channels). {fix}"
+                )
+        if not before[:1].is_compatible_with(after[:1]):
+            raise ValueError(
+                f"`augment` changed the batch size from {before[0]} to "
+                f"{after[0]}. {fix}"
+            )
+        check = tf.debugging.assert_equal(
+            tf.shape(output)[0],
+            tf.shape(inputs)[0],
+            message=f"`augment` changed the batch size. {fix}",
+        )
+        if check is not None:  # None in eager mode: it has run.
+            checks.append(check)
+    with tf.control_dependencies(checks):
+        return tf.nest.map_structure(tf.identity, view)
+
+
+def _describe(value):
+    if value is None:
+        return "None"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}"
+    if isinstance(value, dict):
+        return f"a dict with keys {sorted(value)}"
+    if tf.is_tensor(value):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__module__}.{type(value).__name__}"
 
 
 def _log_gamma(alpha, count):
@@ -175,35 +259,6 @@ def mix(x, lam, permutation):
         return weight * tensor + (1 - weight) * tf.gather(tensor, permutation)
 
     return tf.nest.map_structure(mix_one, x)
-
-
-def serialize(augment):
-    if augment is None:
-        return None
-    return keras.saving.serialize_keras_object(augment)
-
-
-def deserialize(config, custom_objects=None):
-    """The `augment` of a saved Distiller's config.
-
-    A function is saved by name, as Keras saves a custom loss function: it
-    loads with `custom_objects={name: function}` or when registered with
-    `keras.saving.register_keras_serializable()`.
-    """
-    if config is None:
-        return None
-    try:
-        return keras.saving.deserialize_keras_object(
-            config, custom_objects=custom_objects
-        )
-    except (TypeError, ValueError) as error:
-        name = config.get("config") if isinstance(config, dict) else config
-        raise type(error)(
-            f"Could not load the Distiller's `augment` ({name!r}): {error} "
-            "A function passed as `augment` is saved by name; pass it to "
-            f"`load_model(..., custom_objects={{{name!r}: function}})` or "
-            "decorate it with `@keras.saving.register_keras_serializable()`."
-        ) from error
 
 
 def warn_random_layers(student):
