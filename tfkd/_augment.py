@@ -166,7 +166,9 @@ def _checked(view, x):
                 raise ValueError(
                     "`augment` changed the shape of the inputs from "
                     f"{tuple(before)} to {tuple(after)} (the rank or the last "
-                    f"axis, the width or channels). {fix}"
+                    "axis, the width or channels); `evaluate` and `predict` "
+                    "do not augment, so the models take the inputs as they "
+                    f"are. {fix}"
                 )
         if not before[:1].is_compatible_with(after[:1]):
             raise ValueError(
