@@ -650,3 +650,20 @@ def test_an_augment_that_breaks_the_batch_is_named(augment, error, message):
     with pytest.raises(error, match=message) as raised:
         distiller.fit(data, epochs=1, verbose=0)
     assert "takes the inputs `x` of a training batch" in str(raised.value)
+
+
+def test_an_augment_that_crops_for_a_fixed_size_model_is_named():
+    # The student's error named its input layer, not `augment`.
+    x, y = toy_images(n=32, size=8)
+    distiller = tfkd.Distiller(
+        make_cnn(8, name="teacher", seed=1),
+        make_cnn(4, name="student", seed=2),
+        augment=keras.layers.RandomCrop(6, 6),
+    )
+    distiller.compile("sgd", loss=sparse_ce())
+    with pytest.raises(
+        ValueError,
+        match="`augment` returns batches of shape \\(\\w+, 6, 6, 1\\), but "
+        "'student' takes inputs of shape \\(None, 8, 8, 1\\).*Resizing",
+    ):
+        distiller.fit(x, y, batch_size=16, epochs=1, verbose=0)

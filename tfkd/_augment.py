@@ -186,6 +186,37 @@ def _checked(view, x):
         return tf.nest.map_structure(tf.identity, view)
 
 
+def _fits(expected, shape):
+    if expected.rank is None or shape.rank is None:
+        return True
+    return expected.rank == shape.rank and expected[1:].is_compatible_with(
+        shape[1:]
+    )
+
+
+def _check_fits(model, view, original):
+    """Refuses an augmented view that `model`'s static input shape refuses
+    (a crop of images for a model built for one size), where the batch
+    before `augment` fitted (otherwise the data is to blame, and the model
+    says so)."""
+    inputs = getattr(model, "inputs", None)
+    flat, before = tf.nest.flatten(view), tf.nest.flatten(original)
+    if not inputs or len(inputs) != 1 or len(flat) != 1 or len(before) != 1:
+        return
+    expected = tf.TensorShape(inputs[0].shape)  # A tuple under Keras 3.
+    received = flat[0].shape
+    if _fits(expected, received) or not _fits(expected, before[0].shape):
+        return
+    raise ValueError(
+        f"`augment` returns batches of shape {tuple(received)}, but "
+        f"{model.name!r} takes inputs of shape {tuple(expected)}. Resize the "
+        "view back in `augment` (e.g. `keras.layers.Resizing` after "
+        "`keras.layers.RandomCrop`), or build the models with `None` spatial "
+        "axes; `evaluate` and `predict` do not augment, so the models take "
+        "the inputs as they are too."
+    )
+
+
 def _describe(value):
     if value is None:
         return "None"
@@ -279,10 +310,12 @@ def warn_random_layers(student):
         )
 
 
-def augment_batch(augment, mixup, x, cached):
+def augment_batch(augment, mixup, x, cached, models=()):
     """A training batch's view for both models: `augment`, then mixup.
 
     Returns `(x, mix)`, `mix` being mixup's `(lam, permutation)` or None.
+    `models` (the student, the teacher): the augmented view must fit their
+    static input shapes.
     """
     if augment is None and not mixup:
         return x, None
@@ -297,7 +330,9 @@ def augment_batch(augment, mixup, x, cached):
             "cache with a Distiller without `augment` and `mixup`."
         )
     if augment is not None:
-        x = apply(augment, x)
+        original, x = x, apply(augment, x)
+        for model in models:
+            _check_fits(model, x, original)
     if not mixup:
         return x, None
     batch_size = tf.shape(tf.nest.flatten(x)[0])[0]

@@ -499,7 +499,11 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         x, y, sample_weight = _keras.unpack_x_y_sample_weight(data)
         x, teacher_outputs = self._split_inputs(x)
         x, mix = _augment.augment_batch(
-            self.augment, self.mixup, x, cached=teacher_outputs is not None
+            self.augment,
+            self.mixup,
+            x,
+            cached=teacher_outputs is not None,
+            models=(self.student, self.teacher),
         )
         if teacher_outputs is None:
             teacher_outputs = self.teacher_outputs(x)
