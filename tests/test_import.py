@@ -86,3 +86,15 @@ def test_import_leaves_the_devices_configurable():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[-1] == "2"
+
+
+def test_the_training_extras_install_tensorboard():
+    # `keras.callbacks.TensorBoard` needs it; TensorFlow 2.21 does not
+    # install it.
+    import tomllib
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    assert any(r.startswith("tensorboard") for r in extras["examples"])
+    assert "tfkd[qat,litert,examples,test]" in extras["all"]
