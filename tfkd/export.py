@@ -26,12 +26,15 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tfkd import _calibration
 from tfkd import _keras
 from tfkd import _litert
+from tfkd import _tflite_meta
 from tfkd import quantization as _quantization
 from tfkd._keras import keras
 from tfkd._litert import evaluate_tflite
 from tfkd._litert import predict_tflite
+from tfkd.quantization._common import iter_layers as _iter_layers
 
 __all__ = ["QUANTIZATIONS", "evaluate_tflite", "predict_tflite", "to_tflite"]
 
@@ -44,40 +47,6 @@ def _check_quantization(quantization):
             "Invalid value for argument `quantization`. Expected one of "
             f"{list(QUANTIZATIONS)}. Received: quantization={quantization!r}"
         )
-
-
-def _representative_dataset(data):
-    """A generator function of `[float32 batch]` for the converter.
-
-    NumPy data is checked now, not when the converter first calls it.
-    """
-    if isinstance(data, tf.data.Dataset):
-
-        def batches():
-            for element in data:
-                x = element[0] if isinstance(element, tuple) else element
-                yield [np.asarray(x, dtype=np.float32)]
-
-        return batches
-    if isinstance(data, (tuple, list)):
-        data = data[0]
-    try:
-        array = np.asarray(data, dtype=np.float32)
-    except (TypeError, ValueError) as error:
-        raise TypeError(
-            "`representative_data` must be a `tf.data.Dataset`, a NumPy array "
-            "of inputs or an `(x, y)` tuple of arrays. Received: "
-            f"{type(data).__name__}"
-        ) from error
-    if array.ndim < 2:
-        raise ValueError(
-            "`representative_data` must hold examples along its first axis, "
-            f"`(examples, ...)`. Received an array of shape {array.shape}."
-        )
-    return lambda: (
-        [array[start : start + _litert.NUMPY_BATCH]]
-        for start in range(0, len(array), _litert.NUMPY_BATCH)
-    )
 
 
 def _converter(model, input_signature):
@@ -123,7 +92,8 @@ def _configure(converter, quantization, calibration):
         # representative dataset before it sees the fake-quant ops.
 
 
-def _check_fully_integer(content, model):
+def _check_fully_integer(content, model, calibrated):
+    """Refuses an int8 file in which some ops still compute in float."""
     try:
         interpreter = _litert.interpreter(content)
     except ImportError:
@@ -133,14 +103,112 @@ def _check_fully_integer(content, model):
         for detail in interpreter.get_tensor_details()
         if detail["dtype"] == np.float32
     ]
-    if float_tensors:
-        raise ValueError(
-            f"The int8 conversion of {model.name!r} without "
-            "`representative_data` left float tensors "
-            f"{float_tensors[:5]}: parts of the model are not covered by its "
-            "quantization-aware wrappers. Pass `representative_data` to "
-            "calibrate them."
+    if not float_tensors:
+        return
+    try:  # LiteRT's op list; the tensor names say it less clearly.
+        ops = sorted(
+            {
+                op["op_name"]
+                for op in interpreter._get_ops_details()
+                if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE")
+                and np.float32
+                in list(op["operand_types"]) + list(op["result_types"])
+            }
         )
+    except (AttributeError, KeyError, TypeError):
+        ops = []
+    where = f"ops {ops}" if ops else f"tensors {float_tensors[:5]}"
+    if calibrated:
+        fix = (
+            "These ops have no int8 kernel in LiteRT: replace them in the "
+            "model (e.g. precompute a `Sin` positional encoding as a "
+            'constant), export with `quantization="dynamic"` or None, or '
+            "pass `allow_float_ops=True` to accept a file that dequantizes "
+            "around them."
+        )
+    else:
+        fix = (
+            "Parts of the model are not covered by its quantization-aware "
+            "wrappers: pass `representative_data` to calibrate them."
+        )
+    raise ValueError(
+        f'The "int8" conversion of {model.name!r} is not full-integer: '
+        f"{where} still compute in float32, with dequantize and quantize "
+        f"ops around them. {fix}"
+    )
+
+
+def _has_recurrent_layer(model):
+    return any(
+        isinstance(layer, keras.layers.RNN) for layer in _iter_layers(model)
+    )
+
+
+def _warn_static(model):
+    warnings.warn(
+        f"{model.name!r} converts to TFLite only with a static batch (its "
+        "recurrent layers' TensorList ops need one), so the file takes one "
+        "example per `invoke()`; `predict_tflite` and `evaluate_tflite` feed "
+        "it one example at a time. Pass `input_signature=[tf.TensorSpec(("
+        "batch, ...))]` to fix another batch size.",
+        stacklevel=3,
+    )
+
+
+def _static_signature(model):
+    """A batch-1 signature of `model`'s inputs, or None if unknown."""
+    specs = _calibration.input_specs(model)
+    if not specs or any(None in shape[1:] or not shape for _, shape in specs):
+        return None
+    return [
+        tf.TensorSpec((1,) + tuple(shape[1:]), tf.float32, name=name)
+        for name, shape in specs
+    ]
+
+
+def _convert(
+    model,
+    input_signature,
+    quantization,
+    representative_data,
+    converter_kwargs,
+    static_batch,
+):
+    calibration = None
+    if quantization == "int8" and representative_data is not None:
+        calibration = _calibration.batches(
+            representative_data,
+            model,
+            _calibration.input_specs(model),
+            static_batch=static_batch,
+        )
+    with _quantization.learned_ranges(model):
+        converter, directory = _converter(model, input_signature)
+    try:
+        _configure(converter, quantization, calibration)
+        for attribute, value in converter_kwargs.items():
+            if not hasattr(converter, attribute):
+                raise ValueError(
+                    f"Unknown converter attribute {attribute!r}: "
+                    "`tf.lite.TFLiteConverter` has no such attribute. "
+                    f"Received: {attribute}={value!r}"
+                )
+            setattr(converter, attribute, value)
+        with warnings.catch_warnings():
+            # tf_keras int8: calibration sets the input statistics that this
+            # warning of the legacy converter path asks for.
+            warnings.filterwarnings(
+                "ignore", message="Statistics for quantized inputs"
+            )
+            # Calibrating several inputs by name, TF's calibrator builds its
+            # own (deprecated) `tf.lite.Interpreter`.
+            warnings.filterwarnings(
+                "ignore", message=r"(?s).*tf.lite.Interpreter is deprecated"
+            )
+            return converter.convert()
+    finally:
+        if directory is not None:
+            tf.io.gfile.rmtree(directory)
 
 
 def to_tflite(
@@ -153,6 +221,7 @@ def to_tflite(
     *,
     output_path: str | os.PathLike | None = None,
     input_signature: Sequence[tf.TensorSpec] | None = None,
+    allow_float_ops: bool = False,
     **converter_kwargs: Any,
 ) -> bytes:
     """Converts a Keras model to a TFLite (LiteRT) flatbuffer.
@@ -160,7 +229,12 @@ def to_tflite(
     Pruning wrappers are stripped first (`tfkd.quantization.strip`);
     quantization-aware models (`tfkd.quantization.quantize_aware`) are
     converted with their learned ranges. The model's input batch dimension
-    stays dynamic.
+    stays dynamic, except for models that convert only with a static batch
+    (recurrent layers such as LSTM): they are converted again with a batch of
+    1, with a warning. A model with several inputs keeps their Keras order in
+    the file's metadata, so that `predict_tflite` and `evaluate_tflite` feed
+    a list of arrays by input name in that order (the converter orders the
+    input tensors its own way: never feed them by index).
 
     | `quantization` | weights | activations | input / output |
     |---|---|---|---|
@@ -174,13 +248,17 @@ def to_tflite(
     ```
 
     Args:
-        model: a built Keras model that takes one input tensor; Keras 3 or
-            tf_keras, Sequential, Functional or subclassed (called once).
+        model: a built Keras model (a student, e.g. `distiller.student`,
+            not the `tfkd.Distiller`); Keras 3 or tf_keras, Sequential,
+            Functional or subclassed (called once).
         quantization: one of `None`, `"float16"`, `"dynamic"`, `"int8"`.
             Defaults to `None` (float32).
         representative_data: calibration inputs for `"int8"`: a
             `tf.data.Dataset` of input batches or of `(x, y)` / `(x, y, w)`
-            batches, a NumPy array of inputs, or an `(x, y)` tuple of arrays.
+            batches, a NumPy array of inputs, or an `(x, y)` tuple of arrays;
+            for several inputs, a list of arrays in the model's input order
+            or a dict keyed by input name (in a dataset too). Every batch is
+            checked first: the model's input shapes, finite values.
             A few hundred examples are enough (use `dataset.take(n)`).
             Used by `"int8"` only, and required unless the model is
             quantization-aware (its file must then come out fully integer).
@@ -189,6 +267,10 @@ def to_tflite(
             `None`.
         input_signature: a list of `tf.TensorSpec`, one per input, for models
             whose input shape cannot be inferred. Defaults to `None`.
+        allow_float_ops: for `"int8"`, accept a file in which ops without an
+            int8 kernel (e.g. `Sin`, `Cumsum`) still compute in float32
+            between dequantize and quantize ops. Defaults to `False`: such a
+            file is refused, naming the ops.
         **converter_kwargs: attributes set on the `tf.lite.TFLiteConverter`
             (e.g. `experimental_new_quantizer=True`).
 
@@ -197,9 +279,12 @@ def to_tflite(
 
     Raises:
         ValueError: for an unknown `quantization`, `"int8"` without
-            `representative_data` for a model it cannot fully quantize, or an
-            unknown converter attribute.
-        TypeError: if `model` or `representative_data` has a wrong type.
+            `representative_data` for a model it cannot fully quantize, an
+            `"int8"` file with float ops (see `allow_float_ops`),
+            `representative_data` of the wrong shape or with inf or NaN, or
+            an unknown converter attribute.
+        TypeError: if `model` (e.g. a `tfkd.Distiller`) or
+            `representative_data` has a wrong type.
 
     Example:
         >>> int8_bytes = tfkd.export.to_tflite(
@@ -222,34 +307,36 @@ def to_tflite(
             "`representative_data=train_data.take(10)` or an array of inputs "
             "(quantization-aware models need none)."
         )
-    calibration = None
-    if quantization == "int8" and representative_data is not None:
-        calibration = _representative_dataset(representative_data)
     model = _quantization.strip(model)
-    with _quantization.learned_ranges(model):
-        converter, directory = _converter(model, input_signature)
-    try:
-        _configure(converter, quantization, calibration)
-        for attribute, value in converter_kwargs.items():
-            if not hasattr(converter, attribute):
-                raise ValueError(
-                    f"Unknown converter attribute {attribute!r}: "
-                    "`tf.lite.TFLiteConverter` has no such attribute. "
-                    f"Received: {attribute}={value!r}"
-                )
-            setattr(converter, attribute, value)
-        with warnings.catch_warnings():
-            # tf_keras int8: calibration sets the input statistics that this
-            # warning of the legacy converter path asks for.
-            warnings.filterwarnings(
-                "ignore", message="Statistics for quantized inputs"
-            )
-            content = converter.convert()
-    finally:
-        if directory is not None:
-            tf.io.gfile.rmtree(directory)
-    if quantization == "int8" and calibration is None:
-        _check_fully_integer(content, model)
+    arguments = (quantization, representative_data, converter_kwargs)
+    signature = None
+    if input_signature is None and _has_recurrent_layer(model):
+        signature = _static_signature(model)
+    if signature is None:
+        try:
+            content = _convert(model, input_signature, *arguments, False)
+        except Exception as error:
+            # TensorList ops (a loop over time steps) lower to TFLite builtins
+            # only with a known batch size.
+            if input_signature is None and "TensorList" in str(error):
+                signature = _static_signature(model)
+            if signature is None:
+                raise
+            try:
+                content = _convert(model, signature, *arguments, True)
+            except Exception:
+                raise error from None
+            _warn_static(model)
+    else:
+        content = _convert(model, signature, *arguments, True)
+        _warn_static(model)
+    if quantization == "int8" and not allow_float_ops:
+        _check_fully_integer(content, model, representative_data is not None)
+    specs = _calibration.input_specs(model)
+    if specs and len(specs) > 1:
+        content = _tflite_meta.with_input_order(
+            content, [name for name, _ in specs]
+        )
     if output_path is not None:
         with open(output_path, "wb") as f:
             f.write(content)

@@ -122,6 +122,13 @@ def quantize_aware(
         inference: A whitepaper", 2018. arXiv:1806.08342.
     """
     check_model(model)
+    if is_quantization_aware(model):
+        raise ValueError(
+            f"{model.name!r} is already quantization-aware: quantizing it "
+            "again would stack a second fake quantization on every tensor. "
+            "Pass the float model it was made from, or train and export this "
+            'one as it is (`tfkd.export.to_tflite(model, "int8")`).'
+        )
     if _keras.IS_LEGACY:
         return _tfmot.quantize_aware(
             model, layers=layers, custom_objects=custom_objects

@@ -29,6 +29,18 @@ def check_model(model, argument="model"):
             "model cannot be used in tf_keras mode: build it with "
             "`from tfkd._keras import keras`.)"
         )
+    if _is_distiller(model):
+        raise TypeError(
+            f"`{argument}` is a `tfkd.Distiller`, which wraps a teacher and a "
+            "student: pass its student, e.g. `distiller.student`. Received: "
+            f"{argument}={model.name!r} of type {type(model).__name__}"
+        )
+
+
+def _is_distiller(model):
+    from tfkd.distiller import Distiller  # A late import: no import cycle.
+
+    return isinstance(model, Distiller)
 
 
 def iter_layers(model):
@@ -50,11 +62,13 @@ def has_layer(model, class_names):
 
 def is_quantization_aware(model: keras.Model) -> bool:
     """Whether `model` holds fake-quantization layers (either back end)."""
+    check_model(model)
     return has_layer(model, TFMOT_QUANTIZE_LAYERS + NATIVE_QUANTIZE_LAYERS)
 
 
 def is_pruned(model: keras.Model) -> bool:
     """Whether `model` holds TFMOT pruning wrappers."""
+    check_model(model)
     return has_layer(model, PRUNE_WRAPPERS)
 
 
