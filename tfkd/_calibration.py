@@ -15,7 +15,7 @@ from tfkd import _litert
 
 
 def input_specs(model):
-    """`[(name, shape)]` of the model's inputs, in Keras order, or None."""
+    """`[(name, shape, dtype)]` of the inputs, in Keras order, or None."""
     try:
         inputs = model.inputs
     except AttributeError:
@@ -25,7 +25,10 @@ def input_specs(model):
     names = getattr(model, "input_names", None)
     if not names or len(names) != len(inputs):
         names = [tensor.name.split(":")[0] for tensor in inputs]
-    return [(name, tuple(tensor.shape)) for name, tensor in zip(names, inputs)]
+    return [
+        (name, tuple(tensor.shape), tf.as_dtype(tensor.dtype))
+        for name, tensor in zip(names, inputs)
+    ]
 
 
 def batches(data, model, specs, static_batch=False):
@@ -54,11 +57,16 @@ def batches(data, model, specs, static_batch=False):
             x = data[0]  # An `(x, y)` tuple.
         pieces = [_inputs(x, specs, model)]
     offset = 0
-    for piece in pieces:
+    for i, piece in enumerate(pieces):
         _check(piece, specs, model, offset)
         offset += len(piece[0])
+        if specs is not None:  # e.g. int32 ids for an Embedding.
+            pieces[i] = [
+                array.astype(dtype.as_numpy_dtype)
+                for array, (_, _, dtype) in zip(piece, specs)
+            ]
     size = 1 if static_batch else _litert.NUMPY_BATCH
-    names = [name for name, _ in specs] if specs else None
+    names = [name for name, *_ in specs] if specs else None
     multi = names is not None and len(names) > 1
 
     def generate():
@@ -82,7 +90,7 @@ def _inputs(x, specs, model):
     count = 1 if specs is None else len(specs)
     received = type(x).__name__
     if isinstance(x, dict):
-        names = [name for name, _ in specs or []]
+        names = [name for name, *_ in specs or []]
         if len(x) == 1 and count == 1:
             x = next(iter(x.values()))
         elif sorted(x) != sorted(names):
@@ -97,7 +105,7 @@ def _inputs(x, specs, model):
         if not isinstance(x, (tuple, list)) or len(x) != count:
             raise ValueError(
                 f"{model.name!r} has {count} inputs, "
-                f"{[name for name, _ in specs]}: pass `representative_data` "
+                f"{[name for name, *_ in specs]}: pass `representative_data` "
                 f"as a list of {count} arrays in that order, a dict keyed by "
                 "input name, or a dataset of such batches. Received: "
                 f"{_describe(x)}"

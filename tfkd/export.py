@@ -132,9 +132,9 @@ def _check_fully_integer(content, model, calibrated):
             "wrappers: pass `representative_data` to calibrate them."
         )
     raise ValueError(
-        f'The "int8" conversion of {model.name!r} is not full-integer: '
-        f"{where} still compute in float32, with dequantize and quantize "
-        f"ops around them. {fix}"
+        f'The "int8" conversion of {model.name!r} is not full-integer, it '
+        f"left float tensors: {where} still compute in float32, with "
+        f"dequantize and quantize ops around them. {fix}"
     )
 
 
@@ -158,11 +158,11 @@ def _warn_static(model):
 def _static_signature(model):
     """A batch-1 signature of `model`'s inputs, or None if unknown."""
     specs = _calibration.input_specs(model)
-    if not specs or any(None in shape[1:] or not shape for _, shape in specs):
+    if not specs or any(not s or None in s[1:] for _, s, _ in specs):
         return None
     return [
-        tf.TensorSpec((1,) + tuple(shape[1:]), tf.float32, name=name)
-        for name, shape in specs
+        tf.TensorSpec((1,) + tuple(shape[1:]), dtype, name=name)
+        for name, shape, dtype in specs
     ]
 
 
@@ -335,7 +335,7 @@ def to_tflite(
     specs = _calibration.input_specs(model)
     if specs and len(specs) > 1:
         content = _tflite_meta.with_input_order(
-            content, [name for name, _ in specs]
+            content, [name for name, *_ in specs]
         )
     if output_path is not None:
         with open(output_path, "wb") as f:
