@@ -308,9 +308,19 @@ def to_tflite(
             "(quantization-aware models need none)."
         )
     model = _quantization.strip(model)
+    recurrent = _has_recurrent_layer(model)
+    if quantization == "int8" and recurrent:
+        # TF 2.21's calibrator crashes the Python process (segmentation
+        # fault) on the fused LSTM op.
+        raise ValueError(
+            f'quantization="int8" cannot convert {model.name!r}: TF\'s int8 '
+            "calibrator crashes the Python process on recurrent layers "
+            "(LSTM, GRU, SimpleRNN). Export it with "
+            'quantization="dynamic" (int8 weights) or "float16".'
+        )
     arguments = (quantization, representative_data, converter_kwargs)
     signature = None
-    if input_signature is None and _has_recurrent_layer(model):
+    if input_signature is None and recurrent:
         signature = _static_signature(model)
     if signature is None:
         try:
