@@ -230,11 +230,12 @@ def to_tflite(
     quantization-aware models (`tfkd.quantization.quantize_aware`) are
     converted with their learned ranges. The model's input batch dimension
     stays dynamic, except for models that convert only with a static batch
-    (recurrent layers such as LSTM): they are converted again with a batch of
-    1, with a warning. A model with several inputs keeps their Keras order in
-    the file's metadata, so that `predict_tflite` and `evaluate_tflite` feed
-    a list of arrays by input name in that order (the converter orders the
-    input tensors its own way: never feed them by index).
+    (recurrent layers such as LSTM, or a conversion that fails on TensorList
+    ops): they are converted with a batch of 1, with a warning. A model with
+    several inputs keeps their Keras order in the file's metadata, so that
+    `predict_tflite` and `evaluate_tflite` feed a list of arrays by input
+    name in that order (the converter orders the input tensors its own way:
+    never feed them by index).
 
     | `quantization` | weights | activations | input / output |
     |---|---|---|---|
@@ -281,8 +282,9 @@ def to_tflite(
         ValueError: for an unknown `quantization`, `"int8"` without
             `representative_data` for a model it cannot fully quantize, an
             `"int8"` file with float ops (see `allow_float_ops`),
-            `representative_data` of the wrong shape or with inf or NaN, or
-            an unknown converter attribute.
+            `representative_data` of the wrong shape or with inf or NaN,
+            `"int8"` for a recurrent model (TF's calibrator crashes on it),
+            or an unknown converter attribute.
         TypeError: if `model` (e.g. a `tfkd.Distiller`) or
             `representative_data` has a wrong type.
 
