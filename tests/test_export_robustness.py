@@ -117,18 +117,22 @@ def test_int8_refuses_ops_that_stay_float_unless_allowed():
 def test_non_finite_calibration_data_is_refused_naming_the_example(
     monkeypatch,
 ):
-    def no_conversion(*args, **kwargs):
-        raise AssertionError("converted non-finite calibration data")
-
-    monkeypatch.setattr(tfkd.export, "_converter", no_conversion)
     x = np.random.default_rng(0).normal(size=(40, 4)).astype("float32")
-    x[35, 1] = np.inf
-    with pytest.raises(ValueError, match="non-finite.*example 35"):
-        tfkd.export.to_tflite(_model(), "int8", x)
     x[35, 1] = np.nan
+    # A dataset's batches are checked as the converter reads them, each
+    # before it is fed (the converter would crash the process on it).
     batches = tf.data.Dataset.from_tensor_slices((x, np.zeros(40))).batch(16)
     with pytest.raises(ValueError, match="non-finite.*example 35"):
         tfkd.export.to_tflite(_model(), "int8", batches)
+
+    # Arrays are checked before converting.
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted before checking calibration data")
+
+    monkeypatch.setattr(tfkd.export, "_converter", no_conversion)
+    x[35, 1] = np.inf
+    with pytest.raises(ValueError, match="non-finite.*example 35"):
+        tfkd.export.to_tflite(_model(), "int8", x)
     with pytest.raises(
         ValueError, match=r"takes batches of shape \(None, 4\).*\(40, 5\)"
     ):

@@ -1,9 +1,10 @@
-"""Calibration (representative) data for int8 conversion, checked first.
+"""Calibration (representative) data for int8 conversion, checked.
 
-The converter reads calibration batches late and trusts them: a batch of
-the wrong width fails deep in the calibrator, and one `inf` or NaN makes it
-compute an infinite scale and crash the Python process. Every batch is read
-and checked here before converting, against the model's inputs.
+The converter trusts calibration batches: a batch of the wrong width fails
+deep in the calibrator, and one `inf` or NaN makes it compute an infinite
+scale and crash the Python process. Every batch is checked here against the
+model's inputs before it is fed: arrays before converting, a dataset's
+batches as the converter reads them.
 """
 
 from __future__ import annotations
@@ -45,35 +46,42 @@ def batches(data, model, specs, static_batch=False):
         static_batch: feed one example at a time (a file with batch 1).
     """
     if isinstance(data, tf.data.Dataset):
-        pieces = []
-        for element in data:
-            x = element[0] if isinstance(element, tuple) else element
-            pieces.append(_inputs(x, specs, model))
-        if not pieces:
-            raise ValueError("`representative_data` holds no batch.")
+        # Read lazily, as the converter asks (a dataset may be large): each
+        # batch is checked before it is fed.
+        def pieces():
+            for element in data:
+                x = element[0] if isinstance(element, tuple) else element
+                yield _inputs(x, specs, model)
+
     else:
         x = data
         if isinstance(data, (tuple, list)) and data and _is_x(data[0], specs):
             x = data[0]  # An `(x, y)` tuple.
-        pieces = [_inputs(x, specs, model)]
-    offset = 0
-    for i, piece in enumerate(pieces):
-        _check(piece, specs, model, offset)
-        offset += len(piece[0])
-        if specs is not None:  # e.g. int32 ids for an Embedding.
-            pieces[i] = [
-                array.astype(dtype.as_numpy_dtype)
-                for array, (_, _, dtype) in zip(piece, specs)
-            ]
+        piece = _inputs(x, specs, model)
+        _check(piece, specs, model, 0)  # Arrays: before converting.
+
+        def pieces():
+            yield piece
+
     size = 1 if static_batch else _litert.NUMPY_BATCH
     names = [name for name, *_ in specs] if specs else None
     multi = names is not None and len(names) > 1
 
     def generate():
-        for piece in pieces:
+        offset = 0
+        for piece in pieces():
+            _check(piece, specs, model, offset)
+            offset += len(piece[0])
+            if specs is not None:  # e.g. int32 ids for an Embedding.
+                piece = [
+                    array.astype(dtype.as_numpy_dtype)
+                    for array, (_, _, dtype) in zip(piece, specs)
+                ]
             for start in range(0, len(piece[0]), size):
                 arrays = [array[start : start + size] for array in piece]
                 yield dict(zip(names, arrays)) if multi else arrays
+        if not offset:
+            raise ValueError("`representative_data` holds no example.")
 
     return generate
 
