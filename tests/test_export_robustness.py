@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 import tfkd
+import tfkd._tflite_meta
 import tfkd.export
 from tfkd._keras import keras
 
@@ -149,7 +150,7 @@ def _two_input_model():
     return keras.Model([first, second], keras.layers.Dense(3)(hidden))
 
 
-def test_multi_input_files_are_fed_in_keras_order():
+def test_multi_input_files_are_fed_in_keras_order(monkeypatch):
     model = _two_input_model()
     rng = np.random.default_rng(0)
     a = rng.normal(size=(16, 3)).astype("float32")
@@ -167,6 +168,17 @@ def test_multi_input_files_are_fed_in_keras_order():
     assert tfkd.export.evaluate_tflite(content, ([a, b], y))["accuracy"] == 1
     with pytest.raises(ValueError, match=r"2 inputs.*\['alpha', 'beta'\]"):
         tfkd.export.predict_tflite(content, a)
+    # A file without tfkd's record of the order is fed by name only.
+    with monkeypatch.context() as patch:
+        patch.setattr(tfkd._tflite_meta, "input_order", lambda content: None)
+        with pytest.raises(ValueError, match="not record their Keras order"):
+            tfkd.export.predict_tflite(content, [a, b])
+        np.testing.assert_allclose(
+            tfkd.export.predict_tflite(content, {"alpha": a, "beta": b}),
+            expected,
+            rtol=1e-5,
+            atol=1e-5,
+        )
     # Calibration data: a list in Keras order, or a dict, or (x, y); the
     # int8 file still matches Keras.
     int8 = tfkd.export.to_tflite(model, "int8", ([a, b], y))

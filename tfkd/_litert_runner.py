@@ -94,7 +94,7 @@ class _Runner:
                 raise ValueError(
                     f"This .tflite file has {len(self.names)} inputs and does "
                     "not record their Keras order (it was not written by "
-                    "`tfkd.export.to_tflite`). Pass `{argument}` as a dict "
+                    f"`tfkd.export.to_tflite`). Pass `{argument}` as a dict "
                     f"keyed by input name: {sorted(self.names)}."
                 )
             arrays = [_float_array(array, argument) for array in x]
