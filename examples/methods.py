@@ -30,6 +30,8 @@ METHODS = {
     ),
     "dkd": lambda temperature: tfkd.losses.DKD(temperature=temperature),
     "dist": lambda temperature: tfkd.losses.DIST(temperature=temperature),
+    # Logit regression (Ba & Caruana 2014): no temperature.
+    "output_matching": lambda temperature: tfkd.losses.OutputMatching(),
     "fitnets": _with_kd(
         lambda: tfkd.losses.FitNets("features", "features"), 100.0
     ),

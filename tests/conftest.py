@@ -164,6 +164,8 @@ METHODS = {
     "kd_standardized": lambda: tfkd.losses.KD(standardize=True),
     "dkd": lambda: tfkd.losses.DKD(),
     "dist": lambda: tfkd.losses.DIST(),
+    # Logit regression (Ba & Caruana 2014); regressors' default method.
+    "output_matching": lambda: tfkd.losses.OutputMatching(),
     # Feature methods with their papers' weights (RepDistiller's defaults).
     "fitnets": lambda: [(tfkd.losses.FitNets("features", "features"), 100.0)],
     "attention": lambda: [

@@ -683,3 +683,152 @@ def test_a_failed_save_leaves_the_file_saved_before_intact(
     ):
         np.testing.assert_array_equal(saved, weight)
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+# Issue 22. Regression outputs: distilled by matching outputs.
+
+
+def _regressor(name, width, seed, bias):
+    model = make_mlp(width, classes=1, name=name, seed=seed)
+    model.get_layer("logits").bias.assign([bias])
+    return model
+
+
+def _regression_data(n=32):
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(n, 8)).astype("float32")
+    return x, (100.0 + 10.0 * x[:, 0]).astype("float32")
+
+
+def _np_huber(error, delta):
+    absolute = np.abs(error)
+    return np.where(
+        absolute <= delta, 0.5 * error**2, delta * absolute - 0.5 * delta**2
+    )
+
+
+REGRESSION_LOSSES = [
+    pytest.param("mse", lambda e: e**2, id="mse"),
+    pytest.param("mean_squared_error", lambda e: e**2, id="long_name"),
+    pytest.param("mae", lambda e: np.abs(e), id="mae"),
+    pytest.param(
+        lambda: keras.losses.MeanSquaredError(),
+        lambda e: e**2,
+        id="MeanSquaredError",
+    ),
+    pytest.param(
+        lambda: keras.losses.Huber(delta=2.0),
+        lambda e: _np_huber(e, 2.0),
+        id="Huber",
+    ),
+    pytest.param(
+        lambda: keras.losses.LogCosh(),
+        lambda e: np.log(np.cosh(e.astype("float64"))),
+        id="LogCosh",
+    ),
+]
+
+
+@pytest.mark.parametrize("loss,elementwise", REGRESSION_LOSSES)
+def test_regressor_is_distilled_by_matching_its_outputs(loss, elementwise):
+    # Before: "mse" was refused, and MeanSquaredError() got the sigmoid KD
+    # of a binary logit (0.009 for teacher 100 against student 30).
+    x, y = _regression_data()
+    teacher = _regressor("t", 16, 1, 100.0)
+    student = _regressor("s", 4, 2, 30.0)
+    loss = loss() if callable(loss) else loss
+    distiller = tfkd.Distiller(teacher, student, alpha=0.5)
+    distiller.compile("sgd", loss=loss)
+    assert isinstance(
+        distiller.distillation_losses[0], tfkd.losses.OutputMatching
+    )
+    logs = distiller.evaluate(x, y, verbose=0, return_dict=True)
+    t = teacher.predict(x, verbose=0)
+    s = student.predict(x, verbose=0)
+    assert 80 < t.mean() < 120 and 20 < s.mean() < 40
+    expected = elementwise(s - t).mean()
+    np.testing.assert_allclose(logs["distillation_loss"], expected, rtol=1e-5)
+    # The hard-label term is plain Keras' loss, labels shaped (batch,).
+    student.compile("sgd", loss=loss)
+    np.testing.assert_allclose(
+        logs["student_loss"], student.evaluate(x, y, verbose=0), rtol=1e-5
+    )
+    history = distiller.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+
+
+def _class_and_regression(name, width, seed, bias):
+    inputs = keras.Input((8,))
+    hidden = keras.layers.Dense(
+        width,
+        activation="relu",
+        kernel_initializer=keras.initializers.GlorotUniform(seed),
+    )(inputs)
+    classes = keras.layers.Dense(
+        3,
+        name="classes",
+        kernel_initializer=keras.initializers.GlorotUniform(seed + 1),
+    )(hidden)
+    value = keras.layers.Dense(
+        1,
+        name="value",
+        bias_initializer=keras.initializers.Constant(bias),
+        kernel_initializer=keras.initializers.GlorotUniform(seed + 2),
+    )(hidden)
+    return keras.Model(inputs, [classes, value], name=name)
+
+
+def test_class_and_regression_heads_each_get_their_default():
+    x, value = _regression_data()
+    labels = (x[:, 1] > 0).astype("int32") + (x[:, 2] > 0).astype("int32")
+    teacher = _class_and_regression("t", 16, 1, 100.0)
+    student = _class_and_regression("s", 4, 7, 30.0)
+    distiller = tfkd.Distiller(teacher, student, alpha=0.3)
+    distiller.compile("sgd", loss=[sparse_ce(), "mse"])
+    methods = distiller.distillation_losses
+    assert [type(m).__name__ for m in methods] == ["DIST", "OutputMatching"]
+    logs = distiller.evaluate(
+        x, [labels, value], batch_size=32, verbose=0, return_dict=True
+    )
+    t, s = teacher.predict(x, verbose=0), student.predict(x, verbose=0)
+    expected = (
+        tfkd.losses.dist_loss(t[0], s[0]).numpy() + ((s[1] - t[1]) ** 2).mean()
+    )
+    np.testing.assert_allclose(logs["distillation_loss"], expected, rtol=1e-5)
+    # Compiled again with a binary loss on the one-unit head: a sigmoid KD.
+    distiller.compile(
+        "sgd",
+        loss={"classes": sparse_ce(), "value": "binary_crossentropy"},
+    )
+    method = distiller.distillation_losses[1]
+    assert isinstance(method, tfkd.losses.KD) and method.activation == "sigmoid"
+    distiller.compile("sgd", loss={"classes": sparse_ce(), "value": "mae"})
+    method = distiller.distillation_losses[1]
+    assert method.loss == "mean_absolute_error"
+
+
+@pytest.mark.parametrize(
+    "loss,plain",
+    [
+        (
+            "binary_crossentropy",
+            lambda: keras.losses.BinaryCrossentropy(from_logits=True),
+        ),
+        ("mse", lambda: "mse"),
+    ],
+    ids=["binary_crossentropy", "mse"],
+)
+def test_labels_of_shape_batch_for_a_one_unit_output_work_as_in_keras(
+    loss, plain
+):
+    # Before, under tf_keras: "a per-example loss returned a scalar".
+    x, y = _regression_data()
+    y = (y > 100.0).astype("float32")  # (batch,), as plain Keras takes them
+    teacher, student = _teacher_student(classes=1)
+    distiller = tfkd.Distiller(teacher, student, alpha=1.0)
+    distiller.compile("sgd", loss=loss)
+    logs = distiller.evaluate(x, y, verbose=0, return_dict=True)
+    student.compile("sgd", loss=plain())
+    np.testing.assert_allclose(
+        logs["student_loss"], student.evaluate(x, y, verbose=0), rtol=1e-5
+    )

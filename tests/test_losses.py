@@ -365,6 +365,8 @@ METHODS = {
     "DIST": (lambda: L.DIST(temperature=4.0), "logits"),
     "FitNets": (lambda: L.FitNets("t", "s"), "maps"),
     "FitNets_logits": (lambda: L.FitNets(), "logits"),
+    "OutputMatching": (lambda: L.OutputMatching(), "logits"),
+    "OutputMatching_huber": (lambda: L.OutputMatching("huber", 2.0), "logits"),
     "AttentionTransfer": (lambda: L.AttentionTransfer("t", "s"), "maps"),
     "SimilarityPreserving": (lambda: L.SimilarityPreserving("t", "s"), "maps"),
     "RKD": (lambda: L.RKD("t", "s"), "vectors"),

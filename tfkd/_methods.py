@@ -5,12 +5,13 @@ methods and `(method, weight)` tuples, or, for multi-output models, a dict
 or list per output; `resolve_distillation_losses` turns any of these into
 `(method, weight, output_index)` terms, and `distillation_loss_from_terms`
 back (for `from_config`). The default method: DIST, a sigmoid KD for binary
-and multi-label heads.
+and multi-label heads, output matching for regression outputs.
 """
 
 from tfkd import _validation
 from tfkd.losses._base import DistillationLoss
 from tfkd.losses._base import check_positive
+from tfkd.losses._outputs import OutputMatching
 from tfkd.losses._wrappers import DIST
 from tfkd.losses._wrappers import DKD
 from tfkd.losses._wrappers import KD
@@ -72,10 +73,37 @@ def default_distillation_loss(temperature=None):
 def binary_default(method):
     """The default `method` for a binary or multi-label head: a sigmoid
     (Bernoulli) KD, at T=4 as in tfkd 0.1 unless the Distiller got a
-    `temperature` (then `method` is that KD, switched to sigmoids)."""
+    `temperature` (then a copy of `method`, that KD, with sigmoids)."""
     if not isinstance(method, KD):
-        method = KD(temperature=BINARY_DEFAULT_TEMPERATURE)
-    method.activation = "sigmoid"
+        return KD(temperature=BINARY_DEFAULT_TEMPERATURE, activation="sigmoid")
+    return KD(
+        temperature=method.base_value("temperature"), activation="sigmoid"
+    )
+
+
+def output_kind(loss, one_logit):
+    """What the default method distils on an output: `("regression", name,
+    delta)` for an output compiled with a Keras regression loss,
+    `("binary",)` for a binary or multi-label head (a binary cross-entropy,
+    or one logit), else `("classes",)`."""
+    if loss is not None:
+        regression = _validation.regression_loss(loss)
+        if regression is not None:
+            return ("regression",) + regression
+        if _validation.is_binary_loss(loss):
+            return ("binary",)
+    return ("binary",) if one_logit else ("classes",)
+
+
+def default_for(method, kind):
+    """The default `method` (DIST, or the `temperature`'s KD) for an output
+    of `kind` (see `output_kind`): output matching with the compiled loss
+    on a regression output (Ba & Caruana 2014), a sigmoid KD on a binary
+    head, `method` itself on classes."""
+    if kind[0] == "regression":
+        return OutputMatching(loss=kind[1], delta=kind[2])
+    if kind[0] == "binary":
+        return binary_default(method)
     return method
 
 

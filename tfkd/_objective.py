@@ -139,12 +139,17 @@ def weighted_average(values, sample_weight, scale):
 
 
 def hard_label_term(loss_fn, y, logits, sample_weight, scale):
-    """The student's hard-label loss `loss_fn(y, logits)`, weighted."""
-    return weighted_average(
-        loss_fn(tf.cast(y, tf.float32), tf.cast(logits, tf.float32)),
-        sample_weight,
-        scale,
-    )
+    """The student's hard-label loss `loss_fn(y, logits)`, weighted.
+
+    Labels `(batch,)` for outputs `(batch, 1)` (a binary head, a regressor)
+    take the outputs' rank first, as both Keras do before a loss (else a
+    loss that averages the last axis would average the batch).
+    """
+    y = tf.cast(y, tf.float32)
+    logits = tf.cast(logits, tf.float32)
+    if y.shape.rank == 1 and logits.shape.rank == 2 and logits.shape[-1] == 1:
+        y = y[:, None]
+    return weighted_average(loss_fn(y, logits), sample_weight, scale)
 
 
 def method_term(method, teacher, student, labels, sample_weight, scale):

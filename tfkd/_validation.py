@@ -19,6 +19,29 @@ STUDENT_LOSSES = {
         from_logits=True
     ),
 }
+# Regression losses by Keras' names and aliases: a regression output is
+# distilled by matching outputs (`tfkd.losses.OutputMatching`).
+REGRESSION_LOSSES = {
+    "mean_squared_error": lambda: keras.losses.MeanSquaredError(),
+    "mse": lambda: keras.losses.MeanSquaredError(),
+    "mean_absolute_error": lambda: keras.losses.MeanAbsoluteError(),
+    "mae": lambda: keras.losses.MeanAbsoluteError(),
+    "huber": lambda: keras.losses.Huber(),
+    "log_cosh": lambda: keras.losses.LogCosh(),
+    "logcosh": lambda: keras.losses.LogCosh(),
+    "mean_squared_logarithmic_error": lambda: (
+        keras.losses.MeanSquaredLogarithmicError()
+    ),
+    "msle": lambda: keras.losses.MeanSquaredLogarithmicError(),
+}
+STUDENT_LOSSES.update(REGRESSION_LOSSES)
+_REGRESSION_CLASSES = {
+    "MeanSquaredError": "mean_squared_error",
+    "MeanAbsoluteError": "mean_absolute_error",
+    "Huber": "huber",
+    "LogCosh": "log_cosh",
+    "MeanSquaredLogarithmicError": "mean_squared_logarithmic_error",
+}
 
 # Keras' loss functions whose `from_logits` defaults to False: passed bare,
 # they would read the student's logits as probabilities.
@@ -44,11 +67,14 @@ def _resolve_one_student_loss(loss):
         return None
     if isinstance(loss, str):
         if loss not in STUDENT_LOSSES:
+            classification = sorted(
+                set(STUDENT_LOSSES) - set(REGRESSION_LOSSES)
+            )
             raise ValueError(
-                f"Unknown student loss {loss!r}. The student outputs logits; "
-                f"pass one of {sorted(STUDENT_LOSSES)} (each with "
-                "from_logits=True) or a `keras.losses.Loss` instance. "
-                f"Received: loss={loss!r}"
+                f"Unknown student loss {loss!r}. Pass one of {classification} "
+                "(taken from logits, from_logits=True), a regression loss "
+                f"{sorted(REGRESSION_LOSSES)}, or a `keras.losses.Loss` "
+                f"instance. Received: loss={loss!r}"
             )
         loss = STUDENT_LOSSES[loss]()
     if isinstance(loss, keras.losses.Loss):
@@ -100,6 +126,26 @@ def is_binary_loss(loss):
     return (_function_name(loss) or "").startswith("binary_")
 
 
+def regression_loss(loss):
+    """`(name, delta)` of a Keras regression loss (`name` one of
+    `tfkd.losses.OutputMatching`'s losses, `delta` Huber's), else None."""
+    if isinstance(loss, str):
+        if loss not in REGRESSION_LOSSES:
+            return None
+        loss = REGRESSION_LOSSES[loss]()
+    for class_name, name in _REGRESSION_CLASSES.items():
+        if isinstance(loss, getattr(keras.losses, class_name)):
+            return name, _keras.loss_setting(loss, "delta") or 1.0
+    function = _function_name(loss)
+    if (
+        function in _REGRESSION_CLASSES.values()
+        and getattr(keras.losses, function, None) is not None
+    ):
+        keywords = getattr(loss, "keywords", None) or {}
+        return function, keywords.get("delta", 1.0)
+    return None
+
+
 def per_output(value, output_names, what):
     """One entry per output from a single value, a list or a dict."""
     count = len(output_names)
@@ -122,16 +168,23 @@ def per_output(value, output_names, what):
     return [value] * count
 
 
-def resolve_student_losses(loss, output_names):
-    """One per-example hard-label loss (or None) per output."""
+def losses_per_output(loss, output_names):
+    """`compile`'s `loss` as one entry (or None) per output."""
     if (
         len(output_names) == 1
         and isinstance(loss, (list, tuple))
         and len(loss) == 1
     ):
         loss = loss[0]
-    losses = per_output(loss, output_names, "`loss`")
-    return [_resolve_one_student_loss(entry) for entry in losses]
+    return per_output(loss, output_names, "`loss`")
+
+
+def resolve_student_losses(loss, output_names):
+    """One per-example hard-label loss (or None) per output."""
+    return [
+        _resolve_one_student_loss(entry)
+        for entry in losses_per_output(loss, output_names)
+    ]
 
 
 def output_names(model):

@@ -78,7 +78,10 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
             given. On a binary or multi-label head (one logit, or a
             `binary_crossentropy` loss) the default is a sigmoid KD,
             `KD(temperature=4.0, activation="sigmoid")` (or at
-            `temperature`).
+            `temperature`). On a regression output (compiled with a Keras
+            regression loss: `"mse"`, `"mae"`, `keras.losses.Huber()`, ...)
+            it is `tfkd.losses.OutputMatching` with that loss: the student's
+            outputs regress on the teacher's.
         alpha: weight of the student's hard-label loss, in `[0, 1]`. Defaults to
             `0.1`. A variable: `tfkd.callbacks` can schedule it.
         temperature: Hinton KD at this temperature (the keras.io recipe)
@@ -249,10 +252,11 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
             student, self._student_taps, "student"
         )
         shapes = self._check_output_shapes()
-        # A one-logit head is binary: its softmax would be constant.
-        self._binary_default(
-            lambda index: shapes[index] is not None and shapes[index][-1] == 1
-        )
+        # A one-logit head is binary (its softmax would be constant), unless
+        # `compile` gives it a regression loss.
+        self._one_logit = [s is not None and s[-1] == 1 for s in shapes]
+        self._default_entries = list(self._loss_entries)
+        self._output_defaults([None] * len(self._output_names))
         _methods.softmax_methods_on_one_class(
             [
                 (method, weight, index)
@@ -281,18 +285,18 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
 
     # Construction helpers.
 
-    def _binary_default(self, is_binary):
-        """Gives the outputs that `is_binary(index)` selects the default
-        method for binary and multi-label heads (a sigmoid KD), when the
+    def _output_defaults(self, losses):
+        """Gives each output the default method of its kind (its compiled
+        loss `losses[index]`, its width: `_methods.output_kind`) when the
         Distiller uses the default method."""
         if not self._default_method:
             return
         for position, index in enumerate(self._output_indices):
-            method, weight = self._loss_entries[position]
-            if is_binary(index):
-                method = _methods.binary_default(method)
-                self.distillation_losses[position] = method
-                self._loss_entries[position] = (method, weight)
+            base, weight = self._default_entries[position]
+            kind = _methods.output_kind(losses[index], self._one_logit[index])
+            method = _methods.default_for(base, kind)
+            self.distillation_losses[position] = method
+            self._loss_entries[position] = (method, weight)
 
     def _scalar_weight(self, name, value):
         weight = self.add_weight(
@@ -361,11 +365,14 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
                 with `from_logits=True`, a per-example callable, or one of
                 `"sparse_categorical_crossentropy"`,
                 `"categorical_crossentropy"`, `"binary_crossentropy"` (taken
-                with `from_logits=True`). For multi-output models: one loss
+                with `from_logits=True`), or a regression loss (`"mse"`,
+                `"mae"`, `"huber"`, `"log_cosh"`, `"msle"`, their long
+                names, or instances). For multi-output models: one loss
                 for every output, or a list or dict with one per output (None
                 skips an output), as in Keras. May be `None` only with
                 `alpha=0` (pure distillation). A binary loss makes the default
-                KD a sigmoid (Bernoulli) KD.
+                KD a sigmoid (Bernoulli) KD; a regression loss makes the
+                default method output matching with that loss.
             metrics: metrics of the student's outputs against the labels (per
                 output as in `keras.Model.compile`).
             **kwargs: forwarded to `keras.Model.compile` (`jit_compile`,
@@ -388,11 +395,9 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
                 "`loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)`"
                 ", or use `alpha=0.0` for pure distillation."
             )
-        if loss is not None:
-            losses = _validation.per_output(loss, self._output_names, "`loss`")
-            self._binary_default(
-                lambda index: _validation.is_binary_loss(losses[index])
-            )
+        self._output_defaults(
+            _validation.losses_per_output(loss, self._output_names)
+        )
         # Copies, as given: tf_keras renames a multi-output model's metric
         # objects in place (`large_binary_accuracy`), and these recompile
         # other models (a loaded Distiller, the teacher's evaluation).

@@ -13,6 +13,8 @@ from tfkd.losses._features import similarity_preserving_loss
 from tfkd.losses._logits import dist_loss
 from tfkd.losses._logits import dkd_loss
 from tfkd.losses._logits import kd_loss
+from tfkd.losses._outputs import OutputMatching
+from tfkd.losses._outputs import output_matching_loss
 from tfkd.losses._wrappers import DIST
 from tfkd.losses._wrappers import DKD
 from tfkd.losses._wrappers import KD
@@ -29,6 +31,7 @@ __all__ = [
     "DistillationLoss",
     "FitNets",
     "KD",
+    "OutputMatching",
     "PKT",
     "RKD",
     "SimilarityPreserving",
@@ -37,6 +40,7 @@ __all__ = [
     "dkd_loss",
     "hint_loss",
     "kd_loss",
+    "output_matching_loss",
     "pkt_loss",
     "rkd_loss",
     "similarity_preserving_loss",
