@@ -832,3 +832,61 @@ def test_labels_of_shape_batch_for_a_one_unit_output_work_as_in_keras(
     np.testing.assert_allclose(
         logs["student_loss"], student.evaluate(x, y, verbose=0), rtol=1e-5
     )
+
+
+# Issue 22. Shapes and labels.
+
+
+def test_sample_weights_that_do_not_fit_the_per_example_loss_are_refused():
+    # Before: (batch, 3) weights on a 10-class classifier were averaged
+    # over, silently (plain Keras refuses them).
+    x, y = toy_classification(n=32, classes=10)
+    distiller = tfkd.Distiller(*_teacher_student(classes=10), alpha=0.5)
+    distiller.compile("sgd", loss=sparse_ce())
+    weights = np.ones((32, 3), "float32")
+    with pytest.raises(
+        ValueError,
+        match=r"Invalid sample weights: shape \((None|32), 3\) does not "
+        r"broadcast to the per-example loss, shape \((None|32),\).*Pass one "
+        r"weight per example",
+    ):
+        distiller.evaluate(x, y, sample_weight=weights, verbose=0)
+    with pytest.raises(ValueError, match=r"shape \((None|32), 3\) does not"):
+        distiller.fit(x, y, sample_weight=weights, verbose=0)
+    # One weight per example, (batch,) or (batch, 1), as before.
+    a = distiller.evaluate(x, y, sample_weight=weights[:, 0], verbose=0)
+    distiller.compile("sgd", loss=sparse_ce())  # a new function to trace
+    b = distiller.evaluate(x, y, sample_weight=weights[:, :1], verbose=0)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+@pytest.mark.parametrize("label", [10, -1])
+def test_labels_outside_the_classes_are_an_error_for_dkd(label):
+    # Before: DKD's target was all zeros, its loss finite and wrong.
+    x, y = toy_classification(n=32, classes=10)
+    y[5] = label
+    distiller = tfkd.Distiller(
+        *_teacher_student(classes=10),
+        distillation_loss=tfkd.losses.DKD(),
+        alpha=0.0,
+    )
+    distiller.compile("sgd")
+    match = r"Labels outside the classes read by DKD.*\[0, classes\)"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+        distiller.evaluate(x, y, verbose=0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+        distiller.fit(x, y, verbose=0)
+
+
+def test_labels_outside_the_classes_are_an_error_for_the_hard_label_loss():
+    # Before: TensorFlow's sparse cross-entropy, NaN on GPUs.
+    x, y = toy_classification(n=32, classes=10)
+    y[3] = 10
+    distiller = tfkd.Distiller(*_teacher_student(classes=10), alpha=0.5)
+    distiller.compile("sgd", loss="sparse_categorical_crossentropy")
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=r"Labels outside the classes: .*Classes, smallest and largest "
+        r"label:.*10.*10",
+    ):
+        distiller.evaluate(x, y, verbose=0)

@@ -19,6 +19,7 @@ import warnings
 
 import tensorflow as tf
 
+from tfkd import _data_checks
 from tfkd import _keras
 
 Term = collections.namedtuple("Term", ["share", "mean"])
@@ -275,6 +276,11 @@ def distillation_terms(
                 raise ValueError(
                     f"{type(method).__name__} needs the labels, but the data "
                     "has none. Pass `(x, y)` data."
+                )
+            method_labels = tf.convert_to_tensor(method_labels)
+            if _data_checks.has_sparse_shape(method_labels, s):
+                method_labels = _data_checks.check_class_indices(
+                    method_labels, s, f"read by {type(method).__name__}"
                 )
         term = method_term(
             method, t, s, method_labels, sample_weights[position], scale

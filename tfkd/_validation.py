@@ -5,6 +5,7 @@ import functools
 
 import tensorflow as tf
 
+from tfkd import _data_checks
 from tfkd import _keras
 from tfkd._keras import keras
 
@@ -126,6 +127,16 @@ def is_binary_loss(loss):
     return (_function_name(loss) or "").startswith("binary_")
 
 
+def is_sparse_loss(loss):
+    """Whether `loss` is a sparse categorical cross-entropy (it reads
+    labels as class indices)."""
+    if isinstance(loss, str):
+        return loss == "sparse_categorical_crossentropy"
+    if isinstance(loss, keras.losses.SparseCategoricalCrossentropy):
+        return True
+    return _function_name(loss) == "sparse_categorical_crossentropy"
+
+
 def regression_loss(loss):
     """`(name, delta)` of a Keras regression loss (`name` one of
     `tfkd.losses.OutputMatching`'s losses, `delta` Huber's), else None."""
@@ -179,12 +190,26 @@ def losses_per_output(loss, output_names):
     return per_output(loss, output_names, "`loss`")
 
 
+def _checking_class_indices(loss_fn, where):
+    def checked(y_true, y_pred):
+        return loss_fn(
+            _data_checks.check_class_indices(y_true, y_pred, where), y_pred
+        )
+
+    return checked
+
+
 def resolve_student_losses(loss, output_names):
-    """One per-example hard-label loss (or None) per output."""
-    return [
-        _resolve_one_student_loss(entry)
-        for entry in losses_per_output(loss, output_names)
-    ]
+    """One per-example hard-label loss (or None) per output; sparse
+    cross-entropies check that the labels are class indices."""
+    resolved = []
+    for name, entry in zip(output_names, losses_per_output(loss, output_names)):
+        loss_fn = _resolve_one_student_loss(entry)
+        if loss_fn is not None and is_sparse_loss(entry):
+            where = "" if len(output_names) == 1 else f"of output {name!r}"
+            loss_fn = _checking_class_indices(loss_fn, where)
+        resolved.append(loss_fn)
+    return resolved
 
 
 def output_names(model):

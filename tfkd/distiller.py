@@ -17,6 +17,7 @@ from typing import Any
 import tensorflow as tf
 
 from tfkd import _augment
+from tfkd import _data_checks
 from tfkd import _keras
 from tfkd import _loss_scale
 from tfkd import _methods
@@ -653,6 +654,7 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
             weights = _validation.labels_per_output(sample_weight, names)
         else:
             weights = [sample_weight] * len(names)
+        _data_checks.check_sample_weights(names, weights, s_flat)
         scale = _objective.batch_scale(tf.shape(s_flat[0])[0])
 
         loss_fns = _objective.label_losses(
