@@ -890,3 +890,51 @@ def test_labels_outside_the_classes_are_an_error_for_the_hard_label_loss():
         r"label:.*10.*10",
     ):
         distiller.evaluate(x, y, verbose=0)
+
+
+def _named_heads(name, width, seed, heads):
+    inputs = keras.Input((8,))
+    hidden = keras.layers.Dense(
+        width,
+        activation="relu",
+        kernel_initializer=keras.initializers.GlorotUniform(seed),
+    )(inputs)
+    outputs = [
+        keras.layers.Dense(
+            3,
+            name=head,
+            kernel_initializer=keras.initializers.GlorotUniform(seed + i + 1),
+        )(hidden)
+        for i, head in enumerate(heads)
+    ]
+    return keras.Model(inputs, outputs, name=name)
+
+
+def test_multi_output_models_pair_their_outputs_by_name():
+    # Before: paired by position, the student's "b" learnt the teacher's "a".
+    x, _ = toy_classification(n=32)
+    teacher = _named_heads("t", 16, 1, ["a", "b"])
+    student = _named_heads("s", 4, 7, ["b", "a"])
+    distiller = tfkd.Distiller(teacher, student, alpha=0.0, temperature=2.0)
+    distiller.compile("sgd")
+    logs = distiller.evaluate(x, verbose=0, return_dict=True)
+    t, s = teacher.predict(x, verbose=0), student.predict(x, verbose=0)
+    expected = _np_kd(t[0], s[1], 2.0).mean() + _np_kd(t[1], s[0], 2.0).mean()
+    np.testing.assert_allclose(logs["distillation_loss"], expected, rtol=1e-5)
+    # Keras' automatic names on one side: by position, as before.
+    unnamed = _named_heads("u", 4, 7, [None, None])
+    tfkd.Distiller(teacher, unnamed)
+
+
+def test_multi_output_names_that_do_not_pair_up_are_refused():
+    teacher = _named_heads("t", 16, 1, ["label", "box"])
+    student = _named_heads("s", 4, 7, ["cls", "bbox"])
+    with pytest.raises(
+        ValueError,
+        match=r"names its outputs \['label', 'box'\] and student 's' "
+        r"\['cls', 'bbox'\].*do not pair up.*teacher's names",
+    ):
+        tfkd.Distiller(teacher, student)
+    partly = _named_heads("p", 4, 7, ["box", None])  # "box" moved
+    with pytest.raises(ValueError, match="do not pair up"):
+        tfkd.Distiller(teacher, partly)

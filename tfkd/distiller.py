@@ -23,6 +23,9 @@ from tfkd import _loss_scale
 from tfkd import _methods
 from tfkd import _objective
 from tfkd import _saving
+
+
+from tfkd import _pairing
 from tfkd import _taps
 from tfkd import _teacher_logs
 from tfkd import _validation
@@ -199,6 +202,10 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
                 f"{len(self._output_names)} {self._output_names}: distillation "
                 "pairs them output by output."
             )
+        self._teacher_names = teacher_names
+        self._teacher_order = _pairing.teacher_order(
+            teacher, student, teacher_names, self._output_names
+        )
         terms, self._default_method = _methods.resolve_distillation_losses(
             distillation_loss, temperature, self._output_names
         )
@@ -320,9 +327,12 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
                     structure = model.output
                 except (AttributeError, ValueError):
                     structure = outputs
-                flat = _validation.flatten_outputs(
-                    structure, self._output_names, model.name
-                )
+                if model is self.teacher:
+                    flat = self._teacher_flat(structure)
+                else:
+                    flat = _validation.flatten_outputs(
+                        structure, self._output_names, model.name
+                    )
                 shapes.append([tuple(t.shape) for t in flat])
             else:
                 shapes.append([None] * len(self._output_names))
@@ -332,6 +342,14 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
             if teacher_shape is not None and student_shape is not None:
                 self._check_logits_shapes(teacher_shape, student_shape, name)
         return shapes[1]
+
+    def _teacher_flat(self, outputs):
+        """The teacher's outputs as a list in the student's output order
+        (paired by name where both name them: `tfkd._pairing`)."""
+        flat = _validation.flatten_outputs(
+            outputs, self._teacher_names, "teacher"
+        )
+        return _pairing.reorder(flat, self._teacher_order)
 
     def _check_logits_shapes(self, teacher_shape, student_shape, name=None):
         if tuple(teacher_shape)[1:] != tuple(student_shape)[1:]:
@@ -645,7 +663,7 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         names = self._output_names
         t_outputs, t_features = teacher_outputs
         s_outputs, s_features = student_outputs
-        t_flat = _validation.flatten_outputs(t_outputs, names, "teacher")
+        t_flat = self._teacher_flat(t_outputs)
         s_flat = _validation.flatten_outputs(s_outputs, names, "student")
         for name, t, s in zip(names, t_flat, s_flat):
             self._check_logits_shapes(t.shape, s.shape, name)
