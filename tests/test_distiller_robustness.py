@@ -938,3 +938,25 @@ def test_multi_output_names_that_do_not_pair_up_are_refused():
     partly = _named_heads("p", 4, 7, ["box", None])  # "box" moved
     with pytest.raises(ValueError, match="do not pair up"):
         tfkd.Distiller(teacher, partly)
+
+
+def test_teacher_validation_logs_pair_outputs_by_name():
+    x, y = toy_classification(n=32)
+    labels = {"a": y, "b": (y + 1) % 3}
+    teacher = _named_heads("t", 16, 1, ["a", "b"])
+    student = _named_heads("s", 4, 7, ["b", "a"])
+    distiller = tfkd.Distiller(teacher, student, alpha=0.5)
+    distiller.compile(
+        "sgd",
+        loss={"a": sparse_ce(), "b": sparse_ce()},
+        metrics={"a": ["accuracy"], "b": ["accuracy"]},
+    )
+    logs = distiller.fit(
+        x, labels, validation_data=(x, labels), epochs=1, verbose=0
+    ).history
+    t = teacher.predict(x, verbose=0)
+    for index, head in enumerate(["a", "b"]):
+        expected = np.mean(t[index].argmax(-1) == labels[head])
+        np.testing.assert_allclose(
+            logs[f"teacher_val_{head}_accuracy"], [expected], rtol=1e-6
+        )

@@ -27,17 +27,22 @@ class _TeacherOutputs(_keras.MultiWorkerSafe, keras.Model):
     without the teacher's regularization losses, like `val_student_loss`.
     """
 
-    def __init__(self, teacher, has_loss, **kwargs):
+    def __init__(self, teacher, has_loss, arrange=None, **kwargs):
         super().__init__(**kwargs)
         self.teacher = teacher
         self._has_loss = has_loss
+        # Multi-output: the teacher's outputs as a list in the student's
+        # order (`Distiller._teacher_flat`: paired by name).
+        self._arrange = arrange
 
     def call(self, inputs, training=False):
         inputs, cached = _cache.split_inputs(inputs)
         if cached is not None:
             outputs = cached[0]
-            return list(outputs) if isinstance(outputs, tuple) else outputs
-        return self.teacher(inputs, training=False)
+            outputs = list(outputs) if isinstance(outputs, tuple) else outputs
+        else:
+            outputs = self.teacher(inputs, training=False)
+        return self._arrange(outputs) if self._arrange else outputs
 
     @property
     def losses(self):
@@ -127,6 +132,9 @@ class TeacherValidation(keras.callbacks.Callback):
             model = _TeacherOutputs(
                 distiller.teacher,
                 has_loss=compiled.get("loss") is not None,
+                arrange=distiller._teacher_flat
+                if len(distiller._output_names) > 1
+                else None,
                 name=f"{distiller.teacher.name}_validation",
             )
             if len(distiller._output_names) > 1:
