@@ -876,6 +876,10 @@ def test_labels_outside_the_classes_are_an_error_for_dkd(label):
         distiller.evaluate(x, y, verbose=0)
     with pytest.raises(tf.errors.InvalidArgumentError, match=match):
         distiller.fit(x, y, verbose=0)
+    # XLA drops asserts: the term is NaN there, for TerminateOnNaN.
+    distiller.compile("sgd", jit_compile=True)
+    logs = distiller.fit(x, y, verbose=0).history
+    assert np.isnan(logs["distillation_loss"][0])
 
 
 def test_labels_outside_the_classes_are_an_error_for_the_hard_label_loss():

@@ -57,6 +57,19 @@ def has_sparse_shape(labels, logits):
     )
 
 
+def labels_inside(labels, logits):
+    """Whether every label is a class index of `logits` (a scalar bool)."""
+    values = tf.cast(labels, tf.float32)
+    classes = tf.cast(tf.shape(logits)[-1], tf.float32)
+    return tf.reduce_all(tf.logical_and(values >= 0.0, values < classes))
+
+
+def nan_unless(condition, value):
+    """`value`, or NaN where `condition` is False: what XLA, which drops
+    asserts, still reports (through `TerminateOnNaN` and the logs)."""
+    return tf.where(condition, value, tf.constant(float("nan"), value.dtype))
+
+
 def check_class_indices(labels, logits, where):
     """`labels`, after an assert (run in graph mode too) that they are
     class indices of `logits`, in `[0, classes)`: out of range, a sparse
@@ -65,9 +78,7 @@ def check_class_indices(labels, logits, where):
     labels = tf.convert_to_tensor(labels)
     values = tf.cast(labels, tf.float32)
     classes = tf.shape(logits)[-1]
-    inside = tf.reduce_all(
-        tf.logical_and(values >= 0.0, values < tf.cast(classes, tf.float32))
-    )
+    inside = labels_inside(labels, logits)
     check = tf.debugging.Assert(
         inside,
         [

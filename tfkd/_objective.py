@@ -269,7 +269,7 @@ def distillation_terms(
             s = s_features[method.student_layer]
         if adapter is not None:
             s = adapter(s, training=training)
-        method_labels = None
+        method_labels, inside = None, None
         if method.requires_labels:
             method_labels = labels[position]
             if method_labels is None:
@@ -279,12 +279,15 @@ def distillation_terms(
                 )
             method_labels = tf.convert_to_tensor(method_labels)
             if _data_checks.has_sparse_shape(method_labels, s):
+                inside = _data_checks.labels_inside(method_labels, s)
                 method_labels = _data_checks.check_class_indices(
                     method_labels, s, f"read by {type(method).__name__}"
                 )
         term = method_term(
             method, t, s, method_labels, sample_weights[position], scale
         )
+        if inside is not None:  # NaN under XLA, which drops the assert.
+            term = Term(*(_data_checks.nan_unless(inside, v) for v in term))
         terms.append(weigh(weight, term))
     return add(*terms)
 
