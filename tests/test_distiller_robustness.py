@@ -894,6 +894,8 @@ def test_labels_outside_the_classes_are_an_error_for_the_hard_label_loss():
         r"label:.*10.*10",
     ):
         distiller.evaluate(x, y, verbose=0)
+    distiller.compile("sgd", loss=sparse_ce(), jit_compile=True)
+    assert np.isnan(distiller.fit(x, y, verbose=0).history["student_loss"][0])
 
 
 def _named_heads(name, width, seed, heads):
