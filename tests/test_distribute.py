@@ -44,7 +44,7 @@ def _data(weighted):
 # run, whatever the other terms do. Logit terms, feature maps, batch
 # relations (relational terms see the whole global batch).
 METHOD_GROUPS = {
-    "logits": ["kd", "kd_standardized", "dkd", "dist"],
+    "logits": ["kd", "kd_standardized", "dkd", "dist", "output_matching"],
     "features": ["fitnets", "attention", "sp", "kd+fitnets"],
     "relational": ["rkd", "pkt"],
 }

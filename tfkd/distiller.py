@@ -22,10 +22,8 @@ from tfkd import _keras
 from tfkd import _loss_scale
 from tfkd import _methods
 from tfkd import _objective
-from tfkd import _saving
-
-
 from tfkd import _pairing
+from tfkd import _saving
 from tfkd import _taps
 from tfkd import _teacher_logs
 from tfkd import _validation
