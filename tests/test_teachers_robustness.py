@@ -44,6 +44,10 @@ def _unreadable(dataset):
     return dataset.map(refuse)
 
 
+def _never_called(*args, **kwargs):
+    raise AssertionError("the teacher ran")
+
+
 def _cache_to(teacher, data, cache_dir, **kwargs):
     return tfkd.cache_teacher_outputs(
         teacher, data, cache_dir=cache_dir, verbose=0, **kwargs
@@ -182,6 +186,9 @@ def test_fingerprint_records_what_the_cache_depends_on(tmp_path):
         for key in ("teacher_architecture", "teacher_weights")
     }
     assert all(len(value) == 64 for value in hashes.values())  # SHA-256
+    # Two 64-bit sums of per-example hashes; a random id of this cache.
+    assert len(fingerprint.pop("data")) == 32
+    assert len(fingerprint.pop("cache_id")) == 32
     assert fingerprint == {
         "tfkd_version": tfkd.__version__,
         "teacher_taps": [],
@@ -189,6 +196,7 @@ def test_fingerprint_records_what_the_cache_depends_on(tmp_path):
         "element_spec": str(data.element_spec),
         "batches": 3,
         "examples": 40,
+        "batch_size": 16,
     }
     images, labels = toy_images(n=8, size=8)
     images = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
@@ -261,7 +269,8 @@ def test_the_same_teacher_rebuilt_reuses_the_cache(tmp_path):
     rebuilt.set_weights(teacher.get_weights())
     rebuilt.compile("sgd", loss=sparse_ce())
     distiller = tfkd.Distiller(rebuilt, make_mlp(4), alpha=0.5)
-    reused = _cache_to(distiller, _unreadable(data), cache_dir)
+    distiller.teacher_outputs = _never_called  # the data is read, once
+    reused = _cache_to(distiller, data, cache_dir)
     for got, want in zip(_arrays(reused), expected):
         np.testing.assert_array_equal(got, want)
 
@@ -441,4 +450,313 @@ def test_top_k_cache_of_sequence_logits_equals_the_full_cache():
     top_k = distiller.evaluate(cached, verbose=0, return_dict=True)
     np.testing.assert_allclose(
         top_k["distillation_loss"], live["distillation_loss"], rtol=1e-5
+    )
+
+
+# Issue 22: caches that trained silently wrong.
+
+
+def _fit_counting(distiller, data, epochs, callback=None):
+    """Fits; returns the number of steps of each epoch that ended."""
+    steps = []
+
+    class Count(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            steps.append(0)
+
+        def on_train_batch_end(self, batch, logs=None):
+            steps[-1] += 1
+
+    callbacks = [Count()] + ([callback] if callback else [])
+    distiller.fit(data, epochs=epochs, verbose=0, callbacks=callbacks)
+    return steps
+
+
+class _AfterFirstEpoch(keras.callbacks.Callback):
+    def __init__(self, action):
+        super().__init__()
+        self.action = action
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            self.action()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("delete", r"was deleted or replaced after it was loaded"),
+        ("rebuild", r"was deleted or replaced after it was loaded"),
+        ("empty_shard", r"held 3 batches when it was loaded.*fewer or more"),
+    ],
+)
+def test_a_cache_dir_changed_during_fit_raises_instead_of_zero_steps(
+    tmp_path, change, message
+):
+    teacher = make_mlp(16, name="t", seed=1)
+    cache_dir = str(tmp_path / "cache")
+    cached = _cache_to(teacher, _data(), cache_dir)
+    distiller = tfkd.Distiller(teacher, make_mlp(4, seed=2), alpha=0.5)
+    distiller.compile("sgd", loss=sparse_ce())
+
+    def act():
+        if change == "empty_shard":
+            (shard,) = glob.glob(os.path.join(cache_dir, "*", "*.shard", "*"))
+            open(shard, "wb").close()
+            return
+        import shutil
+
+        shutil.rmtree(cache_dir)
+        if change == "rebuild":  # the same shapes, other values
+            x, y = toy_classification(n=40, seed=3)
+            other = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+            _cache_to(teacher, other, cache_dir)
+
+    with pytest.raises(tf.errors.OpError, match=message) as error:
+        _fit_counting(distiller, cached, 3, _AfterFirstEpoch(act))
+    assert cache_dir in str(error.value)
+    # Untouched, the cache trains every epoch in full.
+    fresh = _cache_to(teacher, _data(), str(tmp_path / "fresh"))
+    assert _fit_counting(distiller, fresh, 2) == [3, 3]
+
+
+def _distiller_of(teacher, method=None, student=None):
+    classes = int(teacher.outputs[0].shape[-1])
+    student = student or make_mlp(4, classes=classes, seed=2)
+    distiller = tfkd.Distiller(teacher, student, method, alpha=0.5)
+    distiller.compile("sgd", loss=sparse_ce())
+    return distiller
+
+
+@pytest.mark.parametrize("storage", ["memory", "cache_dir"])
+@pytest.mark.parametrize("change", ["weights", "architecture"])
+def test_a_cache_of_another_teacher_is_refused_by_the_distiller(
+    tmp_path, storage, change
+):
+    teacher = make_mlp(16, name="cached_teacher", seed=1)
+    # Compiled: its config then holds the optimizer's variables.
+    teacher.compile("adam", sparse_ce())
+    cache_dir = None if storage == "memory" else str(tmp_path / "cache")
+    cached = tfkd.cache_teacher_outputs(
+        teacher, _data(), cache_dir=cache_dir, verbose=0
+    )
+    if change == "weights":
+        other = make_mlp(16, name="other_teacher", seed=5)
+    else:  # the same weights, another activation
+        config = teacher.get_config()
+        for layer in config["layers"]:
+            if layer["class_name"] == "Dense":
+                layer["config"]["activation"] = "tanh"
+        other = keras.Model.from_config(config)
+        other.set_weights(teacher.get_weights())
+    distiller = _distiller_of(other)
+    expected = (
+        r"cached from teacher 'cached_teacher', but this Distiller's "
+        rf"teacher '{other.name}' differs from it in its {change}.*"
+        r"tfkd\.cache_teacher_outputs\(distiller, dataset\)"
+    )
+    with pytest.raises(ValueError, match=expected):
+        distiller.fit(cached, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=expected):
+        distiller.evaluate(cached, verbose=0)
+    # Through `unbatch`, `shuffle` and `batch` too.
+    reshuffled = cached.unbatch().shuffle(40, seed=0).batch(8)
+    with pytest.raises(ValueError, match=expected):
+        _distiller_of(other).fit(reshuffled, epochs=1, verbose=0)
+    # Its own teacher trains on it (and reads none of the teacher's outputs).
+    own = _distiller_of(teacher)
+    own.teacher_outputs = _never_called
+    assert _fit_counting(own, reshuffled, 1) == [5]
+
+
+def test_a_cache_without_the_tapped_features_is_refused():
+    images, labels = toy_images(n=16, size=8)
+    data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+    teacher = make_cnn(8, name="t", seed=1)
+    cached = tfkd.cache_teacher_outputs(teacher, data, verbose=0)  # logits
+    distiller = _distiller_of(
+        teacher,
+        [tfkd.losses.KD(), (tfkd.losses.FitNets("features", "features"), 1)],
+        student=make_cnn(4, seed=2),
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"read the teacher layers \['features'\].*holds? the features "
+        r"of \[\] only \(missing: \['features'\]\).*cache_teacher_outputs\("
+        r"distiller, dataset\)",
+    ):
+        distiller.fit(cached, epochs=1, verbose=0)
+    # The fix: cache the Distiller, which stores the tapped features.
+    cached = tfkd.cache_teacher_outputs(distiller, data, verbose=0)
+    assert _fit_counting(distiller, cached, 1) == [2]
+
+
+def test_cache_dir_reused_with_other_values_is_refused(tmp_path):
+    teacher = make_mlp(16, name="t", seed=1)
+    cache_dir = str(tmp_path / "cache")
+    x, y = toy_classification(n=40)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    _cache_to(teacher, data, cache_dir)
+
+    def refused(x, y, data=None):
+        data = data or tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+        with pytest.raises(ValueError) as error:
+            _cache_to(teacher, data, cache_dir)
+        return str(error.value)
+
+    # The same shapes, sizes and dtypes: other inputs, or other labels.
+    other_x = refused(toy_classification(n=40, seed=3)[0], y)
+    assert "data set values (inputs, labels or weights) differ" in other_x
+    assert "Delete that folder to rebuild" in other_x
+    relabelled = refused(x, (y + 1) % 3)
+    assert "data set values (inputs, labels or weights) differ" in relabelled
+    one_value = x.copy()
+    one_value[39, 7] += 1e-3
+    assert "values" in refused(one_value, y)
+    # Another batch size that the spec and cardinality do not show.
+    unknown = data.unbatch().batch(8).filter(lambda *e: True)
+    batching = refused(x, y, unknown)
+    assert "number of batches: cached 3, received 5" in batching
+    assert "size of the first batch: cached 16, received 8" in batching
+    assert "values" not in batching
+    # The same examples reshuffled: the cache (in its order) is reused.
+    order = np.random.default_rng(1).permutation(40)
+    shuffled = tf.data.Dataset.from_tensor_slices((x[order], y[order]))
+    reused = _cache_to(teacher, shuffled.batch(16), cache_dir)
+    inputs, logits, labels = _arrays(reused)
+    np.testing.assert_array_equal(inputs, x)
+    np.testing.assert_array_equal(labels, y)
+    np.testing.assert_allclose(logits, teacher(x), rtol=1e-6, atol=1e-6)
+
+
+def _logit_matching():
+    return tfkd.losses.FitNets()
+
+
+class _CustomLogitLoss(tfkd.losses.DistillationLoss):
+    """A user's method that does not declare `needs_all_logits`."""
+
+    def compute(self, teacher, student, labels=None):
+        return tf.reduce_mean(tf.square(teacher - student), axis=-1)
+
+
+@pytest.mark.parametrize(
+    "method, label",
+    [
+        (lambda: tfkd.losses.KD(standardize=True), r"KD\(standardize=True\)"),
+        (
+            lambda: tfkd.losses.KD(activation="sigmoid"),
+            r"KD\(activation='sigmoid'\)",
+        ),
+        (_logit_matching, r"FitNets\(\) 'fitnets'"),
+        (lambda: _CustomLogitLoss(name="custom"), r"_CustomLogitLoss\(\)"),
+    ],
+    ids=["kd_standardize", "kd_sigmoid", "logit_matching", "custom"],
+)
+def test_top_k_caches_are_refused_for_methods_that_read_every_logit(
+    method, label
+):
+    x, y = toy_classification(n=32, classes=6)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    teacher = make_mlp(16, classes=6, name="t", seed=1)
+    top_2 = tfkd.cache_teacher_outputs(teacher, data, top_k=2, verbose=0)
+    distiller = _distiller_of(teacher, method())
+    with pytest.raises(
+        ValueError,
+        match=rf"top_k=2 largest of the teacher's 6 logits.*method {label}.*"
+        r"reads every teacher logit.*Cache without `top_k`",
+    ):
+        distiller.fit(top_2, epochs=1, verbose=0)
+    # Every logit kept: exact, so accepted, with the live teacher's loss.
+    top_6 = tfkd.cache_teacher_outputs(teacher, data, top_k=6, verbose=0)
+    cached = distiller.evaluate(top_6, verbose=0, return_dict=True)
+    live = distiller.evaluate(data, verbose=0, return_dict=True)
+    np.testing.assert_allclose(
+        cached["distillation_loss"], live["distillation_loss"], rtol=1e-6
+    )
+
+
+def test_top_k_caches_serve_softmax_methods_but_not_a_multi_label_head():
+    x, y = toy_classification(n=32, classes=6)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    teacher = make_mlp(16, classes=6, name="t", seed=1)
+    top_2 = tfkd.cache_teacher_outputs(teacher, data, top_k=2, verbose=0)
+    for method in (tfkd.losses.KD(), tfkd.losses.DKD(), tfkd.losses.DIST()):
+        distiller = _distiller_of(teacher, method)
+        assert _fit_counting(distiller, top_2, 1) == [2]
+    # A multi-label head (binary cross-entropy): the default is a sigmoid KD.
+    multi_label = (np.eye(6)[y] + np.eye(6)[(y + 1) % 6]).astype("float32")
+    labelled = tf.data.Dataset.from_tensor_slices((x, multi_label)).batch(16)
+    top_2 = tfkd.cache_teacher_outputs(teacher, labelled, top_k=2, verbose=0)
+    distiller = tfkd.Distiller(teacher, make_mlp(4, classes=6), alpha=0.5)
+    distiller.compile("sgd", loss="binary_crossentropy")
+    with pytest.raises(ValueError, match=r"KD\(activation='sigmoid'\)"):
+        distiller.fit(top_2, epochs=1, verbose=0)
+
+
+def _sequential(seed):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(3),
+        ]
+    )
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_an_identical_teacher_rebuilt_in_the_same_process_is_accepted(
+    tmp_path, nested
+):
+    def build(seed):
+        model = _sequential(seed)
+        if not nested:
+            return model
+        inputs = keras.Input((8,))
+        return keras.Model(inputs, model(inputs))
+
+    teacher = build(1)
+    cache_dir = str(tmp_path / "cache")
+    cached = _cache_to(teacher, _data(), cache_dir)
+    rebuilt = build(2)  # other auto-generated names, other weights
+    assert rebuilt.name != teacher.name
+    rebuilt.set_weights(teacher.get_weights())
+    distiller = _distiller_of(rebuilt)
+    distiller.teacher_outputs = _never_called
+    reused = _cache_to(distiller, _data(), cache_dir)
+    for got, want in zip(_arrays(reused), _arrays(cached)):
+        np.testing.assert_array_equal(got, want)
+    assert _fit_counting(distiller, cached, 1) == [3]
+
+
+@pytest.fixture
+def mixed_float16():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def test_top_k_cache_of_a_float16_teacher_gives_the_float32_loss(
+    mixed_float16,
+):
+    x, y = toy_classification(n=32, classes=6)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    teacher = make_mlp(16, classes=6, name="t", seed=1)  # float16 logits
+    student = make_mlp(4, classes=6, seed=2)
+    distiller = tfkd.Distiller(teacher, student, tfkd.losses.KD(), alpha=0.0)
+    distiller.compile("sgd")
+    top_3 = tfkd.cache_teacher_outputs(teacher, data, top_k=3, verbose=0)
+    got = distiller.evaluate(top_3, verbose=0, return_dict=True)
+    t = teacher.predict(x, verbose=0).astype("float64") / 4.0
+    s = student.predict(x, verbose=0).astype("float64") / 4.0
+    kept = np.argsort(-t, axis=1)[:, :3]
+    p = np.zeros_like(t)
+    for row, columns in enumerate(kept):
+        e = np.exp(t[row, columns] - t[row, columns].max())
+        p[row, columns] = e / e.sum()
+    log_q = s - np.log(np.exp(s).sum(1, keepdims=True))
+    terms = np.where(p > 0, p * (np.log(np.where(p > 0, p, 1)) - log_q), 0)
+    np.testing.assert_allclose(
+        got["distillation_loss"], 16 * terms.sum(1).mean(), rtol=2e-3
     )

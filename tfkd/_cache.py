@@ -14,27 +14,15 @@ import os
 import tensorflow as tf
 
 from tfkd import _cache_files
+from tfkd import _cache_format
 from tfkd import _fingerprint
 from tfkd import _keras
 from tfkd._keras import keras
 
-# Gap between the smallest kept top-k logit and the logits rebuilt for the
-# classes that were not kept: exp(-gap / T) is exactly 0 in float32 for any
-# temperature T up to ~9,000 (float32 underflows below exp(-104)).
-_TOP_K_GAP = 1e6
-_TOP_K_KEYS = ("top_k_values", "top_k_indices", "num_classes")
-
-# Inputs of a dataset made by `cache_teacher_outputs`: a dict with the
-# student's inputs and the teacher's precomputed outputs.
-INPUTS_KEY = "inputs"
-TEACHER_OUTPUTS_KEY = "tfkd_teacher_outputs"
-
-
-def split_inputs(x):
-    """`(inputs, cached teacher outputs or None)` of a batch's inputs."""
-    if isinstance(x, dict) and TEACHER_OUTPUTS_KEY in x:
-        return x[INPUTS_KEY], x[TEACHER_OUTPUTS_KEY]
-    return x, None
+# The format of the cached elements, re-exported by `tfkd.teachers`.
+INPUTS_KEY = _cache_format.INPUTS_KEY
+TEACHER_OUTPUTS_KEY = _cache_format.TEACHER_OUTPUTS_KEY
+split_inputs = _cache_format.split_inputs
 
 
 def is_distiller(teacher):
@@ -55,35 +43,56 @@ def cache_teacher_outputs(
     """Runs the teacher once over `dataset`; returns data that carries it.
 
     Each element of the returned dataset is
-    `({"inputs": x, "tfkd_teacher_outputs": (logits, features)}, y[, w])`
-    (keys `tfkd.teachers.INPUTS_KEY` and `TEACHER_OUTPUTS_KEY`; `logits` is
-    a tuple for a teacher with several outputs), which
-    `tfkd.Distiller.fit` / `evaluate` recognise: they then never call the
-    teacher. With no augmentation and the same order, training is exactly
-    live distillation, at about the cost of training the student alone.
+    `({"inputs": x, "tfkd_teacher_outputs": (logits, features),
+    "tfkd_cache": {...}}, y[, w])` (keys `tfkd.teachers.INPUTS_KEY` and
+    `TEACHER_OUTPUTS_KEY`; `logits` is a tuple for a teacher with several
+    outputs), which `tfkd.Distiller.fit` / `evaluate` recognise: they then
+    never call the teacher. With no augmentation and the same order,
+    training is exactly live distillation, at about the cost of training
+    the student alone. The examples keep their inputs, outputs and labels
+    together through `shuffle`, `unbatch` and `batch`.
+
+    The Distiller's check: `"tfkd_cache"` describes the cache (its
+    teacher's name and hashes, tapped layers, `top_k`, number of classes)
+    in the data set's structure. When its step is traced (no data read, no
+    cost per step), a Distiller refuses with a `ValueError` a cache made
+    by another teacher (architecture or weights; layer names do not
+    count), one without the teacher features its methods tap, and a top-k
+    cache (`top_k` below the number of classes) for a method that reads
+    every teacher logit (`needs_all_logits`: `KD(standardize=True)`,
+    `KD(activation="sigmoid")` and so the default method of binary and
+    multi-label heads, logit matching `FitNets()`, methods that do not
+    declare it).
 
     Storage: in memory by default (batched like `dataset`, which must then
     have one batch size, bar a smaller last batch). With `cache_dir`, the
     batches are streamed to disk with `tf.data.Dataset.save` (one shard, so
     the order is kept; uncompressed) and read back with
     `tf.data.Dataset.load`; the next call with the same `cache_dir` loads
-    them and does not run the teacher.
+    them and does not run the teacher. Each pass over the returned data set
+    checks the folder: deleted, rebuilt or cut while training, it raises an
+    error (at the first batch of the epoch, or at its end for a cut file)
+    instead of training on zero or other batches.
 
     Fingerprint: the folder also holds `tfkd_fingerprint.json`: SHA-256
     hashes of the teacher's architecture (its config JSON, without layer
-    names, `trainable` flags, initializers, regularizers, constraints and
-    compile settings, which cannot change its outputs) and of its weights
-    (dtype, shape and bytes of each), the tapped teacher layers, `top_k`,
-    the data set's `element_spec`, its numbers of batches and examples, and
-    the tfkd version. Reusing the folder recomputes it (0.2-0.3 s for
-    ResNet-50's 25.6M weights; no teacher pass, no pass over `dataset`) and
-    refuses any difference; the number of batches is compared when
-    `dataset.cardinality()` is known. Then the cached examples are counted
-    (one read of the folder, no teacher) against the fingerprint, so a
-    truncated or damaged file is refused too. The cache stores the inputs
-    with the outputs, so the returned data is always consistent; a data set
-    with the same spec and size but other values is not detected (that
-    needs a pass over it): use one folder per data set.
+    and model names, `trainable` flags, initializers, regularizers,
+    constraints and compile settings, which cannot change its outputs) and
+    of its weights (dtype, shape and bytes of each), the tapped teacher
+    layers, `top_k`, the data set's `element_spec`, its numbers of batches
+    and examples, the size of its first batch, a digest of its values and
+    the tfkd version. The digest sums (mod 2^64, in two lanes) a 64-bit
+    farmhash of each example (its inputs, label and weight: bytes, shape
+    and dtype), so it does not depend on the order of the examples (a data
+    set shuffled before batching gives one digest) but changes with any
+    value (with odds of 2^-64 per lane of missing it). Reusing the folder
+    first compares what needs no data (the teacher's hashes: 0.2-0.3 s for
+    ResNet-50's 25.6M weights; the number of batches when
+    `dataset.cardinality()` is known), then reads the folder once (no
+    teacher) to check its examples against their count and digest (a
+    truncated, damaged or replaced file is refused), then reads `dataset`
+    once (no teacher) and refuses other values, batch sizes or counts. The
+    same examples reshuffled reuse the cache, in its stored order.
 
     Concurrency: the cache is written into a uniquely named folder beside
     `cache_dir` (`.<name>.tfkd-<random>`), then renamed to `cache_dir` in
@@ -106,7 +115,9 @@ def cache_teacher_outputs(
     ```
 
     This suits methods that read the teacher's softmax (`KD`, `DKD`,
-    `DIST`), not `KD(standardize=True)` (its z-score needs every logit).
+    `DIST`); a Distiller refuses it for methods that read every logit
+    (above). The logits are rebuilt in float32 (in float16, as a
+    mixed-precision teacher outputs them, the floor would be -inf).
 
     When caching is wrong: with random augmentation the teacher must see
     the augmented view the student sees ("a good teacher is patient and
@@ -153,8 +164,10 @@ def cache_teacher_outputs(
             empty or unbatched, or (in memory) has several batch sizes; when
             `cache_dir` is a file or a non-empty folder without a tfkd
             cache; and when a cache in `cache_dir` has another fingerprint
-            (the message lists the differences), has no fingerprint, or
-            holds fewer examples than its fingerprint says (truncated).
+            (the message lists the differences: teacher, settings, data
+            set values or batching), has no fingerprint, or holds fewer
+            or other examples than its fingerprint says (truncated or
+            replaced).
 
     Example:
         >>> cached = tfkd.cache_teacher_outputs(distiller, train_ds)
@@ -178,23 +191,29 @@ def cache_teacher_outputs(
     )
     if top_k is not None:
         # A trace on the element spec gives the output shape; no data read.
-        x_spec = _split_element(dataset.element_spec)[0]
+        x_spec = split_element(dataset.element_spec)[0]
         logits = outputs_of.get_concrete_function(x_spec).structured_outputs
         _check_top_k_fits(top_k, logits[0])
+    # The teacher's hashes, once: the data set carries them, and a
+    # Distiller checks them against its own teacher.
+    described = _cache_format.description(model, taps, top_k)
     if cache_dir is not None:
         cache_dir = os.fspath(cache_dir)
         _cache_files.check_cache_dir(cache_dir)
-        fingerprint = _fingerprint.fingerprint(model, taps, top_k, dataset)
+        fingerprint = _fingerprint.fingerprint(described, taps, top_k, dataset)
         if _cache_files.holds_cache(cache_dir):
-            return _expand(_cache_files.load(cache_dir, fingerprint))
+            loaded = _cache_files.load(cache_dir, fingerprint, dataset)
+            return _cache_format.expand(loaded, described)
     batches = _teacher_batches(outputs_of, dataset, top_k, verbose)
     first = next(batches, None)
     if first is None:
         raise ValueError("`dataset` is empty: there is nothing to cache.")
     batches = itertools.chain([first], batches)
     if cache_dir is None:
-        return _expand(_in_memory(list(batches)))
-    return _expand(_cache_files.save(batches, first, cache_dir, fingerprint))
+        stored = _in_memory(list(batches))
+    else:
+        stored = _cache_files.save(batches, first, cache_dir, fingerprint)
+    return _cache_format.expand(stored, described)
 
 
 # Checks made before the teacher runs.
@@ -260,7 +279,7 @@ def _check_dataset(dataset, model):
     if cardinality == 0:
         raise ValueError("`dataset` is empty: there is nothing to cache.")
     spec = dataset.element_spec
-    x_spec = _split_element(spec)[0]
+    x_spec = split_element(spec)[0]
     unbatched = any(s.shape.rank == 0 for s in tf.nest.flatten(spec))
     inputs = getattr(model, "inputs", None) or []
     flat_x = tf.nest.flatten(x_spec)
@@ -300,7 +319,7 @@ def _check_top_k_fits(top_k, outputs):
 # The teacher pass and the cached elements.
 
 
-def _split_element(element):
+def split_element(element):
     """`(x, (y[, w]))` of a data set element or element spec."""
     if isinstance(element, tuple):
         return element[0], tuple(element[1:])
@@ -316,7 +335,7 @@ def _teacher_batches(outputs_of, dataset, top_k, verbose):
         unit_name="batch",
     )
     for step, element in enumerate(dataset):
-        x, rest = _split_element(element)
+        x, rest = split_element(element)
         logits, features = outputs_of(x)
         if top_k is None:
             stored = (_lists_as_tuples(logits), dict(features))
@@ -324,7 +343,7 @@ def _teacher_batches(outputs_of, dataset, top_k, verbose):
             values, indices = tf.math.top_k(logits, k=top_k)
             stored = dict(
                 zip(
-                    _TOP_K_KEYS,
+                    _cache_format.TOP_K_KEYS,
                     (
                         values,
                         indices,
@@ -360,44 +379,3 @@ def _in_memory(elements):
         lambda *parts: tf.concat(parts, axis=0), *elements
     )
     return tf.data.Dataset.from_tensor_slices(columns).batch(sizes[0])
-
-
-def _dense_from_top_k(values, indices, num_classes):
-    """`(..., classes)` logits: the top-k values, a floor elsewhere.
-
-    Leading axes (a sequence's `(batch, time)`) are flattened into rows and
-    restored.
-    """
-    static = values.shape[:-1].concatenate([num_classes])
-    leading = tf.shape(values)[:-1]
-    k = tf.shape(values)[-1]
-    values = tf.reshape(values, [-1, k])
-    indices = tf.reshape(indices, [-1, k])
-    floor = tf.reduce_min(values, axis=-1, keepdims=True) - _TOP_K_GAP
-    rows = tf.shape(values)[0]
-    dense = tf.broadcast_to(floor, tf.stack([rows, num_classes]))
-    row_ids = tf.broadcast_to(tf.range(rows)[:, None], tf.shape(indices))
-    scatter = tf.stack([row_ids, indices], axis=-1)
-    dense = tf.tensor_scatter_nd_update(dense, scatter, values)
-    dense = tf.reshape(dense, tf.concat([leading, [num_classes]], axis=0))
-    return tf.ensure_shape(dense, static)
-
-
-def _expand(stored):
-    """Maps cached elements to the Distiller's input structure."""
-    num_classes = None
-    if isinstance(stored.element_spec[1], dict):
-        # A static class count (read from the first batch) gives the rebuilt
-        # logits a static shape, as the Distiller's shape checks need.
-        first = next(iter(stored.take(1)))
-        num_classes = int(first[1][_TOP_K_KEYS[2]][0])
-
-    def expand(x, outputs, *rest):
-        if num_classes is not None:
-            values, indices = (outputs[k] for k in _TOP_K_KEYS[:2])
-            outputs = (_dense_from_top_k(values, indices, num_classes), {})
-        return ({INPUTS_KEY: x, TEACHER_OUTPUTS_KEY: outputs},) + rest
-
-    return stored.map(expand, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
-        tf.data.AUTOTUNE
-    )

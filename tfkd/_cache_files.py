@@ -1,9 +1,12 @@
 """The files of a `cache_dir`: checks, atomic writes, checked loads.
 
 A cache is a `tf.data.Dataset.save` folder plus `tfkd_fingerprint.json`
-(what was cached: teacher, taps, top-k, data set; and how many examples).
-It is written beside its final path and renamed, so a folder either holds a
-complete cache or none; a load checks the fingerprint and the size.
+(what was cached: teacher, taps, top-k, data set; how many batches and
+examples; a digest of the data's values; a random id of this cache). It is
+written beside its final path and renamed, so a folder either holds a
+complete cache or none; a load checks the fingerprint, the stored data
+and the data set passed; every pass over the loaded data set checks that
+the folder still holds that cache.
 """
 
 from __future__ import annotations
@@ -53,17 +56,66 @@ def check_cache_dir(cache_dir):
         )
 
 
-def load(cache_dir, fingerprint):
-    """Loads a cache after checking its fingerprint and its size."""
+def _stored_split(x, stored, *rest):
+    """`(x, rest)` of a cached element: the source data, without outputs."""
+    return x, rest
+
+
+def load(cache_dir, fingerprint, data):
+    """Loads a cache after checking its fingerprint and contents.
+
+    `data`: the source data set (read once, without the teacher, to compare
+    its values with the cache's) or, when this process has just read it,
+    its digest (`_fingerprint.DataDigest.summary()`).
+    """
+    path = os.path.join(cache_dir, _FINGERPRINT_FILE)
     try:
-        with open(os.path.join(cache_dir, _FINGERPRINT_FILE)) as file:
-            stored = json.load(file)
+        with open(path) as file:
+            text = file.read()
+        stored = json.loads(text)
     except (OSError, ValueError) as error:
         raise ValueError(
             f"The cache in cache_dir={cache_dir!r} has no readable "
             f"{_FINGERPRINT_FILE} ({error}): it was made by an older tfkd or "
             f"damaged, and tfkd cannot tell what it holds. {_REBUILD}"
         ) from error
+    _refuse_differences(cache_dir, stored, fingerprint)
+    if "data" not in stored:
+        raise ValueError(
+            f"The cache in cache_dir={cache_dir!r} was made by an older tfkd "
+            "and has no digest of its data, so tfkd cannot tell which data "
+            f"set it holds. {_REBUILD}"
+        )
+    dataset = tf.data.Dataset.load(cache_dir)
+    try:  # One read of the folder, no teacher.
+        found = _fingerprint.digest_of(dataset, _stored_split)
+    except tf.errors.OpError as error:
+        raise ValueError(
+            f"The cache in cache_dir={cache_dir!r} cannot be read "
+            f"({type(error).__name__}: {error.message}). {_REBUILD}"
+        ) from error
+    if found["examples"] != stored.get("examples"):
+        raise ValueError(
+            f"The cache in cache_dir={cache_dir!r} is incomplete: it holds "
+            f"{found['examples']} examples, but {stored.get('examples')} "
+            f"were cached (a truncated or damaged file). {_REBUILD}"
+        )
+    if found != {key: stored.get(key) for key in _fingerprint.DATA_KEYS}:
+        raise ValueError(
+            f"The cache in cache_dir={cache_dir!r} holds other data than "
+            f"were cached (a replaced or damaged file). {_REBUILD}"
+        )
+    if isinstance(data, tf.data.Dataset):
+        from tfkd._cache import split_element  # Here: _cache imports this.
+
+        data = _fingerprint.digest_of(
+            data, lambda *element: split_element(element)
+        )
+    _refuse_differences(cache_dir, stored, data)
+    return checked(dataset, cache_dir, text, stored["batches"])
+
+
+def _refuse_differences(cache_dir, stored, fingerprint):
     differences = _fingerprint.differences(stored, fingerprint)
     if differences:
         raise ValueError(
@@ -71,24 +123,6 @@ def load(cache_dir, fingerprint):
             f"teacher, data set or settings: {'; '.join(differences)}. "
             f"{_REBUILD}"
         )
-    dataset = tf.data.Dataset.load(cache_dir)
-    sizes = dataset.map(
-        lambda *element: tf.shape(tf.nest.flatten(element)[0], tf.int64)[0]
-    )
-    try:
-        found = int(sizes.reduce(tf.constant(0, tf.int64), tf.add))
-    except tf.errors.OpError as error:
-        raise ValueError(
-            f"The cache in cache_dir={cache_dir!r} cannot be read "
-            f"({type(error).__name__}: {error.message}). {_REBUILD}"
-        ) from error
-    if found != stored.get("examples"):
-        raise ValueError(
-            f"The cache in cache_dir={cache_dir!r} is incomplete: it holds "
-            f"{found} examples, but {stored.get('examples')} were cached (a "
-            f"truncated or damaged file). {_REBUILD}"
-        )
-    return dataset
 
 
 def save(batches, first, cache_dir, fingerprint):
@@ -100,12 +134,12 @@ def save(batches, first, cache_dir, fingerprint):
     # the umask's permissions, so others can read the renamed cache).
     temporary = os.path.join(parent, f".{name}.tfkd-{uuid.uuid4().hex}")
     os.mkdir(temporary)
-    counts = {"batches": 0, "examples": 0}
+    digest = _fingerprint.DataDigest()
 
-    def counted():
+    def digested():
         for element in batches:
-            counts["batches"] += 1
-            counts["examples"] += batch_size(element)
+            x, _, *rest = element
+            digest.add(_fingerprint.example_hashes(x, tuple(rest)))
             yield element
 
     signature = tf.nest.map_structure(
@@ -114,11 +148,14 @@ def save(batches, first, cache_dir, fingerprint):
     renamed = False
     try:
         tf.data.Dataset.from_generator(
-            counted, output_signature=signature
+            digested, output_signature=signature
         ).save(temporary, shard_func=lambda *_: tf.constant(0, tf.int64))
-        fingerprint = dict(fingerprint, **counts)
+        fingerprint = dict(
+            fingerprint, **digest.summary(), cache_id=uuid.uuid4().hex
+        )
+        text = json.dumps(fingerprint, indent=1)
         with open(os.path.join(temporary, _FINGERPRINT_FILE), "w") as file:
-            json.dump(fingerprint, file, indent=1)
+            file.write(text)
         if os.path.isdir(target) and not os.listdir(target):
             try:  # Windows cannot rename onto an (empty) folder.
                 os.rmdir(target)
@@ -134,6 +171,76 @@ def save(batches, first, cache_dir, fingerprint):
         if not renamed:
             shutil.rmtree(temporary, ignore_errors=True)
     if renamed:
-        return tf.data.Dataset.load(target)
+        return checked(
+            tf.data.Dataset.load(target), target, text, digest.batches
+        )
     # Another process renamed its cache first: use it if it is the same.
-    return load(target, fingerprint)
+    return load(target, fingerprint, digest.summary())
+
+
+def checked(dataset, cache_dir, text, batches):
+    """`dataset`, which checks `cache_dir` on each pass over it.
+
+    On its first element (or its end, if it has none), a pass checks that
+    `cache_dir` still holds the fingerprint file read at load (`text`,
+    which holds the cache's random id), and at its end that it read
+    `batches` batches: a folder deleted, rebuilt or cut while training
+    raises an error that says so, where `tf.data` would read zero or other
+    batches silently.
+    """
+    fingerprint_path = os.path.join(cache_dir, _FINGERPRINT_FILE)
+    gone = (
+        f"The tfkd cache in cache_dir={cache_dir!r} was deleted or "
+        "replaced after it was loaded (its tfkd_fingerprint.json is "
+        "missing or changed), so the data set that "
+        "`tfkd.cache_teacher_outputs` returned cannot be read any more. "
+        "Keep the folder while you train on it, and call "
+        "`tfkd.cache_teacher_outputs` again for its new contents."
+    )
+    short = (
+        f"The tfkd cache in cache_dir={cache_dir!r} held {batches} batches "
+        "when it was loaded, but this pass over it read fewer or more (a "
+        "file deleted, cut or replaced while training). Call "
+        "`tfkd.cache_teacher_outputs` again to check and reload it."
+    )
+
+    def check(index, element):
+        def same_file():
+            found = tf.size(tf.io.matching_files(fingerprint_path)) > 0
+            return tf.cond(
+                found,
+                lambda: tf.equal(tf.io.read_file(fingerprint_path), text),
+                lambda: tf.constant(False),
+            )
+
+        first = tf.equal(index, 0)
+        present = tf.cond(first, same_file, lambda: tf.constant(True))
+        complete = tf.logical_or(element.has_value(), tf.equal(index, batches))
+        checks = [
+            tf.debugging.Assert(present, [gone]),
+            tf.debugging.Assert(complete, [short]),
+        ]
+        with tf.control_dependencies(checks):
+            return tf.identity(element.has_value()), element
+
+    def wrap(*element):
+        return tf.experimental.Optional.from_value(element)
+
+    def is_batch(has_value, element):
+        return has_value
+
+    def batch(has_value, element):
+        return element.get_value()
+
+    end = tf.data.Dataset.from_tensors(
+        tf.experimental.Optional.empty(tuple(dataset.element_spec))
+    )
+    return (
+        dataset.map(wrap)
+        .concatenate(end)
+        .enumerate()
+        .map(check)
+        .filter(is_batch)
+        .map(batch)
+        .apply(tf.data.experimental.assert_cardinality(batches))
+    )

@@ -229,3 +229,9 @@ def graph_steps(model):
                 (node.operation, arguments.args, arguments.kwargs, node.outputs)
             )
     return steps
+
+
+def all_layers(model):
+    """`model` and every layer inside it, recursively, including the input
+    layers that `Sequential.layers` leaves out."""
+    return list(model._flatten_layers(include_self=True, recursive=True))

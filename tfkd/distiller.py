@@ -18,6 +18,9 @@ import tensorflow as tf
 
 from tfkd import _augment
 from tfkd import _data_checks
+
+
+from tfkd import _cache_format
 from tfkd import _keras
 from tfkd import _loss_scale
 from tfkd import _methods
@@ -495,8 +498,15 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         With `validation_data`, the teacher's validation loss and metrics
         join the logs as `teacher_val_*` (see `tfkd._teacher_logs`). And
         TFMOT's `UpdatePruningStep` is added when the student comes from
-        `tfkd.quantization.prune` and it is missing.
+        `tfkd.quantization.prune` and it is missing. Data made by
+        `tfkd.cache_teacher_outputs` is checked against this Distiller
+        first (its teacher, tapped layers and top-k), from its element spec.
         """
+        _cache_format.check_data(
+            self,
+            args[0] if args else kwargs.get("x"),
+            kwargs.get("validation_data"),
+        )
         callbacks = quantization.pruning_callbacks(self, callbacks)
         teacher_logs = _teacher_logs.TeacherValidation.for_fit(self, kwargs)
         if teacher_logs is not None:
@@ -519,7 +529,7 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
 
     def train_step(self, data: Any) -> dict:
         x, y, sample_weight = _keras.unpack_x_y_sample_weight(data)
-        x, teacher_outputs = self._split_inputs(x)
+        x, teacher_outputs = _cache_format.checked_split(self, x)
         x, mix = _augment.augment_batch(
             self.augment,
             self.mixup,
@@ -553,7 +563,7 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
 
     def test_step(self, data: Any) -> dict:
         x, y, sample_weight = _keras.unpack_x_y_sample_weight(data)
-        x, teacher_outputs = self._split_inputs(x)
+        x, teacher_outputs = _cache_format.checked_split(self, x)
         if teacher_outputs is None:
             teacher_outputs = self.teacher_outputs(x)
         student_outputs = self._forward(

@@ -61,6 +61,12 @@ class DistillationLoss(keras.losses.Loss):
         requires_matching_width: teacher and student features must have the
             same last dimension; the `Distiller` inserts a learnable adapter
             when they differ.
+        needs_all_logits: the method reads every teacher logit (their
+            values), not only the teacher's softmax. A `top_k` teacher
+            cache (`tfkd.cache_teacher_outputs`) keeps the softmax of the
+            top-k logits alone, so a Distiller refuses it for such a
+            method. Defaults to `True`; softmax methods (`KD`, `DKD`,
+            `DIST`) declare `False`.
         _hyperparameters: names of the float hyper-parameters, set by
             `_set_hyperparameters`: each is validated (`> 0`, or `>= 0` if
             also in `_may_be_zero`), becomes a float32 variable attribute
@@ -83,6 +89,7 @@ class DistillationLoss(keras.losses.Loss):
     accepts_sample_weight = False
     requires_labels = False
     requires_matching_width = False
+    needs_all_logits = True
     _hyperparameters = ()
     _may_be_zero = ()
 

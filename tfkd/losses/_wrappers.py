@@ -69,6 +69,13 @@ class KD(DistillationLoss):
             )
 
     @property
+    def needs_all_logits(self):
+        """Whether this KD reads every teacher logit: logit standardization
+        z-scores them and a sigmoid KD reads each one; a softmax KD reads the
+        teacher's softmax only (see `DistillationLoss`)."""
+        return self.standardize or self.activation == "sigmoid"
+
+    @property
     def activation(self):
         """`"softmax"` or `"sigmoid"`; read when the step is traced."""
         return self._activation
@@ -115,6 +122,7 @@ class DKD(DistillationLoss):
     """
 
     requires_labels = True
+    needs_all_logits = False
     _hyperparameters = ("alpha", "beta", "temperature")
     _may_be_zero = ("alpha", "beta")
 
@@ -164,6 +172,7 @@ class DIST(DistillationLoss):
 
     batch_relational = True
     accepts_sample_weight = True
+    needs_all_logits = False
     _hyperparameters = ("beta", "gamma", "temperature")
     _may_be_zero = ("beta", "gamma")
 

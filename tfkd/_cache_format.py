@@ -1,0 +1,219 @@
+"""The elements of a cached data set, and the Distiller's checks of them.
+
+A data set made by `tfkd.cache_teacher_outputs` yields
+`({"inputs": x, "tfkd_teacher_outputs": (logits, features),
+"tfkd_cache": {description: zeros}}, y[, w])`. The description is a JSON
+string, used as a key so that it lives in the data set's structure, not in
+its values: the Distiller reads it when its step is traced (no cost per
+step, no data read) and refuses a cache that this Distiller would learn
+wrongly from: another teacher (or other teacher weights), missing tapped
+features, or top-k logits for a method that reads every logit. Its value,
+one zero byte per example (`(batch,)` uint8; TensorFlow 2.21's `unbatch`
+ends the process on an empty `(batch, 0)` tensor), goes through
+`unbatch`, `batch`, `shuffle` and `tf.distribute` with the examples.
+"""
+
+from __future__ import annotations
+
+import json
+
+import tensorflow as tf
+
+from tfkd import _fingerprint
+
+# Inputs of a dataset made by `cache_teacher_outputs`: a dict with the
+# student's inputs and the teacher's precomputed outputs.
+INPUTS_KEY = "inputs"
+TEACHER_OUTPUTS_KEY = "tfkd_teacher_outputs"
+DESCRIPTION_KEY = "tfkd_cache"
+
+# Gap between the smallest kept top-k logit and the logits rebuilt for the
+# classes that were not kept: exp(-gap / T) is exactly 0 in float32 for any
+# temperature T up to ~9,000 (float32 underflows below exp(-104)).
+_TOP_K_GAP = 1e6
+TOP_K_KEYS = ("top_k_values", "top_k_indices", "num_classes")
+
+_RECACHE = (
+    "Cache the data again with this Distiller: "
+    "`tfkd.cache_teacher_outputs(distiller, dataset)` (with a new "
+    "`cache_dir`, or after deleting the old one)"
+)
+
+
+def split_inputs(x):
+    """`(inputs, cached teacher outputs or None)` of a batch's inputs."""
+    if isinstance(x, dict) and TEACHER_OUTPUTS_KEY in x:
+        return x[INPUTS_KEY], x[TEACHER_OUTPUTS_KEY]
+    return x, None
+
+
+def description(model, taps, top_k):
+    """What the Distiller checks of a cache: its teacher, taps and top_k."""
+    return {
+        "teacher": model.name,
+        **_fingerprint.teacher_fingerprint(model),
+        "teacher_taps": sorted(taps),
+        "top_k": top_k,
+    }
+
+
+def _dense_from_top_k(values, indices, num_classes):
+    """`(..., classes)` float32 logits: the top-k values, a floor elsewhere.
+
+    Leading axes (a sequence's `(batch, time)`) are flattened into rows and
+    restored. In float32 whatever the stored dtype: in float16 the floor
+    (1e6 below the smallest kept logit) would be -inf.
+    """
+    static = values.shape[:-1].concatenate([num_classes])
+    values = tf.cast(values, tf.float32)
+    leading = tf.shape(values)[:-1]
+    k = tf.shape(values)[-1]
+    values = tf.reshape(values, [-1, k])
+    indices = tf.reshape(indices, [-1, k])
+    floor = tf.reduce_min(values, axis=-1, keepdims=True) - _TOP_K_GAP
+    rows = tf.shape(values)[0]
+    dense = tf.broadcast_to(floor, tf.stack([rows, num_classes]))
+    row_ids = tf.broadcast_to(tf.range(rows)[:, None], tf.shape(indices))
+    scatter = tf.stack([row_ids, indices], axis=-1)
+    dense = tf.tensor_scatter_nd_update(dense, scatter, values)
+    dense = tf.reshape(dense, tf.concat([leading, [num_classes]], axis=0))
+    return tf.ensure_shape(dense, static)
+
+
+def expand(stored, described):
+    """Maps cached elements to the Distiller's input structure.
+
+    `described`: the cache's `description`, completed here with the
+    teacher's number of classes.
+    """
+    num_classes = None
+    if isinstance(stored.element_spec[1], dict):
+        # A static class count (read from the first batch) gives the rebuilt
+        # logits a static shape, as the Distiller's shape checks need.
+        first = next(iter(stored.take(1)))
+        num_classes = int(first[1][TOP_K_KEYS[2]][0])
+    key = json.dumps(dict(described, classes=num_classes), sort_keys=True)
+
+    def expand_element(x, outputs, *rest):
+        if num_classes is not None:
+            values, indices = (outputs[k] for k in TOP_K_KEYS[:2])
+            outputs = (_dense_from_top_k(values, indices, num_classes), {})
+        rows = tf.shape(tf.nest.flatten(x)[0])[:1]
+        marker = {key: tf.zeros(rows, tf.uint8)}
+        inputs = {
+            INPUTS_KEY: x,
+            TEACHER_OUTPUTS_KEY: outputs,
+            DESCRIPTION_KEY: marker,
+        }
+        return (inputs,) + rest
+
+    return stored.map(
+        expand_element, num_parallel_calls=tf.data.AUTOTUNE
+    ).prefetch(tf.data.AUTOTUNE)
+
+
+# The Distiller's checks, made when its train or test step is traced.
+
+
+def checked_split(distiller, x):
+    """`split_inputs(x)`, after checking a cache against `distiller`.
+
+    Raises a `ValueError` (when the step is traced, before any update) for
+    a cache made with another teacher or other teacher weights, without the
+    teacher features that the Distiller's methods tap, or with top-k logits
+    for a method that reads every logit. A cache built by hand (without
+    the `tfkd_cache` entry) is taken as it is.
+    """
+    inputs, outputs = split_inputs(x)
+    if outputs is None:
+        return inputs, outputs
+    marker = x.get(DESCRIPTION_KEY) or {}
+    if len(marker) == 1:
+        described = json.loads(next(iter(marker)))
+        _check_teacher(distiller, described)
+        _check_top_k(distiller, described)
+    _check_taps(distiller, outputs)
+    return inputs, outputs
+
+
+def check_data(distiller, *datasets):
+    """`checked_split` on the element spec of each `tf.data.Dataset` given.
+
+    Before `fit` traces its step: under tf_keras an error raised while the
+    first step is traced leaves that step unusable for the next `fit` of
+    the same Distiller. Reads no data.
+    """
+    for data in datasets:
+        if isinstance(data, tf.data.Dataset):
+            spec = data.element_spec
+            checked_split(
+                distiller, spec[0] if isinstance(spec, tuple) else spec
+            )
+
+
+def _check_teacher(distiller, described):
+    teacher = distiller.teacher
+    own = _fingerprint.teacher_fingerprint(teacher)
+    differ = [
+        part
+        for key, part in (
+            ("teacher_architecture", "architecture"),
+            ("teacher_weights", "weights"),
+        )
+        if described.get(key) != own[key]
+    ]
+    if differ:
+        raise ValueError(
+            "The data carries teacher outputs cached from teacher "
+            f"{described.get('teacher')!r}, but this Distiller's teacher "
+            f"{teacher.name!r} differs from it in its "
+            f"{' and '.join(differ)}: the student would learn another "
+            f"teacher's outputs. {_RECACHE}, or pass the teacher that made "
+            "the cache to the Distiller."
+        )
+
+
+def _check_taps(distiller, outputs):
+    features = outputs[1] if isinstance(outputs, (tuple, list)) else {}
+    cached = sorted(features) if isinstance(features, dict) else []
+    missing = [tap for tap in distiller.teacher_taps if tap not in cached]
+    if missing:
+        raise ValueError(
+            "This Distiller's methods read the teacher layers "
+            f"{distiller.teacher_taps}, but the cached teacher outputs hold "
+            f"the features of {cached} only (missing: {missing}): a cache "
+            "made from the teacher model stores its logits alone. "
+            f"{_RECACHE}: a Distiller's cache also stores the features its "
+            "methods tap."
+        )
+
+
+def _method_label(method):
+    config = method.get_config()
+    settings = [
+        f"{key}={config[key]!r}"
+        for key, plain in (("standardize", False), ("activation", "softmax"))
+        if key in config and config[key] != plain
+    ]
+    return f"{type(method).__name__}({', '.join(settings)}) {method.name!r}"
+
+
+def _check_top_k(distiller, described):
+    top_k, classes = described.get("top_k"), described.get("classes")
+    if top_k is None or classes is None or top_k >= classes:
+        return  # Every logit is kept: the cache is exact for any method.
+    for method in distiller.distillation_losses:
+        if method.teacher_layer is not None:
+            continue
+        if getattr(method, "needs_all_logits", True):
+            raise ValueError(
+                f"The cached teacher outputs keep the top_k={top_k} largest "
+                f"of the teacher's {classes} logits (the others rebuilt as a "
+                f"floor far below them), but the method "
+                f"{_method_label(method)} reads every teacher logit "
+                "(`needs_all_logits`): its loss would differ from the live "
+                "teacher's. Cache without `top_k` "
+                "(`tfkd.cache_teacher_outputs(teacher, dataset)`), or use a "
+                "method that reads the teacher's softmax only (`KD()`, "
+                "`DKD()`, `DIST()`)."
+            )
