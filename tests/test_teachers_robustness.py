@@ -619,6 +619,12 @@ def test_cache_dir_reused_with_other_values_is_refused(tmp_path):
     assert "number of batches: cached 3, received 5" in batching
     assert "size of the first batch: cached 16, received 8" in batching
     assert "values" not in batching
+    # A random augmentation in the data set: each pass gives other values.
+    noisy = data.map(lambda x, y: (x + tf.random.normal(tf.shape(x)), y))
+    augmented = refused(x, y, noisy)
+    assert "values (inputs, labels or weights) differ" in augmented
+    assert "random augmentation" in augmented
+    assert "augment=" in augmented
     # The same examples reshuffled: the cache (in its order) is reused.
     order = np.random.default_rng(1).permutation(40)
     shuffled = tf.data.Dataset.from_tensor_slices((x[order], y[order]))

@@ -25,6 +25,12 @@ _FINGERPRINT_FILE = "tfkd_fingerprint.json"
 _REBUILD = (
     "Delete that folder to rebuild the cache, or pass another `cache_dir`."
 )
+_OTHER_VALUES = (
+    " (If `dataset` applies a random augmentation, each pass gives other "
+    "values, and a cache would pair them with the teacher's outputs for "
+    "the first pass: distil from the live teacher with "
+    "`tfkd.Distiller(..., augment=...)` instead.)"
+)
 
 
 def batch_size(element):
@@ -111,17 +117,20 @@ def load(cache_dir, fingerprint, data):
         data = _fingerprint.digest_of(
             data, lambda *element: split_element(element)
         )
-    _refuse_differences(cache_dir, stored, data)
+    _refuse_differences(cache_dir, stored, data, _OTHER_VALUES)
     return checked(dataset, cache_dir, text, stored["batches"])
 
 
-def _refuse_differences(cache_dir, stored, fingerprint):
+def _refuse_differences(cache_dir, stored, fingerprint, hint=""):
     differences = _fingerprint.differences(stored, fingerprint)
     if differences:
+        values = "data" in fingerprint and (
+            stored.get("data") != fingerprint["data"]
+        )
         raise ValueError(
             f"cache_dir={cache_dir!r} holds teacher outputs made with another "
             f"teacher, data set or settings: {'; '.join(differences)}. "
-            f"{_REBUILD}"
+            f"{_REBUILD}" + (hint if values else "")
         )
 
 
