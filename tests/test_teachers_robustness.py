@@ -172,6 +172,16 @@ def test_cache_dir_that_is_a_file_is_refused_first(tmp_path):
         _cache_to(make_mlp(4), _unreadable(_data()), str(path))
 
 
+def test_cache_dir_with_square_brackets_is_refused_first(tmp_path):
+    # tf.data.Dataset.load read 0 batches from it: an empty cache, silently.
+    path = str(tmp_path / "cache[v2]")
+    with pytest.raises(
+        ValueError, match=r"square bracket.*0 batches.*without `\[` or `\]`"
+    ) as error:
+        _cache_to(make_mlp(4), _unreadable(_data()), path)
+    assert path in str(error.value)
+
+
 # The fingerprint.
 
 

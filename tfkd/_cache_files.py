@@ -11,6 +11,7 @@ the folder still holds that cache.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -44,6 +45,15 @@ def holds_cache(cache_dir):
 
 
 def check_cache_dir(cache_dir):
+    full = os.path.abspath(cache_dir)
+    if "[" in full or "]" in full:
+        # TensorFlow 2.21 matches the snapshot's files as a glob pattern.
+        raise ValueError(
+            "`cache_dir` has a square bracket in its path, where "
+            "`tf.data.Dataset.load` reads no file (it matches the cache's "
+            "files as a pattern), so the cache would hold 0 batches. Pass "
+            f"a path without `[` or `]`. Received: cache_dir={cache_dir!r}"
+        )
     if os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
         raise ValueError(
             "`cache_dir` is a file, but it must be a folder (new, empty, or "
@@ -215,12 +225,15 @@ def checked(dataset, cache_dir, text, batches):
 
     def check(index, element):
         def same_file():
+            def same():
+                return tf.equal(tf.io.read_file(fingerprint_path), text)
+
+            if glob.has_magic(fingerprint_path):
+                # Not a pattern to match: a missing file is then TF's
+                # NotFoundError, which names it.
+                return same()
             found = tf.size(tf.io.matching_files(fingerprint_path)) > 0
-            return tf.cond(
-                found,
-                lambda: tf.equal(tf.io.read_file(fingerprint_path), text),
-                lambda: tf.constant(False),
-            )
+            return tf.cond(found, same, lambda: tf.constant(False))
 
         first = tf.equal(index, 0)
         present = tf.cond(first, same_file, lambda: tf.constant(True))
