@@ -190,7 +190,7 @@ class DataDigest:
     The sum does not depend on the order of the examples (a data set
     reshuffled each epoch gives one digest), but any changed, added or
     removed example (inputs, label or weight) changes it, but with odds of
-    2^-64 per lane.
+    about 2^-64 (the chance that two rows' 64-bit farmhashes collide).
     """
 
     def __init__(self):
