@@ -579,6 +579,29 @@ def test_a_cache_of_another_teacher_is_refused_by_the_distiller(
     assert _fit_counting(own, reshuffled, 1) == [5]
 
 
+def test_run_eagerly_checks_a_cache_once_per_fit(monkeypatch):
+    from tfkd import _fingerprint
+
+    teacher = make_mlp(16, name="t", seed=1)
+    cached = tfkd.cache_teacher_outputs(teacher, _data(), verbose=0)
+    distiller = tfkd.Distiller(teacher, make_mlp(4, seed=2), alpha=0.5)
+    distiller.compile("sgd", loss=sparse_ce(), run_eagerly=True)
+    hashed = []
+    original = _fingerprint.teacher_fingerprint
+
+    def counted(model):
+        hashed.append(model.name)
+        return original(model)
+
+    monkeypatch.setattr(_fingerprint, "teacher_fingerprint", counted)
+    assert _fit_counting(distiller, cached, 2) == [3, 3]
+    assert hashed == ["t"]  # once per fit, not once per step
+    other = _distiller_of(make_mlp(16, name="other", seed=5))
+    other.compile("sgd", loss=sparse_ce(), run_eagerly=True)
+    with pytest.raises(ValueError, match="differs from it in its weights"):
+        other.evaluate(cached, verbose=0)
+
+
 def test_a_cache_without_the_tapped_features_is_refused():
     images, labels = toy_images(n=16, size=8)
     data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)

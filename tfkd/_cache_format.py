@@ -16,6 +16,7 @@ ends the process on an empty `(batch, 0)` tensor), goes through
 from __future__ import annotations
 
 import json
+import weakref
 
 import tensorflow as tf
 
@@ -115,25 +116,36 @@ def expand(stored, described):
 # The Distiller's checks, made when its train or test step is traced.
 
 
-def checked_split(distiller, x):
+def checked_split(distiller, x, in_step=True):
     """`split_inputs(x)`, after checking a cache against `distiller`.
 
     Raises a `ValueError` (when the step is traced, before any update) for
     a cache made with another teacher or other teacher weights, without the
     teacher features that the Distiller's methods tap, or with top-k logits
     for a method that reads every logit. A cache built by hand (without
-    the `tfkd_cache` entry) is taken as it is.
+    the `tfkd_cache` entry) is taken as it is. A step run eagerly
+    (`run_eagerly=True`) checks a cache once, not at every step (its
+    teacher's hash would cost each step a pass over the teacher's
+    weights); `fit` checks it again each time (`check_data`).
     """
     inputs, outputs = split_inputs(x)
     if outputs is None:
         return inputs, outputs
     marker = x.get(DESCRIPTION_KEY) or {}
     if len(marker) == 1:
-        described = json.loads(next(iter(marker)))
-        _check_teacher(distiller, described)
-        _check_top_k(distiller, described)
+        (key,) = marker
+        checked = _EAGERLY_CHECKED.setdefault(distiller, set())
+        if not (in_step and tf.executing_eagerly() and key in checked):
+            described = json.loads(key)
+            _check_teacher(distiller, described)
+            _check_top_k(distiller, described)
+            checked.add(key)
     _check_taps(distiller, outputs)
     return inputs, outputs
+
+
+# Caches that a Distiller checked (`checked_split`), for its eager steps.
+_EAGERLY_CHECKED = weakref.WeakKeyDictionary()
 
 
 def check_data(distiller, *datasets):
@@ -143,11 +155,14 @@ def check_data(distiller, *datasets):
     first step is traced leaves that step unusable for the next `fit` of
     the same Distiller. Reads no data.
     """
+    _EAGERLY_CHECKED.pop(distiller, None)  # The teacher may have changed.
     for data in datasets:
         if isinstance(data, tf.data.Dataset):
             spec = data.element_spec
             checked_split(
-                distiller, spec[0] if isinstance(spec, tuple) else spec
+                distiller,
+                spec[0] if isinstance(spec, tuple) else spec,
+                in_step=False,
             )
 
 
