@@ -17,10 +17,8 @@ from typing import Any
 import tensorflow as tf
 
 from tfkd import _augment
-from tfkd import _data_checks
-
-
 from tfkd import _cache_format
+from tfkd import _data_checks
 from tfkd import _keras
 from tfkd import _loss_scale
 from tfkd import _methods
