@@ -235,3 +235,16 @@ def all_layers(model):
     """`model` and every layer inside it, recursively, including the input
     layers that `Sequential.layers` leaves out."""
     return list(model._flatten_layers(include_self=True, recursive=True))
+
+
+def litert_ops(interpreter) -> list:
+    """The ops of a LiteRT `Interpreter` (`op_name`, `operand_types`,
+    `result_types`), from its private `_get_ops_details`; `[]` where this
+    LiteRT lacks it, or lists them in another form."""
+    try:
+        ops = list(interpreter._get_ops_details())
+        for op in ops:
+            op["op_name"], op["operand_types"], op["result_types"]
+    except (AttributeError, KeyError, TypeError):
+        return []
+    return ops

@@ -105,18 +105,16 @@ def _check_fully_integer(content, model, calibrated):
     ]
     if not float_tensors:
         return
-    try:  # LiteRT's op list; the tensor names say it less clearly.
-        ops = sorted(
-            {
-                op["op_name"]
-                for op in interpreter._get_ops_details()
-                if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE")
-                and np.float32
-                in list(op["operand_types"]) + list(op["result_types"])
-            }
-        )
-    except (AttributeError, KeyError, TypeError):
-        ops = []
+    # LiteRT's op list; the tensor names say it less clearly.
+    ops = sorted(
+        {
+            op["op_name"]
+            for op in _keras.litert_ops(interpreter)
+            if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE")
+            and np.float32
+            in list(op["operand_types"]) + list(op["result_types"])
+        }
+    )
     where = f"ops {ops}" if ops else f"tensors {float_tensors[:5]}"
     if calibrated:
         fix = (
