@@ -52,7 +52,7 @@ def main(output):
             keras.optimizers.SGD(0.1), loss=sparse_ce(), metrics=["accuracy"]
         )
     # Validation evaluates the student and, once, the teacher
-    # (`teacher_val_*`) under the strategy.
+    # (`val_teacher_*`) under the strategy.
     history = distiller.fit(
         data, validation_data=data, epochs=2, verbose=0
     ).history
@@ -61,7 +61,7 @@ def main(output):
         loss=np.array(history["loss"]),
         val_loss=np.array(history["val_loss"]),
         val_accuracy=np.array(history["val_accuracy"]),
-        teacher_val_accuracy=np.array(history["teacher_val_accuracy"]),
+        val_teacher_accuracy=np.array(history["val_teacher_accuracy"]),
         **{f"w{i}": w for i, w in enumerate(distiller.student.get_weights())},
     )
 

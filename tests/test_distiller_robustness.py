@@ -964,5 +964,5 @@ def test_teacher_validation_logs_pair_outputs_by_name():
     for index, head in enumerate(["a", "b"]):
         expected = np.mean(t[index].argmax(-1) == labels[head])
         np.testing.assert_allclose(
-            logs[f"teacher_val_{head}_accuracy"], [expected], rtol=1e-6
+            logs[f"val_teacher_{head}_accuracy"], [expected], rtol=1e-6
         )

@@ -242,8 +242,8 @@ def test_two_workers_on_localhost_train_like_one_process(tmp_path):
         )
         <= 1e-5
     )
-    for key in ("loss", "val_loss", "val_accuracy", "teacher_val_accuracy"):
+    for key in ("loss", "val_loss", "val_accuracy", "val_teacher_accuracy"):
         np.testing.assert_allclose(worker0[key], alone[key], rtol=1e-5)
     # The teacher's logs: evaluated once, repeated each epoch.
-    assert alone["teacher_val_accuracy"].shape == (2,)
-    assert alone["teacher_val_accuracy"][0] == alone["teacher_val_accuracy"][1]
+    assert alone["val_teacher_accuracy"].shape == (2,)
+    assert alone["val_teacher_accuracy"][0] == alone["val_teacher_accuracy"][1]

@@ -1,8 +1,9 @@
 """`Distiller.fit(validation_data=...)` logs the teacher's validation loss
-and metrics as `teacher_val_*`, computed once per `fit` call."""
+and metrics as `val_teacher_*`, computed once per `fit` call."""
 
 import contextlib
 import csv
+import os
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ def _np_ce(logits, y):
 
 
 def _regularized_teacher(x, y):
-    """A trained teacher with an L2 penalty, which `teacher_val_loss`
+    """A trained teacher with an L2 penalty, which `val_teacher_loss`
     leaves out (as `val_student_loss` leaves out the student's)."""
     inputs = keras.Input((x.shape[1],))
     hidden = keras.layers.Dense(
@@ -60,7 +61,7 @@ def test_teacher_validation_metrics_match_numpy(replicas):
     strategy = mirrored_strategy() if replicas == 2 else None
     with strategy.scope() if strategy else contextlib.nullcontext():
         teacher = _regularized_teacher(x, y)
-    assert teacher.losses  # the penalty that teacher_val_loss leaves out
+    assert teacher.losses  # the penalty that val_teacher_loss leaves out
     distiller = _distiller(teacher, strategy)
     history = distiller.fit(
         x,
@@ -74,9 +75,9 @@ def test_teacher_validation_metrics_match_numpy(replicas):
     accuracy = np.mean(logits.argmax(axis=1) == y_val)
     loss = _np_ce(logits, y_val).mean()
     # One value per epoch, as the val_ metrics: the frozen teacher's.
-    np.testing.assert_allclose(history["teacher_val_accuracy"], [accuracy] * 2)
+    np.testing.assert_allclose(history["val_teacher_accuracy"], [accuracy] * 2)
     np.testing.assert_allclose(
-        history["teacher_val_loss"], [loss] * 2, rtol=1e-5
+        history["val_teacher_loss"], [loss] * 2, rtol=1e-5
     )
     assert len(history["val_loss"]) == 2
 
@@ -85,7 +86,7 @@ def test_absent_without_validation_data():
     x, y, _, _ = _data()
     distiller = _distiller(make_mlp(8, name="teacher"))
     history = distiller.fit(x, y, epochs=1, verbose=0).history
-    assert not [key for key in history if key.startswith("teacher_")]
+    assert not [key for key in history if "teacher" in key]
 
 
 def test_evaluated_once_per_fit_call(monkeypatch):
@@ -117,7 +118,7 @@ def test_only_epochs_that_validate_log_it():
         verbose=0,
     ).history
     assert len(history["val_loss"]) == 2
-    assert len(history["teacher_val_accuracy"]) == 2
+    assert len(history["val_teacher_accuracy"]) == 2
 
 
 def test_callbacks_monitoring_val_loss_still_work(tmp_path):
@@ -142,13 +143,13 @@ def test_callbacks_monitoring_val_loss_still_work(tmp_path):
             keras.callbacks.CSVLogger(log),
         ],
     ).history
-    assert len(history["teacher_val_loss"]) == 3
+    assert len(history["val_teacher_loss"]) == 3
     distiller.load_weights(checkpoint)
     with open(log, newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3
-    for row, value in zip(rows, history["teacher_val_accuracy"]):
-        np.testing.assert_allclose(float(row["teacher_val_accuracy"]), value)
+    for row, value in zip(rows, history["val_teacher_accuracy"]):
+        np.testing.assert_allclose(float(row["val_teacher_accuracy"]), value)
 
 
 def test_cached_validation_data_gives_the_live_values():
@@ -162,7 +163,7 @@ def test_cached_validation_data_gives_the_live_values():
             x, y, validation_data=data, epochs=1, verbose=0
         )
         logs.append(history.history)
-    for key in ("teacher_val_loss", "teacher_val_accuracy"):
+    for key in ("val_teacher_loss", "val_teacher_accuracy"):
         np.testing.assert_allclose(logs[1][key], logs[0][key], rtol=1e-6)
 
 
@@ -175,8 +176,8 @@ def test_without_a_loss_only_the_metrics():
     history = distiller.fit(
         x, validation_data=(x_val, y_val), epochs=1, verbose=0
     ).history
-    assert "teacher_val_accuracy" in history
-    assert "teacher_val_loss" not in history
+    assert "val_teacher_accuracy" in history
+    assert "val_teacher_loss" not in history
 
 
 def _two_heads(name, width):
@@ -215,8 +216,14 @@ def test_multi_output_names_follow_the_distillers():
         epochs=1,
         verbose=0,
     ).history
-    student_keys = {key[4:] for key in history if key.startswith("val_")}
-    teacher_keys = {key[12:] for key in history if key.startswith("teacher_")}
+    teacher_keys = {
+        key[12:] for key in history if key.startswith("val_teacher_")
+    }
+    student_keys = {
+        key[4:]
+        for key in history
+        if key.startswith("val_") and not key.startswith("val_teacher_")
+    }
     # The teacher's also has each output's loss.
     assert teacher_keys - {"digit_loss", "large_loss"} == student_keys - {
         "student_loss",
@@ -225,10 +232,100 @@ def test_multi_output_names_follow_the_distillers():
     outputs = teacher.predict(x_val, verbose=0)
     large = labels(x_val, y_val)["large"]
     np.testing.assert_allclose(
-        history["teacher_val_digit_accuracy"],
+        history["val_teacher_digit_accuracy"],
         [np.mean(outputs["digit"].argmax(axis=1) == y_val)],
     )
     np.testing.assert_allclose(
-        history["teacher_val_large_binary_accuracy"],
+        history["val_teacher_large_binary_accuracy"],
         [np.mean((outputs["large"] > 0) == (large > 0.5))],
     )
+
+
+def _tensorboard_scalars(log_dir):
+    """`{run: {tag: {epoch: value}}}` of the scalars in `log_dir`'s event
+    files, the `train` and `validation` runs of `keras.callbacks.TensorBoard`
+    (tags without their `epoch_` prefix)."""
+    runs = {}
+    for run in ("train", "validation"):
+        scalars = runs.setdefault(run, {})
+        for name in os.listdir(os.path.join(log_dir, run)):
+            for event in tf.compat.v1.train.summary_iterator(
+                os.path.join(log_dir, run, name)
+            ):
+                for value in event.summary.value:
+                    if not value.tag.startswith("epoch_"):
+                        continue
+                    number = float(tf.make_ndarray(value.tensor))
+                    tag = value.tag[len("epoch_") :]
+                    scalars.setdefault(tag, {})[event.step] = number
+    return runs
+
+
+def test_tensorboard_puts_them_in_the_validation_run(tmp_path):
+    # TensorBoard (and CSVLogger's header, and most loggers) sorts logs into
+    # runs by the `val_` prefix: the teacher's validation scores are
+    # `val_teacher_*`, shown as `teacher_*` in the validation run.
+    keras.utils.set_random_seed(0)
+    x, y, x_val, y_val = _data()
+    distiller = _distiller(make_mlp(8, name="teacher"))
+    log_dir = str(tmp_path / "logs")
+    history = distiller.fit(
+        x,
+        y,
+        validation_data=(x_val, y_val),
+        epochs=2,
+        verbose=0,
+        callbacks=[keras.callbacks.TensorBoard(log_dir, write_graph=False)],
+    ).history
+    runs = _tensorboard_scalars(log_dir)
+    assert not [tag for tag in runs["train"] if "teacher" in tag]
+    teacher = {
+        tag: steps
+        for tag, steps in runs["validation"].items()
+        if "teacher" in tag
+    }
+    assert sorted(teacher) == ["teacher_accuracy", "teacher_loss"]
+    for tag, steps in teacher.items():
+        np.testing.assert_allclose(
+            [steps[epoch] for epoch in (0, 1)], history[f"val_{tag}"]
+        )
+    # The student's, as before.
+    np.testing.assert_allclose(
+        [runs["validation"]["accuracy"][epoch] for epoch in (0, 1)],
+        history["val_accuracy"],
+    )
+
+
+def test_callbacks_can_monitor_them():
+    # A user's callback reads them from the logs like any `val_*`: the
+    # teacher's loss does not change, so patience 0 stops at epoch 2.
+    x, y, x_val, y_val = _data()
+    distiller = _distiller(make_mlp(8, name="teacher"))
+    history = distiller.fit(
+        x,
+        y,
+        validation_data=(x_val, y_val),
+        epochs=5,
+        verbose=0,
+        callbacks=[
+            keras.callbacks.EarlyStopping(
+                monitor="val_teacher_loss", mode="min", patience=0
+            )
+        ],
+    ).history
+    assert len(history["val_teacher_loss"]) == 2
+
+
+def test_a_student_metric_named_like_them_is_refused():
+    x, y, x_val, y_val = _data()
+    distiller = tfkd.Distiller(make_mlp(8, name="teacher"), make_mlp(4))
+    distiller.compile(
+        "sgd",
+        loss=sparse_ce(),
+        metrics=[
+            "accuracy",
+            keras.metrics.SparseCategoricalAccuracy(name="teacher_accuracy"),
+        ],
+    )
+    with pytest.raises(ValueError, match=r"would overwrite.*'val_teacher_acc"):
+        distiller.fit(x, y, validation_data=(x_val, y_val), epochs=1, verbose=0)

@@ -3,11 +3,17 @@
 A distilled student rarely beats its teacher; when it does, or comes close,
 the teacher is the bottleneck. `Distiller.fit(validation_data=...)` adds
 the teacher's validation loss and compiled metrics to the logs as
-`teacher_val_loss`, `teacher_val_accuracy`, ...: computed once per `fit`
+`val_teacher_loss`, `val_teacher_accuracy`, ...: computed once per `fit`
 call (the teacher is frozen, so they cannot change), with a Keras
 `evaluate` of a small compiled model that returns the teacher's outputs,
 and logged with every epoch that logs `val_*`, so that `History`'s lists
 line up with the `val_*` ones.
+
+The keys start with `val_` because Keras' loggers sort logs by that prefix:
+`keras.callbacks.TensorBoard` (both Keras) writes `val_*` to its
+`validation` run without the prefix (so `teacher_accuracy` there, next to
+the student's `accuracy`) and everything else to `train`; `CSVLogger`
+reads it to know whether an epoch validated.
 """
 
 import tensorflow as tf
@@ -17,13 +23,13 @@ from tfkd import _keras
 from tfkd import _validation
 from tfkd._keras import keras
 
-PREFIX = "teacher_val_"
+PREFIX = "val_teacher_"
 
 
 class _TeacherOutputs(_keras.MultiWorkerSafe, keras.Model):
     """The teacher's outputs (or cached ones), as a model to `evaluate`.
 
-    `losses` is empty: `teacher_val_loss` is the hard-label loss alone,
+    `losses` is empty: `val_teacher_loss` is the hard-label loss alone,
     without the teacher's regularization losses, like `val_student_loss`.
     """
 
@@ -92,7 +98,7 @@ def _evaluate_arguments(fit_kwargs):
 
 
 class TeacherValidation(keras.callbacks.Callback):
-    """Logs the teacher's validation loss and metrics as `teacher_val_*`.
+    """Logs the teacher's validation loss and metrics as `val_teacher_*`.
 
     Added by `tfkd.Distiller.fit` when it gets `validation_data`. The
     evaluation runs at the end of the first epoch that validates, under the
@@ -123,6 +129,19 @@ class TeacherValidation(keras.callbacks.Callback):
             return
         if self._results is None:
             self._results = self._evaluate()
+        clashes = sorted(set(self._results) & set(logs))
+        if clashes:
+            # A student metric or output named `teacher...`: never overwrite
+            # the student's logs with the teacher's, silently.
+            raise ValueError(
+                "The teacher's validation logs would overwrite the "
+                f"Distiller's own: {clashes}. `fit` logs the teacher's "
+                "validation loss and metrics as `val_teacher_<name>`; rename "
+                "the compiled metric or the output whose name starts with "
+                "`teacher` (e.g. `keras.metrics.SparseCategoricalAccuracy("
+                "name=...)`). Received: "
+                f"logs={sorted(logs)}, teacher logs={sorted(self._results)}"
+            )
         logs.update(self._results)
 
     def _evaluate(self):

@@ -65,8 +65,8 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
     Training batches may be augmented, once, before both models (`augment`,
     `mixup`), so that the teacher scores the very view the student learns
     from ("function matching", Beyer et al.). With `validation_data`, `fit`
-    also logs the teacher's validation loss and metrics, `teacher_val_loss`,
-    `teacher_val_accuracy`, ..., computed once per `fit` call: a student
+    also logs the teacher's validation loss and metrics, `val_teacher_loss`,
+    `val_teacher_accuracy`, ..., computed once per `fit` call: a student
     that nears them is held back by its teacher.
 
     Args:
@@ -494,7 +494,7 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         """`keras.Model.fit`, plus two callbacks.
 
         With `validation_data`, the teacher's validation loss and metrics
-        join the logs as `teacher_val_*` (see `tfkd._teacher_logs`). And
+        join the logs as `val_teacher_*` (see `tfkd._teacher_logs`). And
         TFMOT's `UpdatePruningStep` is added when the student comes from
         `tfkd.quantization.prune` and it is missing. Data made by
         `tfkd.cache_teacher_outputs` is checked against this Distiller
