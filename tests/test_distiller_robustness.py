@@ -966,3 +966,50 @@ def test_teacher_validation_logs_pair_outputs_by_name():
         np.testing.assert_allclose(
             logs[f"val_teacher_{head}_accuracy"], [expected], rtol=1e-6
         )
+
+
+# Issue 22. A SavedModel teacher (TFSMLayer).
+
+
+@pytest.mark.skipif(IS_LEGACY, reason="keras.layers.TFSMLayer is Keras 3's")
+def test_saved_model_teacher_with_a_one_key_dict_output_distils_exactly(
+    tmp_path,
+):
+    # A SavedModel signature returns a dict, `{"output_0": logits}`: the
+    # teacher was refused with "The teacher's outputs ['output_0'] lack
+    # ['output']".
+    x, y = toy_classification(32)
+    teacher = make_mlp(16, name="t", seed=1)
+    teacher.export(str(tmp_path / "teacher"), verbose=False)
+    exported = keras.Sequential(
+        [
+            keras.layers.TFSMLayer(
+                str(tmp_path / "teacher"), call_endpoint="serving_default"
+            )
+        ]
+    )
+    assert set(exported(x)) == {"output_0"}
+    results = []
+    for model in (teacher, exported):
+        student = make_mlp(4, name="s", seed=2)
+        distiller = tfkd.Distiller(model, student, alpha=0.5, temperature=2.0)
+        distiller.compile("sgd", loss=sparse_ce())
+        logs = distiller.evaluate(x, y, verbose=0, return_dict=True)
+        history = distiller.fit(
+            x, y, validation_data=(x, y), epochs=1, verbose=0
+        ).history
+        results.append((logs, history, student.get_weights()))
+    (logs, history, weights), (exported_logs, exported_history, trained) = (
+        results
+    )
+    untrained = make_mlp(4, name="s", seed=2).predict(x, verbose=0)
+    kd = _np_kd(teacher.predict(x, verbose=0), untrained, 2.0)
+    np.testing.assert_allclose(logs["distillation_loss"], kd.mean(), rtol=1e-5)
+    for key in logs:
+        np.testing.assert_allclose(exported_logs[key], logs[key], rtol=1e-6)
+    for key in ("loss", "distillation_loss", "teacher_val_loss"):
+        np.testing.assert_allclose(
+            exported_history[key], history[key], rtol=1e-6
+        )
+    for new, old in zip(trained, weights):
+        np.testing.assert_allclose(new, old, rtol=1e-6, atol=1e-7)

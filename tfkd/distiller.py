@@ -344,7 +344,15 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
 
     def _teacher_flat(self, outputs):
         """The teacher's outputs as a list in the student's output order
-        (paired by name where both name them: `tfkd._pairing`)."""
+        (paired by name where both name them: `tfkd._pairing`).
+
+        A one-key dict where one output is expected is that output: a
+        SavedModel signature's `{"output_0": logits}`, as a
+        `keras.layers.TFSMLayer` teacher returns it.
+        """
+        if len(self._teacher_names) == 1 and isinstance(outputs, dict):
+            if len(outputs) == 1:
+                (outputs,) = outputs.values()
         flat = _validation.flatten_outputs(
             outputs, self._teacher_names, "teacher"
         )
