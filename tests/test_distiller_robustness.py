@@ -6,11 +6,17 @@ multi-output models, mis-fed inputs).
 """
 
 import functools
+import json
+import os
+import subprocess
+import sys
+import zipfile
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import METHODS
+from conftest import REPO_ROOT
 from conftest import make_cnn
 from conftest import make_mlp
 from conftest import mirrored_strategy
@@ -1013,3 +1019,67 @@ def test_saved_model_teacher_with_a_one_key_dict_output_distils_exactly(
         )
     for new, old in zip(trained, weights):
         np.testing.assert_allclose(new, old, rtol=1e-6, atol=1e-7)
+
+
+# Issue 22. Saving, continued: a file of the other Keras mode.
+
+_LOAD_EACH = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import tfkd
+from tfkd._keras import keras
+results = []
+for path in sys.argv[2:]:
+    try:
+        keras.models.load_model(path)
+        results.append(["loaded", ""])
+    except Exception as error:
+        results.append([type(error).__name__, str(error)])
+print(json.dumps(results))
+"""
+
+
+def _without_keras_key(path, target):
+    """A copy of a saved Distiller as saved before its config named its
+    Keras."""
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(target, "w") as out:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                config["config"].pop("keras", None)
+                data = json.dumps(config)
+            out.writestr(item, data)
+    return target
+
+
+def test_distiller_saved_in_one_keras_mode_is_refused_in_the_other(tmp_path):
+    # Keras 3 and tf_keras cannot rebuild each other's models: loading
+    # failed on the teacher with "Could not locate class 'Functional'"
+    # (TypeError), naming neither the cause nor the fix.
+    _, path = _saved_distiller(tmp_path)
+    old = _without_keras_key(path, tmp_path / "old.keras")
+    for saved in (path, old):
+        assert isinstance(keras.models.load_model(saved), tfkd.Distiller)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env["TF_USE_LEGACY_KERAS"] = "0" if IS_LEGACY else "1"
+    result = subprocess.run(
+        [sys.executable, "-c", _LOAD_EACH, REPO_ROOT, str(path), str(old)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(result.stdout.strip().splitlines()[-1])
+    if IS_LEGACY:
+        saved, running, fix = "tf_keras", "Keras 3", "set TF_USE_LEGACY_KERAS=1"
+    else:
+        saved, running, fix = "Keras 3", "tf_keras", "unset TF_USE_LEGACY_KERAS"
+    assert len(results) == 2
+    for kind, message in results:
+        assert kind == "ValueError", message
+        assert f"saved with {saved}" in message, message
+        assert f"tfkd is running {running}" in message, message
+        assert f"{fix} before importing TensorFlow" in message, message
+        assert "distiller.student.save_weights(" in message, message

@@ -1,16 +1,24 @@
-"""`Distiller.save` that never leaves a broken file where a good one was.
+"""Saving a Distiller: atomic files, the Keras that wrote them.
 
-Keras opens the target file first and writes the archive into it: a save
+`save_atomically`: `Distiller.save` never leaves a broken file where a good
+one was. Keras opens the target file first and writes the archive into it:
+a save
 that fails half-way (an object that cannot be serialized, a full disk, an
 interrupt) leaves a truncated file, 0 bytes for a configuration error, in
 place of the good `.keras` file saved before. Here the archive is written
 to a temporary file in the same folder, then renamed over the target with
 `os.replace`, which is atomic on one file system: the target holds either
 the old file or the new one, never a part.
+
+`check_keras_mode`: Keras 3 and tf_keras cannot rebuild each other's models;
+a Distiller's config names the Keras that wrote it (`"keras"`), checked
+first on load, so that loading in the other mode names the fix.
 """
 
 import os
 import uuid
+
+from tfkd import _keras
 
 # Single-file formats: a folder (a tf_keras SavedModel, Keras 3's
 # `zipped=False`) or a remote path (`gs://`, `hf://`) is saved by Keras as
@@ -55,3 +63,58 @@ def save_atomically(save, filepath, *args, **kwargs):
             os.remove(temporary)
         raise
     return result
+
+
+_DESCRIPTION = {
+    "keras": "Keras 3 (TF_USE_LEGACY_KERAS unset)",
+    "tf_keras": "tf_keras (TF_USE_LEGACY_KERAS=1)",
+}
+
+
+def _saved_keras(config):
+    """ "keras" or "tf_keras": the Keras that wrote a Distiller's config;
+    None where it cannot tell."""
+    saved = config.get("keras")
+    if saved in _DESCRIPTION:
+        return saved
+    # Files saved before the key: a Functional model's module names its
+    # Keras (`keras.src.models.functional`, `tf_keras.src.engine...`).
+    for role in ("teacher", "student"):
+        model = config.get(role)
+        module = model.get("module") if isinstance(model, dict) else None
+        if not isinstance(module, str):
+            continue
+        if module.startswith("tf_keras."):
+            return "tf_keras"
+        if module.startswith("keras.src."):
+            return "keras"
+    return None
+
+
+def check_keras_mode(config):
+    """Refuses a Distiller's config written by the other Keras.
+
+    Raises:
+        ValueError: `config` (a `Distiller.get_config()`) was saved with
+            Keras 3 and tfkd runs tf_keras, or the reverse: the teacher and
+            student cannot be rebuilt (Keras would fail on the first model
+            with "Could not locate class 'Functional'").
+    """
+    saved = _saved_keras(config)
+    if saved is None or saved == _keras.KERAS_NAME:
+        return
+    switch = (
+        "set TF_USE_LEGACY_KERAS=1"
+        if saved == "tf_keras"
+        else "unset TF_USE_LEGACY_KERAS"
+    )
+    raise ValueError(
+        f"This Distiller was saved with {_DESCRIPTION[saved]}, but tfkd is "
+        f"running {_DESCRIPTION[_keras.KERAS_NAME]}: one cannot rebuild the "
+        "other's models. Load it in the Keras that saved it: "
+        f"{switch} before importing TensorFlow. To carry the trained "
+        "student over, save its weights there "
+        '(`distiller.student.save_weights("student.weights.h5")`), build '
+        "the student in this Keras and `load_weights` them (both Keras "
+        f"read `.weights.h5` files). Received: a config with keras={saved!r}."
+    )

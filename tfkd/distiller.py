@@ -613,6 +613,9 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         serialize = keras.saving.serialize_keras_object
         return {
             "name": self.name,
+            # The Keras that wrote it: loading in the other one is refused
+            # with the fix (`tfkd._saving.check_keras_mode`).
+            "keras": _keras.KERAS_NAME,
             "teacher": serialize(self.teacher),
             "student": serialize(self.student),
             "distillation_loss": [
@@ -630,7 +633,9 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
     def from_config(
         cls, config: dict, custom_objects: dict | None = None
     ) -> Distiller:
+        _saving.check_keras_mode(config)
         config = dict(config)
+        config.pop("keras", None)
         deserialize = keras.saving.deserialize_keras_object
         for key in ("teacher", "student"):
             config[key] = deserialize(
