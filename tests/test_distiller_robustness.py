@@ -7,9 +7,11 @@ multi-output models, mis-fed inputs).
 
 import functools
 import json
+import logging
 import os
 import subprocess
 import sys
+import warnings
 import zipfile
 
 import numpy as np
@@ -1083,3 +1085,49 @@ def test_distiller_saved_in_one_keras_mode_is_refused_in_the_other(tmp_path):
         assert f"tfkd is running {running}" in message, message
         assert f"{fix} before importing TensorFlow" in message, message
         assert "distiller.student.save_weights(" in message, message
+
+
+# Issue 22. Saving, continued: a teacher compiled before it was wrapped.
+
+
+def test_reloading_a_distiller_of_a_compiled_teacher_restores_it_quietly(
+    tmp_path, caplog
+):
+    # The teacher, compiled and trained before it was wrapped, came back
+    # compiled with its optimizer rebuilt for zero trainable variables: Keras
+    # warned "Skipping variable loading for optimizer 'adam'" (tf_keras:
+    # logged), which read as if the Distiller had lost its state.
+    x, y = toy_classification(32)
+    teacher, student = _teacher_student()
+    teacher.compile(keras.optimizers.Adam(0.01), loss=sparse_ce())
+    teacher.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    distiller = tfkd.Distiller(teacher, student, alpha=0.3)
+    distiller.compile(keras.optimizers.Adam(0.01), loss=sparse_ce())
+    distiller.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    path = str(tmp_path / "distiller.keras")
+    distiller.save(path)
+    caplog.set_level(logging.WARNING)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        restored = keras.models.load_model(path)
+    messages = [str(w.message) for w in caught] + [
+        record.getMessage() for record in caplog.records
+    ]
+    assert not [m for m in messages if "Skipping" in m], messages
+    assert int(restored.optimizer.iterations.numpy()) == 2
+    for saved, weight in zip(
+        restored.optimizer.variables, distiller.optimizer.variables
+    ):
+        np.testing.assert_array_equal(np.asarray(saved), np.asarray(weight))
+    for model in (distiller, restored):
+        model.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0)
+    assert (
+        relative_difference(
+            restored.student.get_weights(), distiller.student.get_weights()
+        )
+        < 1e-6
+    )
+    for saved, weight in zip(
+        restored.teacher.get_weights(), teacher.get_weights()
+    ):
+        np.testing.assert_array_equal(saved, weight)

@@ -1,4 +1,4 @@
-"""Saving a Distiller: atomic files, the Keras that wrote them.
+"""Saving a Distiller: atomic files, the Keras that wrote them, the teacher.
 
 `save_atomically`: `Distiller.save` never leaves a broken file where a good
 one was. Keras opens the target file first and writes the archive into it:
@@ -13,6 +13,9 @@ the old file or the new one, never a part.
 `check_keras_mode`: Keras 3 and tf_keras cannot rebuild each other's models;
 a Distiller's config names the Keras that wrote it (`"keras"`), checked
 first on load, so that loading in the other mode names the fix.
+
+`without_compile`: the frozen teacher's compile state is left out of the
+Distiller's config (see the function).
 """
 
 import os
@@ -118,3 +121,19 @@ def check_keras_mode(config):
         "the student in this Keras and `load_weights` them (both Keras "
         f"read `.weights.h5` files). Received: a config with keras={saved!r}."
     )
+
+
+def without_compile(model_config):
+    """A serialized model's config without its compile state.
+
+    The Distiller saves its frozen teacher with the architecture and the
+    weights only: a teacher compiled (and trained) before it was wrapped
+    would otherwise come back compiled, with its optimizer rebuilt for the
+    frozen teacher's zero trainable variables, and Keras would warn on load
+    "Skipping variable loading for optimizer 'adam'" about that optimizer,
+    which the Distiller never uses (its own optimizer's state is restored).
+    """
+    if isinstance(model_config, dict) and model_config.get("compile_config"):
+        model_config = dict(model_config)
+        model_config.pop("compile_config")
+    return model_config

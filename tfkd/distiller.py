@@ -616,7 +616,8 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
             # The Keras that wrote it: loading in the other one is refused
             # with the fix (`tfkd._saving.check_keras_mode`).
             "keras": _keras.KERAS_NAME,
-            "teacher": serialize(self.teacher),
+            # The frozen teacher's compile state is not the Distiller's.
+            "teacher": _saving.without_compile(serialize(self.teacher)),
             "student": serialize(self.student),
             "distillation_loss": [
                 [serialize(loss), weight, index]
@@ -636,6 +637,10 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         _saving.check_keras_mode(config)
         config = dict(config)
         config.pop("keras", None)
+        # Also for files saved before the teacher's compile state was left
+        # out: its optimizer's state would not load ("Skipping variable
+        # loading for optimizer").
+        config["teacher"] = _saving.without_compile(config["teacher"])
         deserialize = keras.saving.deserialize_keras_object
         for key in ("teacher", "student"):
             config[key] = deserialize(
