@@ -124,7 +124,8 @@ def check_keras_mode(config):
 
 
 def without_compile(model_config):
-    """A serialized model's config without its compile state.
+    """A serialized model's config without its compile state, nor that of
+    the models inside it (an ensemble's teachers).
 
     The Distiller saves its frozen teacher with the architecture and the
     weights only: a teacher compiled (and trained) before it was wrapped
@@ -133,7 +134,12 @@ def without_compile(model_config):
     "Skipping variable loading for optimizer 'adam'" about that optimizer,
     which the Distiller never uses (its own optimizer's state is restored).
     """
-    if isinstance(model_config, dict) and model_config.get("compile_config"):
-        model_config = dict(model_config)
-        model_config.pop("compile_config")
+    if isinstance(model_config, dict):
+        return {
+            key: without_compile(value)
+            for key, value in model_config.items()
+            if key != "compile_config"
+        }
+    if isinstance(model_config, list):
+        return [without_compile(value) for value in model_config]
     return model_config
