@@ -1060,13 +1060,31 @@ def test_distiller_saved_in_one_keras_mode_is_refused_in_the_other(tmp_path):
     # failed on the teacher with "Could not locate class 'Functional'"
     # (TypeError), naming neither the cause nor the fix.
     _, path = _saved_distiller(tmp_path)
-    old = _without_keras_key(path, tmp_path / "old.keras")
-    for saved in (path, old):
+
+    def sequential(name, width):
+        return keras.Sequential(
+            [
+                keras.Input((8,)),
+                keras.layers.Dense(width),
+                keras.layers.Dense(3),
+            ],
+            name=name,
+        )
+
+    distiller = tfkd.Distiller(sequential("t", 16), sequential("s", 4))
+    distiller.save(str(tmp_path / "sequential.keras"))
+    # Files saved before the config named its Keras: Functional models (by
+    # their module), Sequential ones (by their InputLayer).
+    files = [str(path)] + [
+        str(_without_keras_key(source, tmp_path / f"old_{source.name}"))
+        for source in (path, tmp_path / "sequential.keras")
+    ]
+    for saved in files:
         assert isinstance(keras.models.load_model(saved), tfkd.Distiller)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     env["TF_USE_LEGACY_KERAS"] = "0" if IS_LEGACY else "1"
     result = subprocess.run(
-        [sys.executable, "-c", _LOAD_EACH, REPO_ROOT, str(path), str(old)],
+        [sys.executable, "-c", _LOAD_EACH, REPO_ROOT, *files],
         env=env,
         capture_output=True,
         text=True,
@@ -1078,7 +1096,7 @@ def test_distiller_saved_in_one_keras_mode_is_refused_in_the_other(tmp_path):
         saved, running, fix = "tf_keras", "Keras 3", "set TF_USE_LEGACY_KERAS=1"
     else:
         saved, running, fix = "Keras 3", "tf_keras", "unset TF_USE_LEGACY_KERAS"
-    assert len(results) == 2
+    assert len(results) == 3
     for kind, message in results:
         assert kind == "ValueError", message
         assert f"saved with {saved}" in message, message

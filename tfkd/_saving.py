@@ -81,7 +81,9 @@ def _saved_keras(config):
     if saved in _DESCRIPTION:
         return saved
     # Files saved before the key: a Functional model's module names its
-    # Keras (`keras.src.models.functional`, `tf_keras.src.engine...`).
+    # Keras (`keras.src.models.functional`, `tf_keras.src.engine...`), and
+    # an `InputLayer` its shape's key (Keras 3 `batch_shape`, tf_keras
+    # `batch_input_shape`: a Sequential model's module is `keras` in both).
     for role in ("teacher", "student"):
         model = config.get(role)
         module = model.get("module") if isinstance(model, dict) else None
@@ -91,6 +93,34 @@ def _saved_keras(config):
             return "tf_keras"
         if module.startswith("keras.src."):
             return "keras"
+    for role in ("teacher", "student"):
+        saved = _input_layer_keras(config.get(role))
+        if saved is not None:
+            return saved
+    return None
+
+
+def _input_layer_keras(config):
+    """ "keras" or "tf_keras" from the first `InputLayer` in a serialized
+    model, or None."""
+    if isinstance(config, list):
+        for value in config:
+            saved = _input_layer_keras(value)
+            if saved is not None:
+                return saved
+        return None
+    if not isinstance(config, dict):
+        return None
+    inner = config.get("config")
+    if config.get("class_name") == "InputLayer" and isinstance(inner, dict):
+        if "batch_shape" in inner:
+            return "keras"
+        if "batch_input_shape" in inner:
+            return "tf_keras"
+    for value in config.values():
+        saved = _input_layer_keras(value)
+        if saved is not None:
+            return saved
     return None
 
 
