@@ -1015,7 +1015,7 @@ def test_saved_model_teacher_with_a_one_key_dict_output_distils_exactly(
     np.testing.assert_allclose(logs["distillation_loss"], kd.mean(), rtol=1e-5)
     for key in logs:
         np.testing.assert_allclose(exported_logs[key], logs[key], rtol=1e-6)
-    for key in ("loss", "distillation_loss", "teacher_val_loss"):
+    for key in ("loss", "distillation_loss", "val_teacher_loss"):
         np.testing.assert_allclose(
             exported_history[key], history[key], rtol=1e-6
         )
