@@ -37,19 +37,35 @@ if os.path.isdir(SHARED_DATA):
 
 
 SLOW_TIMEOUT = 600  # seconds; the others: setup.cfg's `timeout`
+# Modules of long in-process tests (10-60 s each, measured): started right
+# after the slow ones, so that the many short tests fill the end of a run.
+HEAVY_MODULES = {
+    "test_distribute.py",
+    "test_quantization_keras3.py",
+    "test_quantization.py",
+    "test_methods_fit.py",
+    "test_export.py",
+    "test_readme.py",
+}
 
 
 def pytest_collection_modifyitems(config, items):
     """Orders, limits and skips what was collected.
 
-    - `slow` tests (end-to-end subprocesses) first, so that `-n 2` starts
-      them early instead of leaving one worker busy at the end; each with
-      `SLOW_TIMEOUT` unless it sets its own `timeout`.
+    - `slow` tests (end-to-end subprocesses) first, then `HEAVY_MODULES`,
+      so that `-n 2` starts them early instead of leaving one worker busy
+      at the end; each slow one with `SLOW_TIMEOUT` unless it sets its own
+      `timeout`.
     - Tests marked `mode_independent` (pure TF functions, data builders,
       text checks, subprocesses that choose their own mode) run once, under
       Keras 3: under tf_keras they would repeat the same assertions.
     """
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("slow") is None,
+            item.path.name not in HEAVY_MODULES,
+        )
+    )
     skip = pytest.mark.skip(
         reason="mode_independent: asserted in the Keras 3 run"
     )

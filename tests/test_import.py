@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import tfkd
 
 _BLOCK_OPTIONAL = """
@@ -48,6 +50,7 @@ def test_imports_without_optional_dependencies():
     assert imported == "[]"
 
 
+@pytest.mark.mode_independent  # sets its own mode / reads a file
 def test_import_does_not_switch_keras():
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
@@ -88,6 +91,7 @@ def test_import_leaves_the_devices_configurable():
     assert result.stdout.split()[-1] == "2"
 
 
+@pytest.mark.mode_independent  # sets its own mode / reads a file
 def test_the_training_extras_install_tensorboard():
     # `keras.callbacks.TensorBoard` needs it; TensorFlow 2.21 does not
     # install it.
