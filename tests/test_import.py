@@ -1,6 +1,8 @@
 """The package imports without its optional dependencies, and exports what
 it lists."""
 
+import importlib
+import inspect
 import os
 import subprocess
 import sys
@@ -102,3 +104,27 @@ def test_the_training_extras_install_tensorboard():
         extras = tomllib.load(f)["project"]["optional-dependencies"]
     assert any(r.startswith("tensorboard") for r in extras["examples"])
     assert "tfkd[qat,litert,examples,test]" in extras["all"]
+
+
+PUBLIC_MODULES = ("callbacks", "export", "losses", "quantization", "teachers")
+
+
+@pytest.mark.mode_independent  # the same modules in either Keras
+@pytest.mark.parametrize(
+    "name", ("tfkd", *(f"tfkd.{m}" for m in PUBLIC_MODULES))
+)
+def test_public_modules_list_what_they_define(name):
+    """Each public module has `__all__`; every public class and function
+    it defines is listed there, and every listed name resolves."""
+    module = importlib.import_module(name)
+    assert hasattr(module, "__all__"), f"{name} has no __all__"
+    for exported in module.__all__:
+        assert getattr(module, exported) is not None, exported
+    defined = [
+        key
+        for key, value in vars(module).items()
+        if not key.startswith("_")
+        and (inspect.isclass(value) or inspect.isfunction(value))
+        and value.__module__ == name
+    ]
+    assert not set(defined) - set(module.__all__), name

@@ -9,10 +9,9 @@ from tfkd import export
 from tfkd import losses
 from tfkd import quantization
 from tfkd import teachers
+from tfkd._version import __version__ as __version__
 from tfkd.distiller import Distiller
 from tfkd.teachers import cache_teacher_outputs
-
-__version__ = "0.2.0"
 
 __all__ = [
     "Distiller",

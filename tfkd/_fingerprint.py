@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfkd import _keras
+from tfkd._version import __version__
 
 # Config entries that cannot change what a built model outputs in inference:
 # two builds of one teacher differ in them (auto-generated layer names are
@@ -109,8 +110,6 @@ def fingerprint(teacher, taps, top_k, dataset):
 
     `teacher`: the teacher's `teacher_fingerprint` (or a dict holding it).
     """
-    from tfkd import __version__  # Here: tfkd/__init__ imports this module.
-
     fingerprint = {
         "tfkd_version": __version__,
         "teacher_architecture": teacher["teacher_architecture"],

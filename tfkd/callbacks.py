@@ -21,6 +21,14 @@ from typing import Any
 from tfkd._keras import keras
 from tfkd.distiller import Distiller
 
+__all__ = [
+    "AlphaSchedule",
+    "HyperparameterSchedule",
+    "LinearWarmup",
+    "LossWeightSchedule",
+    "TemperatureSchedule",
+]
+
 
 def _distiller(model, callback):
     if not isinstance(model, Distiller):

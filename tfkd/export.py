@@ -180,7 +180,7 @@ def _convert(
             _calibration.input_specs(model),
             static_batch=static_batch,
         )
-    with _quantization.learned_ranges(model):
+    with _quantization._learned_ranges(model):
         converter, directory = _converter(model, input_signature)
     try:
         _configure(converter, quantization, calibration)

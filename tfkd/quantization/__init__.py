@@ -138,7 +138,7 @@ def quantize_aware(
     )
 
 
-def learned_ranges(model: keras.Model) -> contextlib.AbstractContextManager:
+def _learned_ranges(model: keras.Model) -> contextlib.AbstractContextManager:
     """A context in which `model`'s fake quants read their learned ranges.
 
     `tfkd.export.to_tflite` traces a Keras 3 quantization-aware model in it,
