@@ -44,8 +44,7 @@ from examples import data
 from examples import methods
 from examples import models
 from examples import training
-from tfkd import _keras
-from tfkd._keras import keras
+from tfkd import keras
 
 FLAGS = flags.FLAGS
 # Per data set: (training examples kept, batch size).
@@ -279,7 +278,7 @@ def _run_dataset(name):
         "machine": (
             f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU "
             f"(shared); Python {platform.python_version()}, tensorflow "
-            f"{tf.__version__}, {_keras.KERAS_NAME} {keras.__version__}"
+            f"{tf.__version__}, {tfkd.KERAS_NAME} {keras.__version__}"
         ),
     }
     for seed in range(FLAGS.seeds):

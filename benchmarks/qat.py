@@ -47,8 +47,7 @@ from examples import cli
 from examples import data
 from examples import models
 from examples import training
-from tfkd import _keras
-from tfkd._keras import keras
+from tfkd import keras
 
 FLAGS = flags.FLAGS
 cli.define(
@@ -224,7 +223,7 @@ def main(argv):
     del argv
     training.quiet_logs()
     tf.get_logger().setLevel("ERROR")
-    if _keras.IS_LEGACY:
+    if tfkd.KERAS_NAME == "tf_keras":
         raise app.UsageError(
             "benchmarks.qat measures tfkd's Keras 3 QAT: run it without "
             "TF_USE_LEGACY_KERAS=1."

@@ -55,8 +55,7 @@ from examples import cli
 from examples import data
 from examples import models
 from examples import training
-from tfkd import _keras
-from tfkd._keras import keras
+from tfkd import keras
 
 FLAGS = flags.FLAGS
 cli.define(
@@ -349,7 +348,7 @@ def _table(times, steps, memory, cache_seconds):
 def main(argv):
     del argv
     tf.get_logger().setLevel("ERROR")  # Retracing notes of new models.
-    if _keras.IS_LEGACY:
+    if tfkd.KERAS_NAME == "tf_keras":
         raise app.UsageError(
             "keras.distillation is Keras 3 only: unset TF_USE_LEGACY_KERAS."
         )

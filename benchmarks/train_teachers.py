@@ -41,12 +41,12 @@ import tensorflow as tf
 from absl import app
 from absl import flags
 
+import tfkd
 from benchmarks import strong_teachers
 from examples import cli
 from examples import data
 from examples import training
-from tfkd import _keras
-from tfkd._keras import keras
+from tfkd import keras
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list(
@@ -240,7 +240,7 @@ def train(dataset):
         "weights": os.path.relpath(path, FLAGS.output_dir),
         "command": _command(),
         "tensorflow": tf.__version__,
-        "keras": f"{_keras.KERAS_NAME} {keras.__version__}",
+        "keras": f"{tfkd.KERAS_NAME} {keras.__version__}",
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d"),

@@ -29,7 +29,7 @@ from examples import cli
 from examples import data
 from examples import models
 from examples import training
-from tfkd._keras import keras
+from tfkd import keras
 
 FLAGS = flags.FLAGS
 

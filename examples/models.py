@@ -20,7 +20,7 @@ Example:
     >>> student = models.build_model("student_mlp", (28, 28, 1), 10)
 """
 
-from tfkd._keras import keras
+from tfkd import keras
 
 
 def _conv_net(name, input_shape, num_classes, filters, width, dropout):

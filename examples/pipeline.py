@@ -34,12 +34,12 @@ import numpy as np
 from absl import app
 from absl import flags
 
+import tfkd
 from examples import cli
 from examples import data
 from examples import models
 from examples import training
-from tfkd import _keras
-from tfkd._keras import keras
+from tfkd import keras
 
 FLAGS = flags.FLAGS
 
@@ -116,7 +116,7 @@ def _teacher(test):
     _stage(
         1,
         f"teacher {FLAGS.teacher_model} on {FLAGS.dataset}, "
-        f"{FLAGS.teacher_epochs} epochs ({_keras.KERAS_NAME})",
+        f"{FLAGS.teacher_epochs} epochs ({tfkd.KERAS_NAME})",
     )
     keras.utils.set_random_seed(0)
     teacher = models.build_model(FLAGS.teacher_model, *data.info(FLAGS.dataset))
@@ -250,7 +250,7 @@ def _write_results(runs, test, start):
     rows = [_row(run, test) for run in runs]
     table = format_table(rows)
     notes = (
-        f"{FLAGS.dataset} test set; {_keras.KERAS_NAME}; the int8 row is "
+        f"{FLAGS.dataset} test set; {tfkd.KERAS_NAME}; the int8 row is "
         f"the seed-0 distilled student ({runs[2]['accuracy'][0]:.1%}) run by "
         "LiteRT; size and latency (batch 1, median) of the .tflite files run "
         f"by LiteRT; {time.time() - start:.0f} s in all."
@@ -263,7 +263,7 @@ def _write_results(runs, test, start):
     results = {
         "rows": rows,
         "int8": {k: v for k, v in int8.items() if np.isscalar(v)},
-        "keras": _keras.KERAS_NAME,
+        "keras": tfkd.KERAS_NAME,
         "flags": {flag.name: flag.value for flag in module},
     }
     cli.write_json(_path("results.json"), results, indent=2, default=str)

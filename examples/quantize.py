@@ -29,7 +29,7 @@ from absl import flags
 
 from examples import cli
 from examples import training
-from tfkd._keras import keras
+from tfkd import keras
 
 FLAGS = flags.FLAGS
 

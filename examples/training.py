@@ -20,8 +20,7 @@ from tensorflow.core.framework import summary_pb2
 import tfkd
 from examples import methods
 from examples import models
-from tfkd import _keras
-from tfkd._keras import keras
+from tfkd import keras
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
@@ -34,7 +33,7 @@ def relaunch_with_legacy_keras(reason):
     `python -m examples.<script>` with the same arguments (`os.execve`).
     Returns only in tf_keras mode.
     """
-    if _keras.IS_LEGACY:
+    if tfkd.KERAS_NAME == "tf_keras":
         return
     print(f"{reason} needs tf_keras: re-running with TF_USE_LEGACY_KERAS=1.")
     sys.stdout.flush()
@@ -384,7 +383,7 @@ def save_model(model, path, spec):
     model.save(path)
     model.save_weights(prefix + ".weights.h5")
     with open(prefix + ".json", "w") as f:
-        json.dump({**spec, "keras": _keras.KERAS_NAME}, f, indent=2)
+        json.dump({**spec, "keras": tfkd.KERAS_NAME}, f, indent=2)
 
 
 def load_model(path):

@@ -128,3 +128,28 @@ def test_public_modules_list_what_they_define(name):
         and value.__module__ == name
     ]
     assert not set(defined) - set(module.__all__), name
+
+
+@pytest.mark.mode_independent  # reads the source
+def test_examples_and_benchmarks_use_only_public_names():
+    """The scripts are what users copy: no `tfkd._*` module in them (the
+    Keras that tfkd selected is `tfkd.keras`)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(tfkd.__file__)))
+    private = []
+    for folder in ("examples", "benchmarks"):
+        for name in sorted(os.listdir(os.path.join(root, folder))):
+            if not name.endswith(".py"):
+                continue
+            with open(os.path.join(root, folder, name)) as f:
+                text = f.read()
+            for pattern in ("tfkd._", "from tfkd import _"):
+                if pattern in text:
+                    private.append(f"{folder}/{name}: {pattern}")
+    assert not private
+
+
+def test_keras_is_the_one_tfkd_selected():
+    from tfkd import _keras
+
+    assert tfkd.keras is _keras.keras
+    assert tfkd.KERAS_NAME == ("tf_keras" if _keras.IS_LEGACY else "keras")
