@@ -38,7 +38,8 @@ if os.path.isdir(SHARED_DATA):
 
 SLOW_TIMEOUT = 600  # seconds; the others: setup.cfg's `timeout`
 # Modules of long in-process tests (10-60 s each, measured): started right
-# after the slow ones, so that the many short tests fill the end of a run.
+# after the slow ones, so that the many short tests fill the end of a run;
+# marked `heavy`, which the inner loop leaves out.
 HEAVY_MODULES = {
     "test_distribute.py",
     "test_quantization_keras3.py",
@@ -70,6 +71,8 @@ def pytest_collection_modifyitems(config, items):
         reason="mode_independent: asserted in the Keras 3 run"
     )
     for item in items:
+        if item.path.name in HEAVY_MODULES:
+            item.add_marker(pytest.mark.heavy)
         if item.get_closest_marker("slow") and not item.get_closest_marker(
             "timeout"
         ):

@@ -127,6 +127,9 @@ def test_readme_table_is_the_defaults_benchmarks_output(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(_keras.IS_LEGACY, reason="keras.distillation: Keras 3")
 def test_step_cost_benchmark_times_every_contender(data_dir, tmp_path):
+    """The benchmark as users run it (about 65 s here, over the suite's
+    60 s): seven processes, the timing run and one per contender for its
+    peak memory, each importing TensorFlow."""
     _run(
         "step_cost.py",
         "--rounds=2",

@@ -490,6 +490,7 @@ def test_bad_flags_stop_a_real_run_before_any_work(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("multi_process")  # one worker trains teacher_path
 def test_teacher_then_distill_then_quantize(teacher_path, data_dir, tmp_path):
     with open(teacher_path.replace(".keras", ".json")) as f:
         assert json.load(f)["model"] == "teacher_cnn"
@@ -540,6 +541,7 @@ def test_teacher_then_distill_then_quantize(teacher_path, data_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("multi_process")  # one worker trains teacher_path
 def test_distill_on_two_replicas_with_every_option(
     teacher_path, data_dir, tmp_path
 ):
