@@ -20,12 +20,14 @@ from typing import Any
 
 from tfkd._keras import keras
 from tfkd.distiller import Distiller
+from tfkd.losses._self_wrappers import PSKD
 
 __all__ = [
     "AlphaSchedule",
     "HyperparameterSchedule",
     "LinearWarmup",
     "LossWeightSchedule",
+    "PSKDSchedule",
     "TemperatureSchedule",
 ]
 
@@ -347,3 +349,69 @@ class LinearWarmup(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["warmup"] = min((epoch + 1) / self.warmup_epochs, 1.0)
+
+
+class PSKDSchedule(keras.callbacks.Callback):
+    """PS-KD's linear growth of the past predictions' weight `alpha_t`.
+
+    As the authors' code: at epoch `e` (0-based) of `epochs`,
+    `alpha_t = alpha_T * (e + 1) / epochs`, where `alpha_T` is each
+    `tfkd.losses.PSKD`'s configured `alpha`; at epoch 0 the targets are
+    the labels alone (`alpha_t = 0`: there is no previous epoch yet).
+    Logged as `pskd_alpha`.
+
+    Args:
+        epochs: the number of training epochs (the paper's `end_epoch`),
+            an int `> 0`.
+
+    Raises:
+        ValueError: `epochs` not a positive int, or (when training begins)
+            a Distiller without a `tfkd.losses.PSKD` method.
+
+    Example:
+        >>> distiller.fit(data, epochs=30,
+        ...               callbacks=[tfkd.callbacks.PSKDSchedule(30)])
+    """
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        if (
+            not isinstance(epochs, numbers.Integral)
+            or isinstance(epochs, bool)
+            or epochs <= 0
+        ):
+            raise ValueError(
+                "Invalid value for argument `epochs`. Expected an int > 0 "
+                f"(the number of training epochs). Received: epochs={epochs!r}"
+            )
+        self.epochs = int(epochs)
+        self._methods = []
+
+    def on_train_begin(self, logs=None):
+        distiller = _distiller(self.model, self)
+        self._methods = [
+            loss
+            for loss in distiller.distillation_losses
+            if isinstance(loss, PSKD)
+        ]
+        if not self._methods:
+            raise ValueError(
+                "PSKDSchedule schedules `tfkd.losses.PSKD`, but the "
+                "Distiller's methods are "
+                f"{[type(m).__name__ for m in distiller.distillation_losses]}."
+            )
+
+    def value(self, method, epoch):
+        """`alpha_t` of `method` at `epoch`, a Python float."""
+        if epoch == 0:
+            return 0.0
+        fraction = min(1.0, (epoch + 1) / self.epochs)
+        return method.base_value("alpha") * fraction
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for method in self._methods:
+            method.alpha.assign(self.value(method, epoch))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self._methods:
+            logs["pskd_alpha"] = float(self._methods[0].alpha.numpy())

@@ -25,6 +25,7 @@ from tfkd import _methods
 from tfkd import _objective
 from tfkd import _pairing
 from tfkd import _saving
+from tfkd import _self_teacher
 from tfkd import _taps
 from tfkd import _teacher_logs
 from tfkd import _validation
@@ -154,6 +155,7 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
     def __init__(
         self,
         teacher: keras.Model
+        | None
         | Sequence[keras.Model | tuple[keras.Model, float]]
         | dict[keras.Model, float],
         student: keras.Model,
@@ -167,6 +169,8 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
     ):
         kwargs.setdefault("name", "distiller")
         super().__init__(**kwargs)
+        if teacher is None:
+            teacher = _self_teacher.no_teacher(student, distillation_loss)
         if isinstance(teacher, (list, tuple, dict)):
             teacher = teachers.ensemble(teacher)
         for role, model in (("teacher", teacher), ("student", student)):
@@ -214,6 +218,7 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         self.teacher = teacher
         self.student = student
         self.teacher.trainable = False
+        _self_teacher.check(self)
         _augment.warn_random_layers(student)
         if isinstance(augment, keras.layers.Layer):
             # Augmentation does not learn: the step applies it before the
@@ -514,8 +519,9 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
             kwargs.get("validation_data"),
         )
         callbacks = quantization.pruning_callbacks(self, callbacks)
+        callbacks = _self_teacher.callbacks(self, callbacks)
         teacher_logs = _teacher_logs.TeacherValidation.for_fit(self, kwargs)
-        if teacher_logs is not None:
+        if teacher_logs is not None and not _self_teacher.state(self.teacher):
             # First, so that the callbacks after it (History, CSVLogger,
             # the progress bar) see its logs.
             callbacks = [teacher_logs] + callbacks
@@ -565,6 +571,7 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         # replica 0 only).
         gradients = _loss_scale.agree_on_finite(self.optimizer, gradients)
         self.optimizer.apply_gradients(zip(gradients, variables))
+        _self_teacher.after_step(self)
         return self._metrics_result(x, y, student_outputs[0], sample_weight)
 
     def test_step(self, data: Any) -> dict:
@@ -628,6 +635,7 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
             "alpha": self._base_alpha,
             "augment": _augment.serialize(self.augment),
             "mixup": self.mixup,
+            "self_teacher": _self_teacher.get_config(self),
         }
 
     @classmethod
@@ -646,6 +654,11 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
             config[key] = deserialize(
                 config[key], custom_objects=custom_objects
             )
+        config["teacher"] = _self_teacher.from_config(
+            config.pop("self_teacher", None),
+            config["teacher"],
+            config["student"],
+        )
         config["augment"] = _augment.deserialize(
             config.get("augment"), custom_objects=custom_objects
         )

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tfkd import _keras
+from tfkd import _self_teacher
 from tfkd._cache import INPUTS_KEY
 from tfkd._cache import TEACHER_OUTPUTS_KEY
 from tfkd._cache import cache_teacher_outputs
@@ -22,6 +23,9 @@ __all__ = [
     "TEACHER_OUTPUTS_KEY",
     "cache_teacher_outputs",
     "ensemble",
+    "moving_average",
+    "moving_average_decay",
+    "snapshot",
     "split_inputs",
 ]
 
@@ -132,3 +136,97 @@ def ensemble(
     model = keras.Model(inputs, mean, name=name)
     model.trainable = False
     return model
+
+
+def moving_average(
+    student: keras.Model, decay: float = 0.999, name: str | None = None
+) -> keras.Model:
+    """A teacher that is the moving average of the student's weights.
+
+    A frozen clone of `student` (mean teacher, Tarvainen & Valpola 2017;
+    the EMA teachers of self-distillation). A `tfkd.Distiller` of this
+    teacher and this student updates every teacher weight after each
+    optimizer step, inside `train_step` (so `steps_per_execution` and
+    `tf.distribute` see every step):
+
+    ```
+    w_teacher <- decay * w_teacher + (1 - decay) * w_student
+    ```
+
+    BatchNorm statistics are averaged too. The decay is a float32
+    variable (`moving_average_decay(teacher)`) that
+    `tfkd.callbacks.HyperparameterSchedule` can drive. It costs one more
+    forward pass per step (the teacher's, in inference mode) and a copy of
+    the weights.
+
+    Args:
+        student: the student, a built Keras model; pass this very student
+            to the Distiller.
+        decay: in [0, 1]. Defaults to `0.999`.
+        name: the teacher's name. Defaults to `"<student>_moving_average"`.
+
+    Returns:
+        A frozen Keras model with the student's architecture and weights.
+
+    Raises:
+        TypeError: `student` is not a Keras model.
+        ValueError: `decay` outside [0, 1], or an unbuilt student.
+
+    Example:
+        >>> teacher = tfkd.teachers.moving_average(student, decay=0.999)
+        >>> distiller = tfkd.Distiller(
+        ...     teacher, student, tfkd.losses.KD(temperature=4.0))
+
+    References:
+        Tarvainen, Valpola. "Mean teachers are better role models", NeurIPS
+        2017. arXiv:1703.01780.
+    """
+    return _self_teacher.moving_average(student, decay, name)
+
+
+def moving_average_decay(teacher: keras.Model):
+    """The decay variable of a `moving_average` teacher, to schedule it.
+
+    Example:
+        >>> tfkd.callbacks.HyperparameterSchedule(
+        ...     lambda d: tfkd.teachers.moving_average_decay(d.teacher),
+        ...     lambda epoch: min(0.999, 0.99 + 0.003 * epoch))
+
+    Raises:
+        ValueError: `teacher` is not made by `moving_average`.
+    """
+    found = _self_teacher.state(teacher)
+    if found is None or found.decay is None:
+        raise ValueError(
+            "Invalid value for argument `teacher`: expected a teacher made "
+            "by `tfkd.teachers.moving_average(student)`. Received: "
+            f"teacher={getattr(teacher, 'name', teacher)!r}"
+        )
+    return found.decay
+
+
+def snapshot(student: keras.Model, name: str | None = None) -> keras.Model:
+    """A teacher that is the student as it was at the end of the last epoch.
+
+    A frozen clone of `student`; `tfkd.Distiller.fit` copies the student's
+    weights into it before each epoch, so during epoch `e` it predicts as
+    the student did after epoch `e - 1` (PS-KD's past predictions, Kim et
+    al. 2021: use it with `tfkd.losses.PSKD`). Compared with a store of
+    each training example's past prediction, it costs one more forward
+    pass per step (inference mode) and one copy of the weights, instead of
+    `examples x classes` floats and an example index in the data; and it
+    predicts on the current (augmented) view, in inference mode.
+
+    Args:
+        student: the student, a built Keras model.
+        name: the teacher's name. Defaults to `"<student>_snapshot"`.
+
+    Returns:
+        A frozen Keras model with the student's architecture and weights.
+
+    Example:
+        >>> distiller = tfkd.Distiller(
+        ...     tfkd.teachers.snapshot(student), student,
+        ...     tfkd.losses.PSKD(alpha=0.8), alpha=0.0)
+    """
+    return _self_teacher.snapshot(student, name)

@@ -15,6 +15,12 @@ from tfkd.losses._logits import dkd_loss
 from tfkd.losses._logits import kd_loss
 from tfkd.losses._outputs import OutputMatching
 from tfkd.losses._outputs import output_matching_loss
+from tfkd.losses._self import byot_feature_loss
+from tfkd.losses._self import byot_kd_loss
+from tfkd.losses._self import pskd_loss
+from tfkd.losses._self import teacher_free_loss
+from tfkd.losses._self_wrappers import PSKD
+from tfkd.losses._self_wrappers import TeacherFreeKD
 from tfkd.losses._wrappers import DIST
 from tfkd.losses._wrappers import DKD
 from tfkd.losses._wrappers import KD
@@ -33,15 +39,21 @@ __all__ = [
     "KD",
     "OutputMatching",
     "PKT",
+    "PSKD",
     "RKD",
     "SimilarityPreserving",
+    "TeacherFreeKD",
     "attention_transfer_loss",
+    "byot_feature_loss",
+    "byot_kd_loss",
     "dist_loss",
     "dkd_loss",
     "hint_loss",
     "kd_loss",
     "output_matching_loss",
     "pkt_loss",
+    "pskd_loss",
     "rkd_loss",
     "similarity_preserving_loss",
+    "teacher_free_loss",
 ]
