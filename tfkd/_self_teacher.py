@@ -146,7 +146,7 @@ def no_teacher(student, distillation_loss):
     return _mark(model, NONE, student)
 
 
-def _clone(student, name):
+def _clone(student, suffix, name):
     if not isinstance(student, keras.Model):
         raise TypeError(
             f"`student` must be a `{_keras.KERAS_NAME}.Model`. Received: "
@@ -157,6 +157,7 @@ def _clone(student, name):
             f"The student {student.name!r} is not built: build it (e.g. on "
             "a `keras.Input`) before making its teacher."
         )
+    name = name or f"{student.name}_{suffix}"
     teacher = keras.models.clone_model(student)
     if getattr(teacher, "inputs", None) and getattr(teacher, "outputs", None):
         # The same layers as a Functional model of its own name.
@@ -174,13 +175,13 @@ def moving_average(student, decay=0.999, name=None):
             "Invalid value for argument `decay`. Expected a number in "
             f"[0, 1]. Received: decay={decay!r}"
         )
-    teacher = _clone(student, name or f"{student.name}_moving_average")
+    teacher = _clone(student, "moving_average", name)
     return _mark(teacher, MOVING_AVERAGE, student, decay)
 
 
 def snapshot(student, name=None):
     """See `tfkd.teachers.snapshot`."""
-    teacher = _clone(student, name or f"{student.name}_snapshot")
+    teacher = _clone(student, "snapshot", name)
     return _mark(teacher, SNAPSHOT, student)
 
 
