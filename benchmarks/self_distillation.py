@@ -229,10 +229,9 @@ def _save(name, result):
         merged["recipes"] = {**old.get("recipes", {}), **result["recipes"]}
         if merged.get("teacher_accuracy") is None:
             merged["teacher_accuracy"] = old.get("teacher_accuracy")
-        commands = [c for c in old.get("commands", []) if c]
-        merged["commands"] = commands + [
-            f"{result['command']} ({', '.join(result['recipes'])})"
-        ]
+        command = f"{result['command']} ({', '.join(result['recipes'])})"
+        commands = [c for c in old.get("commands", []) if c != command]
+        merged["commands"] = commands + [command]
         results[name] = merged
         results = {k: results[k] for k in DATASETS if k in results}
         with open(path + ".json", "w") as f:
@@ -291,7 +290,9 @@ def markdown(results):
             f"- {name}: {result['train_examples']:,} train / "
             f"{result['test_examples']:,} test, batch {BATCH_SIZE}, Adam "
             f"1e-3; {result['machine']}; "
-            + "; ".join(f"`{c}`" for c in result.get("commands", []))
+            + "; ".join(
+                f"`{c}`" for c in dict.fromkeys(result.get("commands", []))
+            )
         )
     return lines + [""]
 
