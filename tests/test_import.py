@@ -106,7 +106,14 @@ def test_the_training_extras_install_tensorboard():
     assert "tfkd[qat,litert,examples,test]" in extras["all"]
 
 
-PUBLIC_MODULES = ("callbacks", "export", "losses", "quantization", "teachers")
+PUBLIC_MODULES = (
+    "callbacks",
+    "export",
+    "losses",
+    "quantization",
+    "self_distillation",
+    "teachers",
+)
 
 
 @pytest.mark.mode_independent  # the same modules in either Keras

@@ -442,3 +442,91 @@ def test_mixed_precision_trains_to_finite_float32_losses(policy, kind):
     history = distiller.fit(x, y, batch_size=16, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
     assert all(w.dtype == "float32" for w in distiller.teacher.weights)
+
+
+# Born-again generations.
+
+
+def _born_again_data():
+    x, y = toy_classification(n=64)
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+
+
+def test_born_again_generation_is_a_distiller_from_the_one_before():
+    data = _born_again_data()
+    lineage = tfkd.self_distillation.born_again(
+        lambda: make_mlp(8),
+        data,
+        generations=2,
+        epochs=2,
+        optimizer=keras.optimizers.SGD(0.1),
+        metrics=["accuracy"],
+        test_data=data,
+        seed=5,
+        verbose=0,
+    )
+    assert [g.index for g in lineage] == [0, 1, 2]
+    for generation in lineage:
+        assert len(generation.history["loss"]) == 2
+        assert set(generation.test) >= {"loss", "accuracy"}
+    # Generation 2 by hand: seed 5 + 2, KD at T=1 from generation 1.
+    keras.utils.set_random_seed(7)
+    student = make_mlp(8)
+    distiller = tfkd.Distiller(
+        lineage[1].model, student, L.KD(temperature=1.0), alpha=0.0
+    )
+    distiller.compile(
+        keras.optimizers.SGD(0.1), loss=sparse_ce(), metrics=["accuracy"]
+    )
+    distiller.fit(data, epochs=2, verbose=0)
+    assert (
+        relative_difference(
+            lineage[2].model.get_weights(), student.get_weights()
+        )
+        <= 1e-5
+    )
+    np.testing.assert_allclose(
+        lineage[2].test["accuracy"],
+        student.evaluate(data, return_dict=True, verbose=0)["accuracy"],
+    )
+
+
+def test_born_again_ensemble_teaches_with_all_earlier_generations():
+    data = _born_again_data()
+    first = make_mlp(8, name="first", seed=3)
+    lineage = tfkd.self_distillation.born_again(
+        lambda: make_mlp(8),
+        data,
+        generations=2,
+        ensemble=True,
+        first=first,
+        seed=0,
+        verbose=0,
+    )
+    assert lineage[0].model is first and lineage[0].history == {}
+    keras.utils.set_random_seed(2)
+    student = make_mlp(8)
+    teacher = tfkd.teachers.ensemble([first, lineage[1].model])
+    distiller = tfkd.Distiller(
+        teacher, student, L.KD(temperature=1.0), alpha=0.0
+    )
+    distiller.compile("adam", loss=sparse_ce())
+    distiller.fit(data, epochs=1, verbose=0)
+    assert (
+        relative_difference(
+            lineage[2].model.get_weights(), student.get_weights()
+        )
+        <= 1e-5
+    )
+
+
+def test_born_again_arguments_are_checked():
+    data = _born_again_data()
+    with pytest.raises(ValueError, match=r"`generations`.*generations=0"):
+        tfkd.self_distillation.born_again(
+            lambda: make_mlp(8), data, generations=0
+        )
+    with pytest.raises(TypeError, match="`make_student` must be a function"):
+        tfkd.self_distillation.born_again(make_mlp(8), data)
+    with pytest.raises(TypeError, match="`make_student` must return"):
+        tfkd.self_distillation.born_again(lambda: "model", data, verbose=0)

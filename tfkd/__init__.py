@@ -10,6 +10,7 @@ from tfkd import callbacks
 from tfkd import export
 from tfkd import losses
 from tfkd import quantization
+from tfkd import self_distillation
 from tfkd import teachers
 from tfkd._keras import KERAS_NAME
 from tfkd._keras import keras
@@ -26,5 +27,6 @@ __all__ = [
     "keras",
     "losses",
     "quantization",
+    "self_distillation",
     "teachers",
 ]
