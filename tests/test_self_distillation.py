@@ -6,9 +6,15 @@ NumPy and against one device (two replicas of MirroredStrategy on the two
 logical CPUs of conftest.py).
 """
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import REPO_ROOT
 from conftest import make_cnn
 from conftest import make_mlp
 from conftest import mirrored_strategy
@@ -530,3 +536,31 @@ def test_born_again_arguments_are_checked():
         tfkd.self_distillation.born_again(make_mlp(8), data)
     with pytest.raises(TypeError, match="`make_student` must return"):
         tfkd.self_distillation.born_again(lambda: "model", data, verbose=0)
+
+
+# The example script, end to end on the offline mnist_5k.
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["tf_kd", "pskd", "ema", "born_again"])
+def test_self_distill_example_runs_each_method(method, data_dir, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "examples.self_distill", f"--method={method}"]
+        + ["--student=student_cnn", "--epochs=1", f"--data_dir={data_dir}"]
+        + ["--train_examples=64", "--test_examples=32", "--verbose=0"]
+        + [f"--output_dir={tmp_path}"],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert f"self-distilled with {method}: test accuracy" in result.stdout
+    assert (tmp_path / "student.keras").exists()
+    with open(tmp_path / "history.json") as f:
+        history = json.load(f)
+    if method == "born_again":
+        assert sorted(history) == ["generation_0", "generation_1"]
+    else:
+        assert len(history["val_accuracy"]) == 1
