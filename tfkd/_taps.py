@@ -114,6 +114,18 @@ def feature_shape(model, layer_name):
     return shapes[layer_name]
 
 
+def layer_names(terms, role):
+    """The sorted names of the layers that `terms`' methods tap, on one side
+    (`role`: `"teacher_layer"` or `"student_layer"`)."""
+    return sorted(
+        {
+            getattr(term.method, role)
+            for term in terms
+            if getattr(term.method, role) is not None
+        }
+    )
+
+
 def make_adapters(teacher, student, losses):
     """One learnable adapter per term whose feature widths differ."""
     adapters = []

@@ -61,6 +61,12 @@ class DistillationLoss(keras.losses.Loss):
         requires_matching_width: teacher and student features must have the
             same last dimension; the `Distiller` inserts a learnable adapter
             when they differ.
+        feature_rank: the rank (batch axis included) that the tapped
+            features must have, e.g. 4 for NHWC maps; `None` for any. The
+            `Distiller` checks the tapped layers' shapes when it is built.
+        reads_class_logits: the method is a softmax over the classes of one
+            output (`KD`, `DKD`, `DIST`): the `Distiller` refuses it on an
+            output with one logit, whose softmax is constant.
         needs_all_logits: the method reads every teacher logit (their
             values), not only the teacher's softmax. A `top_k` teacher
             cache (`tfkd.cache_teacher_outputs`) keeps the softmax of the
@@ -89,6 +95,8 @@ class DistillationLoss(keras.losses.Loss):
     accepts_sample_weight = False
     requires_labels = False
     requires_matching_width = False
+    feature_rank = None
+    reads_class_logits = False
     needs_all_logits = True
     _hyperparameters = ()
     _may_be_zero = ()
