@@ -232,9 +232,9 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         # A one-logit head is binary (its softmax would be constant), unless
         # `compile` gives it a regression loss.
         self._one_logit = [s is not None and s[-1] == 1 for s in shapes]
-        adapters = _taps.make_adapters(
-            teacher, student, [term.method for term in terms]
-        )
+        methods = [term.method for term in terms]
+        _taps.check_feature_ranks(teacher, student, methods)
+        adapters = _taps.make_adapters(teacher, student, methods)
         self._terms = [
             dataclasses.replace(
                 term,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
 import tensorflow as tf
@@ -201,3 +204,53 @@ class DistillationLoss(keras.losses.Loss):
     @classmethod
     def from_config(cls, config: dict) -> DistillationLoss:
         return cls(**config)
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One entry of `tfkd.losses.METHODS`: a method and how it is used.
+
+    Attributes:
+        cls: the `DistillationLoss` class.
+        function: its pure TensorFlow function.
+        reads: what it reads: `"logits"`, `"maps"` (NHWC feature maps) or
+            `"features"` (a layer's output of any rank: vectors, maps).
+        weight: the weight against the cross-entropy that its paper (and
+            RepDistiller, for feature methods) uses: give it as
+            `(method, weight)`.
+        kwargs: the constructor's arguments of this entry (a variant such
+            as `kd_standardized`).
+        paper: the reference, `"Authors, venue year"`.
+    """
+
+    cls: type
+    function: Callable[..., Any]
+    reads: str
+    weight: float = 1.0
+    kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    paper: str = ""
+
+    def build(
+        self,
+        teacher_layer: str | None = None,
+        student_layer: str | None = None,
+        **kwargs: Any,
+    ) -> DistillationLoss:
+        """A new instance: this entry's arguments, then `kwargs`.
+
+        Feature methods take the two layer names; a logits method ignores a
+        hyper-parameter that it does not have (e.g. `temperature` for
+        `OutputMatching`), so one loop can build every logits method.
+
+        Example:
+            >>> tfkd.losses.METHODS["dkd"].build(temperature=2.0)
+            >>> tfkd.losses.METHODS["attention"].build("block2", "block2")
+        """
+        arguments = {**self.kwargs, **kwargs}
+        if "temperature" not in self.cls._hyperparameters:
+            arguments.pop("temperature", None)
+        if teacher_layer is not None or student_layer is not None:
+            arguments.update(
+                teacher_layer=teacher_layer, student_layer=student_layer
+            )
+        return self.cls(**arguments)
