@@ -2,10 +2,12 @@
 
 Over 400 lines on purpose: the one public class, Keras' `Model` API that it
 overrides (`compile`, `fit`, `train_step`, `test_step`, configs) and the
-docs users read with `help()` (a quarter of the file). The work is in
-functions of their own modules: the objective (`_objective`), the methods
-(`_methods`), argument checks (`_validation`), augmentation (`_augment`),
-layer taps (`_taps`), the teacher's logs (`_teacher_logs`).
+docs users read with `help()` (a quarter of the file). The rest is Keras
+glue; the work is in functions of their own modules: the objective
+(`_objective.compute`), the terms and their defaults (`_methods.Term`), the
+output pairing (`_pairing`), `compile`'s checks (`_compiling`), argument
+checks (`_validation`), augmentation (`_augment`), layer taps (`_taps`),
+saving (`_saving`), the teacher's logs (`_teacher_logs`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import tensorflow as tf
 
 from tfkd import _augment
 from tfkd import _cache_format
+from tfkd import _compiling
 from tfkd import _keras
 from tfkd import _loss_scale
 from tfkd import _methods
@@ -169,25 +172,8 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         super().__init__(**kwargs)
         if isinstance(teacher, (list, tuple, dict)):
             teacher = teachers.ensemble(teacher)
-        for role, model in (("teacher", teacher), ("student", student)):
-            if not isinstance(model, keras.Model):
-                raise TypeError(
-                    f"`{role}` must be a `{_keras.KERAS_NAME}.Model`. "
-                    f"Received: {role}={model!r} of type "
-                    f"{type(model).__name__}. (Models built with the other "
-                    f"Keras cannot be mixed: tfkd uses {_keras.KERAS_NAME}, "
-                    "see TF_USE_LEGACY_KERAS.)"
-                )
-        if student is teacher:
-            raise ValueError(
-                f"The student is the teacher itself ({teacher.name!r}). Pass a "
-                "separate, trainable student model."
-            )
-        alpha = check_positive("alpha", alpha, allow_zero=True)
-        if alpha > 1:
-            raise ValueError(
-                f"`alpha` must be in [0, 1]. Received: alpha={alpha}"
-            )
+        _validation.check_models(teacher, student)
+        alpha = _validation.check_alpha(alpha)
         if temperature is not None:
             check_positive("temperature", temperature)
         augment = _augment.check_augment(augment)
@@ -248,11 +234,11 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         self._apply_output_defaults([None] * len(self._output_names))
         _methods.check_class_logits(self._terms, shapes, self._output_names)
 
-        self._loss_tracker_total = keras.metrics.Mean(name="loss")
-        self._student_loss_tracker = keras.metrics.Mean(name="student_loss")
-        self._distillation_loss_tracker = keras.metrics.Mean(
-            name="distillation_loss"
-        )
+        # The means of the total, hard-label and distillation terms.
+        self._loss_trackers = [
+            keras.metrics.Mean(name=name)
+            for name in ("loss", "student_loss", "distillation_loss")
+        ]
         self._student_loss_fns = [None] * len(self._output_names)
         self._compile_arguments = None
         # Nothing is left to build once both models are: mark the Distiller
@@ -328,84 +314,27 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
             **kwargs: forwarded to `keras.Model.compile` (`jit_compile`,
                 `steps_per_execution`, `weighted_metrics`, ...).
         """
-        if "loss_weights" in kwargs:
-            raise ValueError(
-                "`loss_weights` is not used by the Distiller: weigh the "
-                "student loss with `alpha` and the methods with "
-                "`(method, weight)` tuples."
-            )
-        self._student_loss_fns = _validation.resolve_student_losses(
-            loss, self._output_names
+        self._student_loss_fns = _compiling.student_losses(
+            loss, self._output_names, float(self.alpha.numpy()), kwargs
         )
-        alpha = float(self.alpha.numpy())
-        if alpha > 0 and all(fn is None for fn in self._student_loss_fns):
-            raise ValueError(
-                f"alpha={alpha:g} weighs a hard-label student "
-                "loss, but `compile` got no `loss`. Pass e.g. "
-                "`loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)`"
-                ", or use `alpha=0.0` for pure distillation."
-            )
         self._apply_output_defaults(
             _validation.losses_per_output(loss, self._output_names)
         )
-        # Copies, as given: tf_keras renames a multi-output model's metric
-        # objects in place (`large_binary_accuracy`), and these recompile
-        # other models (a loaded Distiller, the teacher's evaluation).
-        self._compile_arguments = dict(
-            loss=loss,
-            metrics=_validation.copy_metrics(metrics),
-            **{
-                key: kwargs[key]
-                for key in ("weighted_metrics", "jit_compile", "run_eagerly")
-                if key in kwargs
-            },
+        self._compile_arguments = _compiling.kept_arguments(
+            loss, metrics, kwargs
         )
-        if "weighted_metrics" in self._compile_arguments:
-            self._compile_arguments["weighted_metrics"] = (
-                _validation.copy_metrics(kwargs["weighted_metrics"])
-            )
         if len(self._output_names) > 1:
             # Keras maps per-output metrics by these names.
             self.output_names = list(self._output_names)
         super().compile(
             optimizer=optimizer, loss=None, metrics=metrics, **kwargs
         )
-        self._compile_student(optimizer, loss, metrics)
-
-    def _compile_student(self, optimizer, loss, metrics):
-        """Compiles an uncompiled student so `student.evaluate` just works.
-
-        It gets the hard-label loss, its own copies of the metrics and a fresh
-        optimizer of the same configuration (never the Distiller's).
-        """
-        student = self.student
-        if not _keras.is_compiled(student):
-            if isinstance(loss, str):
-                loss = _validation.STUDENT_LOSSES[loss]()
-            if not isinstance(optimizer, str):
-                optimizer = type(optimizer).from_config(optimizer.get_config())
-            if isinstance(metrics, (list, tuple)):
-                metrics = [_validation.copy_metric(m) for m in metrics]
-            student.compile(optimizer=optimizer, loss=loss, metrics=metrics)
-        if student.built and getattr(student, "optimizer", None) is not None:
-            # Built now, so that a saved Distiller holds the optimizer that
-            # `load_model` rebuilds (else Keras warns that it skipped it).
-            _keras.build_optimizer(
-                student.optimizer, student.trainable_variables
-            )
+        _compiling.compile_student(self.student, optimizer, loss, metrics)
 
     def get_compile_config(self) -> dict | None:
         """What `compile` got, so that `keras.models.load_model` recompiles
         the Distiller (and then restores its optimizer's state)."""
-        if self._compile_arguments is None or not _keras.is_compiled(self):
-            return {} if not _keras.IS_LEGACY else None
-        serialize = keras.saving.serialize_keras_object
-        config = {
-            key: serialize(value)
-            for key, value in self._compile_arguments.items()
-        }
-        config["optimizer"] = serialize(self.optimizer)
-        return config
+        return _compiling.compile_config(self, self._compile_arguments)
 
     def compile_from_config(self, config: dict) -> None:
         """Recompiles from `get_compile_config()`; builds the optimizer so
@@ -447,11 +376,7 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
 
     @property
     def metrics(self) -> list:
-        return [
-            self._loss_tracker_total,
-            self._student_loss_tracker,
-            self._distillation_loss_tracker,
-        ] + _keras.compiled_metrics(self)
+        return list(self._loss_trackers) + _keras.compiled_metrics(self)
 
     def call(self, inputs: Any, training: bool = False) -> Any:
         inputs, _ = self._split_inputs(inputs)
@@ -553,30 +478,7 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
     def from_config(
         cls, config: dict, custom_objects: dict | None = None
     ) -> Distiller:
-        _saving.check_keras_mode(config)
-        config = dict(config)
-        config.pop("keras", None)
-        # Also for files saved before the teacher's compile state was left
-        # out: its optimizer's state would not load ("Skipping variable
-        # loading for optimizer").
-        config["teacher"] = _saving.without_compile(config["teacher"])
-        deserialize = keras.saving.deserialize_keras_object
-        for key in ("teacher", "student"):
-            config[key] = deserialize(
-                config[key], custom_objects=custom_objects
-            )
-        config["augment"] = _augment.deserialize(
-            config.get("augment"), custom_objects=custom_objects
-        )
-        config["distillation_loss"] = _methods.distillation_loss_from_terms(
-            [
-                (deserialize(entry[0], custom_objects=custom_objects),)
-                + tuple(entry[1:])
-                for entry in config["distillation_loss"]
-            ],
-            len(_validation.output_names(config["student"])),
-        )
-        return cls(**config)
+        return cls(**_saving.distiller_arguments(config, custom_objects))
 
     # Internals.
 
@@ -598,7 +500,7 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
     ):
         """This replica's share of the total loss (`tfkd._objective`);
         updates the loss trackers."""
-        total, hard, distillation = _objective.compute(
+        terms = _objective.compute(
             self._terms,
             self.alpha,
             self._student_loss_fns,
@@ -619,13 +521,9 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         local_batch = tf.cast(
             tf.shape(tf.nest.flatten(student_outputs[0])[0])[0], tf.float32
         )
-        for tracker, value in (
-            (self._loss_tracker_total, total.mean),
-            (self._student_loss_tracker, hard.mean),
-            (self._distillation_loss_tracker, distillation.mean),
-        ):
-            tracker.update_state(value, sample_weight=local_batch)
-        return total.share
+        for tracker, term in zip(self._loss_trackers, terms):
+            tracker.update_state(term.mean, sample_weight=local_batch)
+        return terms[0].share
 
     def _metrics_result(self, x, y, student_outputs, sample_weight):
         if y is not None:
@@ -633,12 +531,5 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         else:
             # No labels: the compiled metrics have nothing to measure (and
             # are unbuilt); the loss trackers are the step's logs.
-            logs = {
-                tracker.name: tracker.result()
-                for tracker in (
-                    self._loss_tracker_total,
-                    self._student_loss_tracker,
-                    self._distillation_loss_tracker,
-                )
-            }
+            logs = {t.name: t.result() for t in self._loss_trackers}
         return self._step_logs(logs)
