@@ -41,8 +41,15 @@ def test_method_trains_under_xla_and_the_student_improves(
     teacher = make_cnn(8, channels=3, name="teacher", seed=1)
     teacher.set_weights(teacher_weights)
     student = make_cnn(4, channels=3, name="student", seed=4)
+    terms = METHODS[method]()
+    # A teacher-free regularizer (TeacherFreeKD's near-uniform virtual
+    # teacher) grows as the student leaves its near-uniform start.
+    reads_teacher = all(
+        getattr(term, "requires_teacher", True)
+        for term in (terms if isinstance(terms, list) else [terms])
+    )
     distiller = tfkd.Distiller(
-        teacher, student, distillation_loss=METHODS[method](), alpha=0.5
+        teacher, student, distillation_loss=terms, alpha=0.5
     )
     distiller.compile(
         keras.optimizers.Adam(0.01),
@@ -55,7 +62,8 @@ def test_method_trains_under_xla_and_the_student_improves(
     after = distiller.evaluate(x_test, y_test, return_dict=True, verbose=0)
     losses = history.history["distillation_loss"]
     assert np.all(np.isfinite(history.history["loss"]))
-    assert after["distillation_loss"] < before["distillation_loss"], losses
+    if reads_teacher:
+        assert after["distillation_loss"] < before["distillation_loss"], losses
     assert after["loss"] < before["loss"]
     np.testing.assert_allclose(
         after["loss"],

@@ -83,6 +83,17 @@ METHODS = types.MappingProxyType(
             30000.0,
             paper="Passalis & Tefas, ECCV 2018",
         ),
+        # Self-distillation: the labels' virtual teacher (no teacher read),
+        # and past predictions (a snapshot of the student as the teacher).
+        "teacher_free": Method(
+            TeacherFreeKD,
+            teacher_free_loss,
+            "logits",
+            paper="Yuan et al., CVPR 2020",
+        ),
+        "pskd": Method(
+            PSKD, pskd_loss, "logits", paper="Kim et al., ICCV 2021"
+        ),
     }
 )
 
