@@ -12,7 +12,9 @@ training, so that the extra forward passes of each method show:
 - `pskd`: PS-KD, the student's predictions of the previous epoch
   (`tfkd.teachers.snapshot` + `tfkd.losses.PSKD`, `PSKDSchedule`);
 - `ema`: a moving average of the student's weights as the teacher
-  (`tfkd.teachers.moving_average`, KD at T=2);
+  (`tfkd.teachers.moving_average`, decay 0.99, KD at T=2, `alpha=0.5`);
+- `ema_dist`: the same teacher with tfkd's default method (DIST,
+  `alpha=0.1`), added after the first run;
 - `born_again`: generation 2 of born-again networks, distilled (KD at T=1,
   labels unused) from the `alone` student of the same seed: its time is its
   own training, the generation before it costs the `alone` time again;
@@ -56,7 +58,15 @@ from tfkd import keras
 
 FLAGS = flags.FLAGS
 DATASETS = ("fashion_mnist", "cifar10")
-RECIPES = ("alone", "tf_kd", "pskd", "ema", "born_again", "teacher_dist")
+RECIPES = (
+    "alone",
+    "tf_kd",
+    "pskd",
+    "ema",
+    "ema_dist",
+    "born_again",
+    "teacher_dist",
+)
 BATCH_SIZE = 128
 STUDENT = "student_cnn"
 
@@ -124,6 +134,12 @@ def _model(recipe, student, teacher, previous):
             student,
             tfkd.losses.KD(temperature=2.0),
             alpha=0.5,
+        ), []
+    if recipe == "ema_dist":
+        return tfkd.Distiller(
+            tfkd.teachers.moving_average(student, decay=0.99),
+            student,
+            tfkd.losses.DIST(),
         ), []
     if recipe == "born_again":
         return tfkd.Distiller(
