@@ -30,6 +30,7 @@ RUNNABLE = {
     "docs/distillation.md": False,
     "docs/methods.md": False,
     "docs/edge.md": False,
+    "docs/self_distillation.md": False,
     "docs/tfmot.md": True,
 }
 README_MAX_BYTES = 12_000
@@ -239,7 +240,10 @@ def test_tfmot_page_runs_qat_and_pruning(tmp_path):
     assert re.search(r"^pruned: 7[45]% zeros", stdout, re.MULTILINE)
 
 
-@pytest.mark.parametrize("page", ["docs/distillation.md", "docs/methods.md"])
+@pytest.mark.parametrize(
+    "page",
+    ["docs/distillation.md", "docs/methods.md", "docs/self_distillation.md"],
+)
 def test_docs_page_runs_and_prints_what_it_states(page, tmp_path):
     stated = _stated_outputs(_script(page))
     assert stated, f"{page} states no output"
