@@ -50,33 +50,40 @@ from examples import training
 from tfkd import keras
 
 FLAGS = flags.FLAGS
-cli.define(
-    "dataset",
-    "data_dir",
-    "source_dir",
-    "train_examples",
-    "test_examples",
-    "epochs",
-    "seeds",
-    "batch_size",
-    "calibration_examples",
-    "output_dir",
-    common=(),
-    dataset="cifar10",
-    source_dir=(None, strong_teachers.SOURCE_DIR_HELP),
-    train_examples=10_000,
-    test_examples=2_000,
-    epochs=(15, "Float training epochs."),
-    seeds=2,
-    calibration_examples=500,
-    output_dir=(strong_teachers.RESULTS_DIR, "Results folder."),
-)
-flags.DEFINE_integer(
-    "qat_epochs",
-    3,
-    "Fine-tuning epochs (QAT and its float references).",
-    lower_bound=1,
-)
+
+
+def define_flags(flag_values=FLAGS):
+    """Defines this script's flags in `flag_values` (tests: a new one)."""
+    fv = dict(flag_values=flag_values)
+    cli.define(
+        "dataset",
+        "data_dir",
+        "source_dir",
+        "train_examples",
+        "test_examples",
+        "epochs",
+        "seeds",
+        "batch_size",
+        "calibration_examples",
+        "output_dir",
+        common=(),
+        dataset="cifar10",
+        source_dir=(None, strong_teachers.SOURCE_DIR_HELP),
+        train_examples=10_000,
+        test_examples=2_000,
+        epochs=(15, "Float training epochs."),
+        seeds=2,
+        calibration_examples=500,
+        output_dir=(strong_teachers.RESULTS_DIR, "Results folder."),
+        **fv,
+    )
+    flags.DEFINE_integer(
+        "qat_epochs",
+        3,
+        "Fine-tuning epochs (QAT and its float references).",
+        lower_bound=1,
+        **fv,
+    )
 
 
 class _StepTimer(keras.callbacks.Callback):
@@ -297,4 +304,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

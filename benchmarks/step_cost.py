@@ -58,25 +58,43 @@ from examples import training
 from tfkd import keras
 
 FLAGS = flags.FLAGS
-cli.define(
-    "dataset",
-    "data_dir",
-    "source_dir",
-    "train_examples",
-    "batch_size",
-    "output_dir",
-    common=(),
-    output_dir=(strong_teachers.RESULTS_DIR, "Results folder."),
-)
-flags.DEFINE_integer(
-    "rounds", 40, "Timed epochs per contender, interleaved.", lower_bound=1
-)
-flags.DEFINE_bool(
-    "memory", True, "Measure peak RSS, one subprocess per contender."
-)
-flags.DEFINE_string(
-    "memory_run", None, "Internal: run one contender, print its peak RSS."
-)
+
+
+def define_flags(flag_values=FLAGS):
+    """Defines this script's flags in `flag_values` (tests: a new one)."""
+    fv = dict(flag_values=flag_values)
+    cli.define(
+        "dataset",
+        "data_dir",
+        "source_dir",
+        "train_examples",
+        "batch_size",
+        "output_dir",
+        common=(),
+        output_dir=(strong_teachers.RESULTS_DIR, "Results folder."),
+        **fv,
+    )
+    flags.DEFINE_integer(
+        "rounds",
+        40,
+        "Timed epochs per contender, interleaved.",
+        lower_bound=1,
+        **fv,
+    )
+    flags.DEFINE_bool(
+        "memory",
+        True,
+        "Measure peak RSS, one subprocess per contender.",
+        **fv,
+    )
+    flags.DEFINE_enum(
+        "memory_run",
+        None,
+        list(CONTENDERS),
+        "Internal: run one contender, print its peak RSS.",
+        **fv,
+    )
+
 
 TEMPERATURE = 4.0
 ALPHA = 0.1  # Weight of the hard-label loss.
@@ -426,4 +444,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -1,7 +1,6 @@
 """The benchmarks' strong teachers: recipes, data, and `load_teacher`.
 
-Flag-free, so that every benchmark script can import it (absl flags are
-defined at import: scripts cannot import each other). `train_teachers.py`
+Flag-free, so that every benchmark script can import it. `train_teachers.py`
 trains the teachers with `RECIPES` and writes their weights to
 `benchmarks/teachers/<dataset>_<model>.weights.h5`; the distillation
 benchmarks rebuild them with `load_teacher`.

@@ -49,50 +49,59 @@ from examples import training
 from tfkd import keras
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list(
-    "dataset",
-    ["fashion_mnist", "cifar10"],
-    f"Teachers to train, by data set: of {sorted(strong_teachers.RECIPES)}.",
-)
-flags.register_validator(
-    "dataset",
-    lambda names: (
-        bool(names) and all(name in strong_teachers.RECIPES for name in names)
-    ),
-    message=f"--dataset takes names of {sorted(strong_teachers.RECIPES)}.",
-)
-cli.define(
-    "epochs",
-    "batch_size",
-    "train_examples",
-    "test_examples",
-    "seed",
-    "data_dir",
-    "source_dir",
-    "output_dir",
-    common=(),
-    epochs=(
-        None,
-        "Training epochs. Default: the data set's recipe ("
-        + ", ".join(
-            f"{k} {r.epochs}" for k, r in strong_teachers.RECIPES.items()
-        )
-        + ").",
-    ),
-    batch_size=128,
-    output_dir=(
-        strong_teachers.BENCHMARKS_DIR,
-        "Writes teachers/<dataset>_<model>.weights.h5 and "
-        "results/teachers.json and .md here.",
-    ),
-    source_dir=(None, strong_teachers.SOURCE_DIR_HELP),
-)
-flags.DEFINE_string(
-    "backup_dir",
-    os.path.join("~", ".cache", "tfkd", "benchmarks"),
-    "Training state backups, one folder per teacher: re-running the same "
-    "command resumes from them.",
-)
+
+
+def define_flags(flag_values=FLAGS):
+    """Defines this script's flags in `flag_values` (tests: a new one)."""
+    fv = dict(flag_values=flag_values)
+    flags.DEFINE_list(
+        "dataset",
+        ["fashion_mnist", "cifar10"],
+        "Teachers to train, by data set: of "
+        f"{sorted(strong_teachers.RECIPES)}.",
+        **fv,
+    )
+    flags.register_validator(
+        "dataset",
+        lambda names: (
+            bool(names) and set(names) <= set(strong_teachers.RECIPES)
+        ),
+        message=f"must name some of {sorted(strong_teachers.RECIPES)}",
+        **fv,
+    )
+    recipes = strong_teachers.RECIPES.items()
+    cli.define(
+        "epochs",
+        "batch_size",
+        "train_examples",
+        "test_examples",
+        "seed",
+        "data_dir",
+        "source_dir",
+        "output_dir",
+        common=(),
+        epochs=(
+            None,
+            "Training epochs. Default: the data set's recipe ("
+            + ", ".join(f"{k} {r.epochs}" for k, r in recipes)
+            + ").",
+        ),
+        batch_size=128,
+        output_dir=(
+            strong_teachers.BENCHMARKS_DIR,
+            "Writes teachers/<dataset>_<model>.weights.h5 and "
+            "results/teachers.json and .md here.",
+        ),
+        source_dir=(None, strong_teachers.SOURCE_DIR_HELP),
+        **fv,
+    )
+    flags.DEFINE_string(
+        "backup_dir",
+        os.path.join("~", ".cache", "tfkd", "benchmarks"),
+        "Training state backups, one folder per teacher: re-running the same "
+        "command resumes from them.",
+        **fv,
+    )
 
 
 def _read_epochs(path):
@@ -309,4 +318,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -4,6 +4,7 @@ The figures they write are the README's; these tests check that the scripts
 run and that what they write holds what the README quotes, not the figures.
 """
 
+import importlib
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import flags
 from conftest import REPO_ROOT
 
 from tfkd import _keras
@@ -35,6 +37,26 @@ def _run_module(module, *args):
 def _run(script, *args):
     """Runs `python -m benchmarks.<script> args` from the repository root."""
     return _run_module(f"benchmarks.{script.removesuffix('.py')}", *args)
+
+
+SCRIPTS = ("defaults", "qat", "step_cost", "train_teachers")
+
+
+def _flag_values(script):
+    """A new `flags.FlagValues` holding only `script`'s flags: its command
+    line parses in this process (absl's global FLAGS is left alone)."""
+    if REPO_ROOT not in sys.path:
+        sys.path.insert(0, REPO_ROOT)
+    module = importlib.import_module(f"benchmarks.{script}")
+    flag_values = flags.FlagValues()
+    module.define_flags(flag_values)
+    return flag_values
+
+
+def _parse(script, *args):
+    flag_values = _flag_values(script)
+    flag_values([script, *args])
+    return flag_values
 
 
 def _table_rows(path):
@@ -276,3 +298,87 @@ def test_qat_benchmark_compares_post_training_and_qat_int8(tmp_path):
     assert written["steps"][0]["qat_ms"] > 0
     assert written["args"]["train_examples"] == 96
     assert written["args"]["teacher"] == "resnet20"
+
+
+# In-process: the command lines.
+
+
+@pytest.mark.mode_independent
+def test_benchmarks_define_their_flags_only_when_asked():
+    """Importing every benchmark defines no flag (they import each other's
+    parts, and tests parse them in-process); `define_flags` does."""
+    before = set(flags.FLAGS)
+    for script in SCRIPTS:
+        _flag_values(script)
+    assert set(flags.FLAGS) == before
+    flag_values = _parse("defaults", "--datasets=mnist_5k", "--seeds=1")
+    assert flag_values.datasets == ["mnist_5k"] and flag_values.seeds == 1
+    defaults = importlib.import_module("benchmarks.defaults")
+    assert flag_values.recipes == defaults.DEFAULT_RECIPES
+    assert "alone" in defaults.DEFAULT_RECIPES
+    assert _parse("qat").dataset == "cifar10"
+    assert _parse("qat").qat_epochs == 3
+    assert _parse("step_cost", "--rounds=3", "--nomemory").memory is False
+    teachers = _parse("train_teachers", "--dataset=cifar10", "--epochs=2")
+    assert teachers.dataset == ["cifar10"] and teachers.epochs == 2
+
+
+# (script, bad flags, the error); the parse stops at the first bad flag.
+_BAD_FLAGS = [
+    (
+        "defaults",
+        ["--datasets=mnist_5k,svhn"],
+        "flag --datasets=['mnist_5k', 'svhn']: must name some of "
+        "['cifar10', 'fashion_mnist', 'mnist_5k'], not ['svhn']",
+    ),
+    (
+        "defaults",
+        ["--recipes=kd_t4_a0.1"],
+        "flag --recipes=['kd_t4_a0.1']: must include `alone` (the baseline)",
+    ),
+    (
+        "defaults",
+        ["--students=student_rnn"],
+        "flag --students=['student_rnn']: must name some of ['resnet20', "
+        "'student_cnn', 'student_mlp', 'student_separable', 'teacher_cnn'], "
+        "not ['student_rnn']",
+    ),
+    (
+        "defaults",
+        ["--epochs=2", "--short_epochs=5"],
+        "flags short_epochs=5, epochs=2: --short_epochs must be <= --epochs",
+    ),
+    (
+        "defaults",
+        ["--short_epochs=0"],
+        "flag --short_epochs=0: 0 is not a positive integer",
+    ),
+    (
+        "qat",
+        ["--qat_epochs=0"],
+        "flag --qat_epochs=0: 0 is not a positive integer",
+    ),
+    (
+        "step_cost",
+        ["--memory_run=student"],
+        "flag --memory_run=student: value should be one of <student alone|",
+    ),
+    (
+        "train_teachers",
+        ["--dataset=mnist_5k"],
+        "flag --dataset=['mnist_5k']: must name some of ['cifar10', "
+        "'fashion_mnist']",
+    ),
+]
+
+
+@pytest.mark.mode_independent
+@pytest.mark.parametrize(
+    "script, bad_flags, error",
+    _BAD_FLAGS,
+    ids=[f"{script}-{flags[0][2:]}" for script, flags, _ in _BAD_FLAGS],
+)
+def test_bad_flags_stop_a_benchmark_before_any_work(script, bad_flags, error):
+    with pytest.raises(flags.IllegalFlagValueError) as raised:
+        _parse(script, *bad_flags)
+    assert error in str(raised.value)
