@@ -166,7 +166,6 @@ def define_flags(flag_values=FLAGS):
             None,
             "Training examples kept (default: per data set).",
         ),
-        source_dir=(None, strong_teachers.SOURCE_DIR_HELP),
         output_dir=(strong_teachers.RESULTS_DIR, "Results folder."),
         **fv,
     )
@@ -311,13 +310,9 @@ def _run_dataset(name):
     kept, batch = SETTINGS[name]
     kept = FLAGS.train_examples or kept
     load = dict(data_dir=FLAGS.data_dir, source_dir=FLAGS.source_dir)
-    images, labels = strong_teachers.load_arrays(
-        name, "train", num_examples=kept, **load
-    )
+    images, labels = data.arrays(name, "train", num_examples=kept, **load)
     train = (images.astype(np.float32) / 255.0, labels)
-    test = data.from_arrays(
-        *strong_teachers.load_arrays(name, "test", **load), batch_size=1000
-    )
+    test = data.from_arrays(*data.arrays(name, "test", **load), batch_size=1000)
     teacher, teacher_accuracy = _teacher(name, train, test, batch)
     print(f"{name}: teacher {100 * teacher_accuracy:.2f}%", flush=True)
     cached = tfkd.cache_teacher_outputs(

@@ -68,7 +68,6 @@ def define_flags(flag_values=FLAGS):
         "output_dir",
         common=(),
         dataset="cifar10",
-        source_dir=(None, strong_teachers.SOURCE_DIR_HELP),
         train_examples=10_000,
         test_examples=2_000,
         epochs=(15, "Float training epochs."),
@@ -236,10 +235,10 @@ def main(argv):
             "TF_USE_LEGACY_KERAS=1."
         )
     load = dict(data_dir=FLAGS.data_dir, source_dir=FLAGS.source_dir)
-    images, labels = strong_teachers.load_arrays(
+    images, labels = data.arrays(
         FLAGS.dataset, "train", num_examples=FLAGS.train_examples, **load
     )
-    test = strong_teachers.load_arrays(
+    test = data.arrays(
         FLAGS.dataset, "test", num_examples=FLAGS.test_examples, **load
     )
     test_examples = len(test[1])

@@ -92,7 +92,6 @@ def define_flags(flag_values=FLAGS):
             "Writes teachers/<dataset>_<model>.weights.h5 and "
             "results/teachers.json and .md here.",
         ),
-        source_dir=(None, strong_teachers.SOURCE_DIR_HELP),
         **fv,
     )
     flags.DEFINE_string(
@@ -162,10 +161,10 @@ def train(dataset):
     recipe = strong_teachers.RECIPES[dataset]
     epochs = FLAGS.epochs or recipe.epochs
     load = dict(data_dir=FLAGS.data_dir, source_dir=FLAGS.source_dir)
-    images, labels = strong_teachers.load_arrays(
+    images, labels = data.arrays(
         dataset, "train", num_examples=FLAGS.train_examples, **load
     )
-    test = strong_teachers.load_arrays(
+    test = data.arrays(
         dataset, "test", num_examples=FLAGS.test_examples, **load
     )
     test_examples = len(test[1])

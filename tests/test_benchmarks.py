@@ -241,7 +241,7 @@ def test_train_teachers_resumes_and_writes_a_loadable_teacher(tmp_path):
     teacher = strong_teachers.load_teacher(
         "cifar10", weights_dir=tmp_path / "out" / "teachers"
     )
-    images, labels = strong_teachers.load_arrays(
+    images, labels = data.arrays(
         "cifar10",
         "test",
         data_dir=str(tmp_path / "tfds"),
