@@ -27,8 +27,6 @@ import dataclasses
 import fcntl
 import json
 import os
-import platform
-import sys
 import tempfile
 import time
 
@@ -43,6 +41,7 @@ from examples import cli
 from examples import data
 from examples import methods
 from examples import models
+from examples import report
 from examples import training
 from tfkd import keras
 
@@ -332,12 +331,7 @@ def _run_dataset(name):
         "teacher": teacher.name,
         "teacher_accuracy": teacher_accuracy,
         "accuracies": accuracies,
-        "command": " ".join(["python -m benchmarks.defaults", *sys.argv[1:]]),
-        "machine": (
-            f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU "
-            f"(shared); Python {platform.python_version()}, tensorflow "
-            f"{tf.__version__}, {tfkd.KERAS_NAME} {keras.__version__}"
-        ),
+        **report.header(),
     }
     for seed in range(FLAGS.seeds):
         for student in FLAGS.students:
@@ -511,7 +505,7 @@ def _markdown(results):
             f"{result['test_examples']:,} test, batch "
             f"{result['batch_size']}, teacher {result['teacher']}, "
             f"{result['seeds']} seeds; "
-            f"{result['seconds']:.0f} s on {result['machine']}: "
+            f"{result['seconds']:.0f} s on {report.describe(result)}: "
             f"`{result['command']}`"
         )
     return lines + [""]

@@ -31,7 +31,6 @@ Writes `qat.md` and `qat.json` to `--output_dir` (default:
 
 import json
 import os
-import platform
 import time
 
 import numpy as np
@@ -46,6 +45,7 @@ from benchmarks import strong_teachers
 from examples import cli
 from examples import data
 from examples import models
+from examples import report
 from examples import training
 from tfkd import keras
 
@@ -192,12 +192,13 @@ def _table(results, steps, parameters, args):
     lines = [
         f"# Keras 3 QAT vs post-training int8 ({args['dataset']})",
         "",
-        f"`python -m benchmarks.qat {args['command']}` on {args['machine']}"
-        f" (TF {tf.__version__}, Keras {keras.__version__}). A separable "
-        f"student ({parameters:,} parameters) trained {args['epochs']} "
-        f"epochs in float on {args['train_examples']:,} training images "
-        f"(crop + flip), then fine-tuned {args['qat_epochs']} more epochs "
-        f"(Adam 1e-4) on the labels or distilled from {args['teacher']} "
+        *report.markdown(args["header"], args["seconds"]),
+        "",
+        f"A separable student ({parameters:,} parameters) trained "
+        f"{args['epochs']} epochs in float on {args['train_examples']:,} "
+        "training images (crop + flip), then fine-tuned "
+        f"{args['qat_epochs']} more epochs (Adam 1e-4) on the labels or "
+        f"distilled from {args['teacher']} "
         "(tfkd's default, DIST), in float followed by post-training int8 or "
         f"quantization-aware; {args['test_examples']:,} test images; "
         f"{len(results)} seeds, mean +- std.",
@@ -227,6 +228,7 @@ def _table(results, steps, parameters, args):
 
 def main(argv):
     del argv
+    began = time.time()
     training.quiet_logs()
     tf.get_logger().setLevel("ERROR")
     if tfkd.KERAS_NAME == "tf_keras":
@@ -274,18 +276,8 @@ def main(argv):
         )
     args = {
         "dataset": FLAGS.dataset,
-        "command": " ".join(
-            f"--{name}={flags.FLAGS[name].value}"
-            for name in (
-                "dataset",
-                "train_examples",
-                "test_examples",
-                "epochs",
-                "qat_epochs",
-                "seeds",
-            )
-        ),
-        "machine": f"{os.cpu_count()} CPU cores ({platform.machine()})",
+        "header": report.header(),
+        "seconds": time.time() - began,
         "epochs": FLAGS.epochs,
         "qat_epochs": FLAGS.qat_epochs,
         "train_examples": len(labels),

@@ -39,7 +39,6 @@ Writes `benchmarks/results/step_cost.md` and `step_cost.json`.
 
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -54,6 +53,7 @@ from benchmarks import strong_teachers
 from examples import cli
 from examples import data
 from examples import models
+from examples import report
 from examples import training
 from tfkd import keras
 
@@ -388,11 +388,11 @@ def main(argv):
         if FLAGS.memory
         else {}
     )
-    command = "python -m benchmarks.step_cost " + " ".join(sys.argv[1:])
+    header = report.header()
     lines = [
         "# Step cost of distillation",
         "",
-        f"Command: `{command.strip()}`",
+        *report.markdown(header, time.time() - start),
         "",
         f"Data: {FLAGS.dataset} train, {steps} batches of "
         f"{FLAGS.batch_size}, in memory. Teacher `teacher_cnn`, student "
@@ -413,10 +413,6 @@ def main(argv):
         "limit, not remove, the noise, and CPU time is less disturbed by "
         "other jobs than wall time.",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU; "
-        f"Python {platform.python_version()}, tensorflow {tf.__version__}, "
-        f"keras {keras.__version__}. Run time {time.time() - start:.0f} s.",
-        "",
     ]
     print("\n".join(lines))
     os.makedirs(FLAGS.output_dir, exist_ok=True)
@@ -425,18 +421,13 @@ def main(argv):
     with open(os.path.join(FLAGS.output_dir, "step_cost.json"), "w") as f:
         json.dump(
             {
-                "command": command.strip(),
+                **header,
                 "dataset": FLAGS.dataset,
                 "steps_per_epoch": steps,
                 "batch_size": FLAGS.batch_size,
                 "epoch_seconds": times,
                 "cache_seconds": cache_seconds,
                 "memory_kib": memory,
-                "machine": {
-                    "cpu_count": os.cpu_count(),
-                    "tensorflow": tf.__version__,
-                    "keras": keras.__version__,
-                },
             },
             f,
             indent=1,

@@ -33,18 +33,15 @@ import dataclasses
 import json
 import math
 import os
-import platform
-import sys
-import time
 
 import tensorflow as tf
 from absl import app
 from absl import flags
 
-import tfkd
 from benchmarks import strong_teachers
 from examples import cli
 from examples import data
+from examples import report
 from examples import training
 from tfkd import keras
 
@@ -152,10 +149,6 @@ def _optimizer(recipe, total_steps):
     return optimizer
 
 
-def _command():
-    return " ".join(["python -m benchmarks.train_teachers", *sys.argv[1:]])
-
-
 def train(dataset):
     """Trains (or resumes) `dataset`'s teacher; returns its results row."""
     recipe = strong_teachers.RECIPES[dataset]
@@ -246,12 +239,7 @@ def train(dataset):
         "epoch_log": records,
         "recipe": dataclasses.asdict(recipe),
         "weights": os.path.relpath(path, FLAGS.output_dir),
-        "command": _command(),
-        "tensorflow": tf.__version__,
-        "keras": f"{tfkd.KERAS_NAME} {keras.__version__}",
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "date": time.strftime("%Y-%m-%d"),
+        **report.header(),
     }
 
 
@@ -284,9 +272,7 @@ def _markdown(rows):
             f"weight decay {recipe['weight_decay']:g}, random crops "
             f"(padding {recipe['crop_padding']})"
             + (" and flips" if recipe["flip"] else "")
-            + f". {row['cpu_count']} CPU cores, no GPU (shared); tensorflow "
-            f"{row['tensorflow']}, {row['keras']}, Python {row['python']}; "
-            f"{row['date']}."
+            + f". {report.describe(row)}."
         )
     lines.append("")
     return lines

@@ -38,6 +38,7 @@ import tfkd
 from examples import cli
 from examples import data
 from examples import models
+from examples import report
 from examples import training
 from tfkd import keras
 
@@ -256,14 +257,16 @@ def _write_results(runs, test, start):
         f"by LiteRT; {time.time() - start:.0f} s in all."
     )
     print(f"\n{table}\n\n{notes}")
+    header = report.header()
     with open(_path("results.md"), "w") as f:
-        f.write(f"{table}\n\n{notes}\n")
+        f.write("\n".join([*report.markdown(header), "", table, "", notes, ""]))
     int8 = runs[3]["tflite"]
     module = flags.FLAGS.get_flags_for_module(sys.modules[__name__])
     results = {
         "rows": rows,
         "int8": {k: v for k, v in int8.items() if np.isscalar(v)},
         "keras": tfkd.KERAS_NAME,
+        **header,
         "flags": {flag.name: flag.value for flag in module},
     }
     cli.write_json(_path("results.json"), results, indent=2, default=str)

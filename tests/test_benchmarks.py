@@ -4,9 +4,11 @@ The figures they write are the README's; these tests check that the scripts
 run and that what they write holds what the README quotes, not the figures.
 """
 
+import datetime
 import importlib
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -123,6 +125,9 @@ def test_defaults_benchmark_reads_two_schedules_and_accumulates(
         r for r in rows if r.startswith("| mnist_5k | student_cnn | 2 |")
     ]
     assert cnn_row.count("±") == 5  # alone and the four recipes
+    assert result["command"].startswith("python -m benchmarks.defaults ")
+    with open(tmp_path / "defaults.md") as f:
+        assert f" s on {result['machine']}; {result['date']}: `" in f.read()
 
 
 @pytest.mark.mode_independent  # Markdown from the committed JSON
@@ -163,6 +168,13 @@ def test_step_cost_benchmark_times_every_contender(data_dir, tmp_path):
     with open(tmp_path / "step_cost.json") as f:
         result = json.load(f)
     names = list(result["epoch_seconds"])
+    command = "python -m benchmarks.step_cost --rounds=2 --train_examples=256"
+    assert result["command"].startswith(command)
+    with open(tmp_path / "step_cost.md") as f:
+        lines = f.read().splitlines()
+    assert lines[2].startswith(f"Command: `{command} ")
+    machine = f"Machine: {result['machine']}; {result['date']}; "
+    assert lines[4].startswith(machine) and lines[4].endswith(" s.")
     assert len(rows) == len(names) == 6
     assert "tfkd, cached teacher" in names and "keras.io example" in names
     assert result["steps_per_epoch"] == 4  # 256 / 64
@@ -225,10 +237,15 @@ def test_train_teachers_resumes_and_writes_a_loadable_teacher(tmp_path):
     ]
     assert row["train_examples"] == 96 and row["test_examples"] == 48
     assert 0.0 <= row["test_accuracy"] <= 1.0 and row["train_seconds"] > 0
-    assert row["command"].endswith(" ".join(args + ["--epochs=2"]))
+    assert row["command"] == " ".join(
+        ["python -m benchmarks.train_teachers", *args, "--epochs=2"]
+    )
     assert "| cifar10 | resnet20 | 274,042 | 2 |" in "\n".join(
         _table_rows(tmp_path / "out" / "results" / "teachers.md")
     )
+    with open(tmp_path / "out" / "results" / "teachers.md") as f:
+        assert " CPU cores, " in row["machine"]
+        assert f". {row['machine']}; {row['date']}.\n" in f.read()
     weights = tmp_path / "out" / "teachers" / "cifar10_resnet20.weights.h5"
     assert os.path.getsize(weights) < 1_500_000  # No optimizer state.
 
@@ -298,6 +315,12 @@ def test_qat_benchmark_compares_post_training_and_qat_int8(tmp_path):
     assert written["steps"][0]["qat_ms"] > 0
     assert written["args"]["train_examples"] == 96
     assert written["args"]["teacher"] == "resnet20"
+    header = written["args"]["header"]
+    assert header["command"].startswith("python -m benchmarks.qat --epochs=1 ")
+    with open(tmp_path / "out" / "qat.md") as f:
+        lines = f.read().splitlines()
+    assert lines[2] == f"Command: `{header['command']}`"
+    assert lines[4].startswith(f"Machine: {header['machine']}; ")
 
 
 # In-process: the command lines.
@@ -382,3 +405,66 @@ def test_bad_flags_stop_a_benchmark_before_any_work(script, bad_flags, error):
     with pytest.raises(flags.IllegalFlagValueError) as raised:
         _parse(script, *bad_flags)
     assert error in str(raised.value)
+
+
+# In-process: the report header they share.
+
+
+def test_report_header_names_command_machine_and_date():
+    # In both modes: the Keras named is the one tfkd selected.
+    from examples import report
+
+    header = report.header("benchmarks.qat", ["--seeds=1", "--epochs=2"])
+    assert sorted(header) == ["command", "date", "machine"]
+    assert header["command"] == "python -m benchmarks.qat --seeds=1 --epochs=2"
+    today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    assert header["date"] == today
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    cores = f"{platform.machine()}, {os.cpu_count()} CPU cores"
+    versions = (
+        f"Python {platform.python_version()}, tensorflow {tf.__version__}, "
+        f"{_keras.KERAS_NAME} {_keras.keras.__version__}"
+    )
+    if gpus:  # "1 GPU (its name)"
+        assert header["machine"].startswith(f"{cores}, {gpus} GPU (")
+        assert header["machine"].endswith(f"); {versions}")
+    else:
+        assert header["machine"] == f"{cores}, no GPU; {versions}"
+    assert report.describe(header, 65.4) == (
+        f"{header['machine']}; {today}; 65 s"
+    )
+    # Results written before the date was recorded: the machine alone.
+    assert report.describe({"machine": "x86_64, 2 CPU cores"}) == (
+        "x86_64, 2 CPU cores"
+    )
+    assert report.markdown(header) == [
+        "Command: `python -m benchmarks.qat --seeds=1 --epochs=2`",
+        "",
+        f"Machine: {header['machine']}; {today}.",
+    ]
+
+
+@pytest.mark.mode_independent
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_benchmarks_write_the_shared_report_header(script):
+    """No benchmark describes the machine or its command itself: each
+    records `examples.report.header()`."""
+    with open(os.path.join(BENCHMARKS, f"{script}.py")) as f:
+        source = f.read()
+    assert "report.header()" in source
+    for own in ("platform.", "os.cpu_count", "tf.__version__", "sys.argv"):
+        assert own not in source, own
+
+
+@pytest.mark.mode_independent
+def test_teachers_report_renders_the_committed_rows():
+    """The committed teachers' rows hold the shared header, and the .md is
+    what `train_teachers` renders from them."""
+    train_teachers = importlib.import_module("benchmarks.train_teachers")
+    results = os.path.join(BENCHMARKS, "results")
+    with open(os.path.join(results, "teachers.json")) as f:
+        rows = json.load(f)["teachers"]
+    for row in rows.values():
+        assert {"command", "machine", "date"} <= set(row)
+    with open(os.path.join(results, "teachers.md")) as f:
+        assert f.read() == "\n".join(train_teachers._markdown(rows))

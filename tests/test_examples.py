@@ -659,9 +659,13 @@ def test_pipeline_writes_the_four_row_table(data_dir, tmp_path):
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert len(rows) == 5  # the header and four models
     assert "(2 seeds)" in rows[2] and "(2 seeds)" in rows[3]
+    assert table.startswith(
+        "Command: `python -m examples.pipeline --output_dir="
+    )
     with open(tmp_path / "results.json") as f:
         results = json.load(f)
     assert results["keras"] == _keras.KERAS_NAME
+    assert results["machine"] in table and results["date"] in table
     teacher, alone, distilled, int8 = results["rows"]
     assert int8["tflite"] == "int8" and int8["parameters"] == 25_450
     assert int8["size_bytes"] < distilled["size_bytes"] / 3
