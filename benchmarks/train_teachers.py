@@ -15,7 +15,7 @@ Resumable: `keras.callbacks.BackupAndRestore` backs the training state up in
 `--backup_dir/<dataset>_<model>` after every epoch; run the same command
 again after an interruption and it goes on from the last finished epoch (a
 larger `--epochs` goes on too, stretching the remaining schedule). One line
-per epoch on stdout (`examples.training.EpochLine`): the logs, learning
+per epoch on stdout (`examples.progress.EpochLine`): the logs, learning
 rate and seconds.
 
 Writes `teachers/<dataset>_<model>.weights.h5` and `results/teachers.json`
@@ -41,6 +41,7 @@ from absl import flags
 from benchmarks import strong_teachers
 from examples import cli
 from examples import data
+from examples import progress
 from examples import report
 from examples import training
 from tfkd import keras
@@ -206,7 +207,7 @@ def train(dataset):
         callbacks=[
             # The log first: an epoch logged but not backed up runs again,
             # and its second record replaces the first.
-            training.EpochLine(epochs, log_path),
+            progress.EpochLine(epochs, log_path),
             keras.callbacks.BackupAndRestore(
                 os.path.join(backup_dir, "keras"), delete_checkpoint=False
             ),
