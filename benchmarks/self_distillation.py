@@ -25,6 +25,9 @@ training, so that the extra forward passes of each method show:
 Adam 1e-3, constant, batch 128, no augmentation; every recipe of a seed sees
 the same batches in the same order.
 
+Data: the local source files of `--source_dir`, else of $TFKD_SOURCE_DIR
+(`examples.data.arrays`).
+
     python -m benchmarks.self_distillation                    # ~1 h on 2 cores
     python -m benchmarks.self_distillation --datasets=fashion_mnist \
         --seeds=1 --epochs=1 --train_examples=512 \
@@ -38,8 +41,6 @@ rest (so recipes can be added later).
 import fcntl
 import json
 import os
-import platform
-import sys
 import tempfile
 import time
 
@@ -53,6 +54,7 @@ from benchmarks import strong_teachers
 from examples import cli
 from examples import data
 from examples import models
+from examples import report
 from examples import training
 from tfkd import keras
 
@@ -70,31 +72,54 @@ RECIPES = (
 BATCH_SIZE = 128
 STUDENT = "student_cnn"
 
-_DATASETS = flags.DEFINE_list(
-    "datasets", list(DATASETS), f"Data sets, of {list(DATASETS)}."
-)
-_RECIPES = flags.DEFINE_list(
-    "recipes", list(RECIPES), f"Recipes, of {list(RECIPES)}."
-)
-cli.define(
-    "seeds",
-    "epochs",
-    "train_examples",
-    "data_dir",
-    "source_dir",
-    "output_dir",
-    common=(),
-    epochs=(20, "Training epochs of every recipe."),
-    train_examples=(10_000, "Training examples kept."),
-    source_dir=(None, strong_teachers.SOURCE_DIR_HELP),
-    output_dir=(strong_teachers.RESULTS_DIR, "Results folder."),
-)
-_TEACHERS_DIR = flags.DEFINE_string(
-    "teachers_dir", strong_teachers.WEIGHTS_DIR, "Benchmark teachers' weights."
-)
-_OUTPUT_NAME = flags.DEFINE_string(
-    "output_name", "self_distillation", "Results file names, no extension."
-)
+
+def _define_names(name, default, known, help_, *, flag_values):
+    """A list flag whose items must be in `known`."""
+    flags.DEFINE_list(
+        name, default, f"{help_} Of {list(known)}.", flag_values=flag_values
+    )
+
+    def check(names):
+        unknown = sorted(set(names) - set(known))
+        if not names or unknown:
+            raise flags.ValidationError(
+                f"must name some of {list(known)}, not {unknown or names}"
+            )
+        return True
+
+    flags.register_validator(name, check, flag_values=flag_values)
+
+
+def define_flags(flag_values=FLAGS):
+    """Defines this script's flags in `flag_values` (tests: a new one)."""
+    fv = dict(flag_values=flag_values)
+    _define_names("datasets", list(DATASETS), DATASETS, "Data sets.", **fv)
+    _define_names("recipes", list(RECIPES), RECIPES, "Recipes.", **fv)
+    cli.define(
+        "seeds",
+        "epochs",
+        "train_examples",
+        "data_dir",
+        "source_dir",
+        "output_dir",
+        common=(),
+        epochs=(20, "Training epochs of every recipe."),
+        train_examples=(10_000, "Training examples kept."),
+        output_dir=(strong_teachers.RESULTS_DIR, "Results folder."),
+        **fv,
+    )
+    flags.DEFINE_string(
+        "teachers_dir",
+        strong_teachers.WEIGHTS_DIR,
+        "Benchmark teachers' weights.",
+        **fv,
+    )
+    flags.DEFINE_string(
+        "output_name",
+        "self_distillation",
+        "Results file names, no extension.",
+        **fv,
+    )
 
 
 def _batches(source, size, seed):
@@ -169,18 +194,16 @@ def _run(recipe, train, cached, test, teacher, previous, seed):
 
 def _run_dataset(name):
     load = dict(data_dir=FLAGS.data_dir, source_dir=FLAGS.source_dir)
-    images, labels = strong_teachers.load_arrays(
+    images, labels = data.arrays(
         name, "train", num_examples=FLAGS.train_examples, **load
     )
     train = (images.astype(np.float32) / 255.0, labels)
-    test = data.from_arrays(
-        *strong_teachers.load_arrays(name, "test", **load), batch_size=1000
-    )
-    recipes = [r for r in RECIPES if r in _RECIPES.value]
+    test = data.from_arrays(*data.arrays(name, "test", **load), batch_size=1000)
+    recipes = [r for r in RECIPES if r in FLAGS.recipes]
     teacher = cached = None
     teacher_accuracy = None
     if "teacher_dist" in recipes:
-        teacher = strong_teachers.load_teacher(name, _TEACHERS_DIR.value)
+        teacher = strong_teachers.load_teacher(name, FLAGS.teachers_dir)
         teacher_accuracy = training.accuracy(teacher, test)
         cached = tfkd.cache_teacher_outputs(
             teacher,
@@ -193,14 +216,7 @@ def _run_dataset(name):
         "epochs": FLAGS.epochs,
         "teacher_accuracy": teacher_accuracy,
         "recipes": {r: {"accuracy": [], "seconds": []} for r in recipes},
-        "command": " ".join(
-            ["python -m benchmarks.self_distillation", *sys.argv[1:]]
-        ),
-        "machine": (
-            f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU "
-            f"(shared); Python {platform.python_version()}, tensorflow "
-            f"{tf.__version__}, {tfkd.KERAS_NAME} {keras.__version__}"
-        ),
+        **report.header(),
     }
     for seed in range(FLAGS.seeds):
         previous = None
@@ -230,9 +246,9 @@ def _run_dataset(name):
 def _save(name, result):
     """Merges `result` into the results files, under a lock."""
     os.makedirs(FLAGS.output_dir, exist_ok=True)
-    path = os.path.join(FLAGS.output_dir, _OUTPUT_NAME.value)
+    path = os.path.join(FLAGS.output_dir, FLAGS.output_name)
     lock_path = os.path.join(
-        tempfile.gettempdir(), f"tfkd_{_OUTPUT_NAME.value}.lock"
+        tempfile.gettempdir(), f"tfkd_{FLAGS.output_name}.lock"
     )
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -305,7 +321,7 @@ def markdown(results):
         lines.append(
             f"- {name}: {result['train_examples']:,} train / "
             f"{result['test_examples']:,} test, batch {BATCH_SIZE}, Adam "
-            f"1e-3; {result['machine']}; "
+            f"1e-3; {report.describe(result)}; "
             + "; ".join(
                 f"`{c}`" for c in dict.fromkeys(result.get("commands", []))
             )
@@ -316,18 +332,12 @@ def markdown(results):
 def main(argv):
     del argv
     tf.get_logger().setLevel("ERROR")
-    for flag, known in ((_DATASETS, DATASETS), (_RECIPES, RECIPES)):
-        unknown = sorted(set(flag.value) - set(known))
-        if unknown:
-            raise app.UsageError(
-                f"Unknown --{flag.name}: {unknown}. Expected some of "
-                f"{list(known)}."
-            )
     lines = []
-    for name in _DATASETS.value:
+    for name in FLAGS.datasets:
         lines = _run_dataset(name)
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -41,7 +41,13 @@ def _run(script, *args):
     return _run_module(f"benchmarks.{script.removesuffix('.py')}", *args)
 
 
-SCRIPTS = ("defaults", "qat", "step_cost", "train_teachers")
+SCRIPTS = (
+    "defaults",
+    "qat",
+    "self_distillation",
+    "step_cost",
+    "train_teachers",
+)
 
 
 def _flag_values(script):

@@ -564,3 +564,32 @@ def test_self_distill_example_runs_each_method(method, data_dir, tmp_path):
         assert sorted(history) == ["generation_0", "generation_1"]
     else:
         assert len(history["val_accuracy"]) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("TFKD_SOURCE_DIR"),
+    reason="needs the local Fashion-MNIST files ($TFKD_SOURCE_DIR)",
+)
+def test_self_distillation_benchmark_writes_each_recipe(tmp_path):
+    recipes = ["alone", "tf_kd", "pskd", "ema", "born_again"]
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.self_distillation"]
+        + ["--datasets=fashion_mnist", "--seeds=1", "--epochs=1"]
+        + ["--train_examples=256", f"--recipes={','.join(recipes)}"]
+        + [f"--output_dir={tmp_path}"],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    with open(tmp_path / "self_distillation.json") as f:
+        run = json.load(f)["results"]["fashion_mnist"]
+    assert list(run["recipes"]) == recipes
+    for entry in run["recipes"].values():
+        assert len(entry["accuracy"]) == len(entry["seconds"]) == 1
+    with open(tmp_path / "self_distillation.md") as f:
+        rows = [line for line in f if line.startswith("| fashion_mnist")]
+    assert [row.split(" | ")[2] for row in rows] == recipes
