@@ -76,7 +76,10 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
     Args:
         teacher: the trained teacher, a Keras model that outputs logits; or
             several, as a list (logits averaged) or a `{model: weight}` dict
-            (weighted average), see `tfkd.teachers.ensemble`.
+            (weighted average), see `tfkd.teachers.ensemble`; or `None`
+            when every method reads no teacher (`tfkd.losses.TeacherFreeKD`);
+            or the student's own `tfkd.teachers.moving_average` or
+            `snapshot` (docs/self_distillation.md).
         student: the student, a Keras model with the teacher's output shape.
         distillation_loss: a `tfkd.losses` method, or a list of methods or
             `(method, weight)` tuples whose weighted sum is the distillation
