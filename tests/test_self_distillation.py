@@ -593,3 +593,114 @@ def test_self_distillation_benchmark_writes_each_recipe(tmp_path):
     with open(tmp_path / "self_distillation.md") as f:
         rows = [line for line in f if line.startswith("| fashion_mnist")]
     assert [row.split(" | ")[2] for row in rows] == recipes
+
+
+# Be Your Own Teacher: auxiliary heads.
+
+
+def _byot_student():
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="block1")(inputs)
+    x = keras.layers.ReLU(name="relu1")(x)
+    x = keras.layers.Conv2D(6, 3, padding="same", name="block2")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dense(5, activation="relu", name="embedding")(x)
+    return keras.Model(inputs, keras.layers.Dense(3, name="logits")(x))
+
+
+def test_byot_loss_matches_the_authors_total():
+    keras.utils.set_random_seed(0)
+    x, y = toy_images(n=16)
+    student = _byot_student()
+    byot = tfkd.self_distillation.DeepSelfDistillation(
+        student,
+        ["relu1", "block2"],
+        feature_layer="embedding",
+        alpha=0.3,
+        beta=0.01,
+    )
+    byot.compile("sgd", metrics=["accuracy"])
+    logs = byot.evaluate(x, y, batch_size=16, return_dict=True, verbose=0)
+    final, h1, h2, feature, f1, f2 = [
+        np.asarray(o) for o in byot.network(x, training=False)
+    ]
+
+    def ce(logits):
+        return -_log_softmax(logits)[np.arange(16), y]
+
+    def kd(head, T=3.0):
+        return -(T**2) * np.sum(
+            _softmax(final / T) * _log_softmax(head / T), axis=-1
+        )
+
+    def hint(f):
+        mask = (feature > 0) | (f > 0)
+        return np.sum((f - feature) ** 2 * mask, axis=-1)
+
+    expected = np.mean(
+        0.7 * (ce(final) + ce(h1) + ce(h2))
+        + 0.3 * (kd(h1) + kd(h2))
+        + 0.01 * (hint(f1) + hint(f2))
+    )
+    np.testing.assert_allclose(logs["loss"], expected, rtol=1e-5)
+    assert h1.shape == h2.shape == final.shape == (16, 3)
+
+
+def test_byot_trains_heads_and_exports_the_student_without_them():
+    keras.utils.set_random_seed(0)
+    x, y = toy_images(n=64)
+    student = _byot_student()
+    count = len(student.weights)
+    byot = tfkd.self_distillation.DeepSelfDistillation(
+        student, ["relu1"], feature_layer="embedding"
+    )
+    byot.compile(keras.optimizers.Adam(0.01), metrics=["accuracy"])
+    (exit_model,) = byot.early_exits()
+    before = exit_model.get_weights()
+    history = byot.fit(x, y, batch_size=16, epochs=3, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert len(student.weights) == count  # no head in the student
+    assert relative_difference(exit_model.get_weights(), before) > 1e-3
+    np.testing.assert_allclose(
+        byot.predict(x, verbose=0), student.predict(x, verbose=0), rtol=1e-6
+    )
+    assert exit_model.predict(x, verbose=0).shape == (64, 3)
+
+
+def test_byot_arguments_are_checked():
+    student = _byot_student()
+    with pytest.raises(ValueError, match=r"no layer 'block9'.*layers='block9'"):
+        tfkd.self_distillation.DeepSelfDistillation(student, ["block9"])
+    with pytest.raises(ValueError, match=r"`layers`.*layers=\[\]"):
+        tfkd.self_distillation.DeepSelfDistillation(student, [])
+    with pytest.raises(ValueError, match=r"`alpha`.*alpha=2"):
+        tfkd.self_distillation.DeepSelfDistillation(
+            student, ["block1"], alpha=2
+        )
+
+
+@pytest.mark.heavy
+def test_byot_two_replicas_train_like_one_device():
+    x, y = toy_images(n=32)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    runs = []
+    for strategy in (tf.distribute.OneDeviceStrategy("/cpu:0"), None):
+        strategy = strategy or mirrored_strategy()
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            byot = tfkd.self_distillation.DeepSelfDistillation(
+                _byot_student(), ["relu1", "block2"], feature_layer="embedding"
+            )
+            byot.compile(keras.optimizers.SGD(0.1))
+        if runs:
+            byot.network.set_weights(runs[0][1])
+        start = byot.network.get_weights()
+        history = byot.fit(data, epochs=2, verbose=0)
+        runs.append((byot, start, history.history))
+    (single, start, one), (replicated, _, two) = runs
+    trained = single.network.get_weights()
+    assert relative_difference(trained, start) > 1e-4
+    assert (
+        relative_difference(replicated.network.get_weights(), trained) <= 1e-5
+    )
+    np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-4)

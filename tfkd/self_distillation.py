@@ -18,10 +18,11 @@ from tfkd import _keras
 from tfkd import _validation
 from tfkd import losses
 from tfkd import teachers
+from tfkd._byot import DeepSelfDistillation
 from tfkd._keras import keras
 from tfkd.distiller import Distiller
 
-__all__ = ["Generation", "born_again"]
+__all__ = ["DeepSelfDistillation", "Generation", "born_again"]
 
 
 @dataclasses.dataclass
