@@ -704,3 +704,16 @@ def test_byot_two_replicas_train_like_one_device():
         relative_difference(replicated.network.get_weights(), trained) <= 1e-5
     )
     np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-4)
+
+
+def test_byot_trains_to_finite_float32_losses_under_mixed_precision(policy):
+    policy("mixed_float16")
+    keras.utils.set_random_seed(0)
+    x, y = toy_images(n=32)
+    byot = tfkd.self_distillation.DeepSelfDistillation(
+        _byot_student(), ["relu1"], feature_layer="embedding"
+    )
+    byot.compile("adam")
+    history = byot.fit(x, y, batch_size=16, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert byot.early_exits()[0](x[:2]).dtype == tf.float32
