@@ -299,7 +299,9 @@ def markdown(results):
         "accuracy %, mean ± std (population) over the seeds, the gain over "
         "the student alone in points, and the mean wall time of `fit` (its "
         "ratio to the student alone's). See the script's docstring and "
-        "docs/self_distillation.md for the recipes.",
+        "docs/self_distillation.md for the recipes. Recipes added by a later "
+        "command (below) were timed in that run, at another load of the "
+        "shared machine: compare their times with care.",
         "",
         "| data set | epochs | recipe | accuracy | gain | fit time |",
         "|---|---|---|---|---|---|",
