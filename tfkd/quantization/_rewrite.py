@@ -272,38 +272,3 @@ def quantize_aware(model, *, layers=None, custom_objects=None, momentum=0.99):
             stacklevel=3,
         )
     return copy
-
-
-def learned_ranges(model):
-    """`_layers.exporting()`, once every range of `model` is learned."""
-    mixed = sorted(
-        {
-            layer.dtype_policy.name
-            for layer in iter_layers(model)
-            if layer.compute_dtype not in (None, "float32")
-            and not isinstance(layer, keras.layers.InputLayer)
-        }
-    )
-    if mixed:
-        raise ValueError(
-            f"{model.name!r} computes in {mixed}: the int8 converter needs a "
-            "float32 graph around the fake quantization. Build the same "
-            "student in float32 (`keras.mixed_precision.set_global_policy("
-            '"float32")`), make it quantization-aware, copy the trained '
-            "weights and ranges with `export_model.set_weights("
-            "model.get_weights())`, and export that."
-        )
-    unset = [
-        layer.name
-        for layer in iter_layers(model)
-        if isinstance(layer, _layers.FakeQuant)
-        and float(layer.initialized.numpy()) == 0.0
-    ]
-    if unset:
-        raise ValueError(
-            f"The activation ranges of {model.name!r} are not learned yet "
-            f"({len(unset)} of them, e.g. {unset[:3]}): they are set by "
-            "training. Train the quantization-aware model (e.g. "
-            "`distiller.fit(data, epochs=1)`) before exporting it."
-        )
-    return _layers.exporting()
