@@ -411,6 +411,40 @@ def test_unsupported_layers_stay_float_in_one_warning_and_layers_selects():
         tfkd.quantization.quantize_aware(model, layers=["nope"])
 
 
+def test_a_layer_that_cannot_be_rebuilt_gets_the_rewrites_error():
+    """A layer class without a rule (`_rules.RULES`) is cloned float; one
+    with weights that cannot be rebuilt from its config is refused with
+    this message, one without weights is shared."""
+
+    class Broken(keras.layers.Dense):
+        @classmethod
+        def from_config(cls, config):
+            raise RuntimeError("no config here")
+
+    class Stateless(keras.layers.Layer):
+        @classmethod
+        def from_config(cls, config):
+            raise RuntimeError("no config here")
+
+        def call(self, x):
+            return x * 2.0
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, Broken(3, name="broken")(inputs))
+    with pytest.raises(ValueError) as info:
+        tfkd.quantization.quantize_aware(model)
+    assert str(info.value) == (
+        "quantize_aware could not rebuild layer 'broken' (Broken) from its "
+        "config (no config here). Give the class a `get_config` that returns "
+        "its constructor arguments, and pass it in `custom_objects`."
+    )
+    assert isinstance(info.value.__cause__, RuntimeError)
+    stateless = Stateless(name="twice")
+    model = keras.Model(inputs, keras.layers.Dense(3)(stateless(inputs)))
+    student = tfkd.quantization.quantize_aware(model)
+    assert student.get_layer("twice") is stateless
+
+
 def test_clear_errors_for_subclassed_models_and_unlearned_ranges():
     class Sub(keras.Model):
         def __init__(self):
