@@ -178,13 +178,11 @@ def relative_difference(a, b):
 
 def _method(entry):
     """A factory of `entry` (a `tfkd.losses.Method`) for make_cnn's models:
-    maps methods tap "features" (NHWC maps, 8 teacher vs 4 student
-    channels), other feature methods "embedding", at their papers' weights
-    (RepDistiller's defaults)."""
+    feature methods tap "features" (NHWC maps, 8 teacher vs 4 student
+    channels), at their papers' weights (RepDistiller's defaults)."""
     if entry.reads == "logits":
         return entry.build
-    layer = "features" if entry.reads == "maps" else "embedding"
-    return lambda: [(entry.build(layer, layer), entry.weight)]
+    return lambda: [(entry.build("features", "features"), entry.weight)]
 
 
 # Every method of the registry, and one combination.
