@@ -15,6 +15,18 @@ from tfkd.losses._logits import dkd_loss
 from tfkd.losses._logits import kd_loss
 from tfkd.losses._outputs import OutputMatching
 from tfkd.losses._outputs import output_matching_loss
+from tfkd.losses._tokens import TVD
+from tfkd.losses._tokens import ForwardKL
+from tfkd.losses._tokens import GeneralizedJSD
+from tfkd.losses._tokens import ReverseKL
+from tfkd.losses._tokens import SkewKL
+from tfkd.losses._tokens import SkewReverseKL
+from tfkd.losses._tokens import forward_kl_loss
+from tfkd.losses._tokens import generalized_jsd_loss
+from tfkd.losses._tokens import reverse_kl_loss
+from tfkd.losses._tokens import skew_kl_loss
+from tfkd.losses._tokens import skew_reverse_kl_loss
+from tfkd.losses._tokens import tvd_loss
 from tfkd.losses._wrappers import DIST
 from tfkd.losses._wrappers import DKD
 from tfkd.losses._wrappers import KD
@@ -30,18 +42,30 @@ __all__ = [
     "DKD",
     "DistillationLoss",
     "FitNets",
+    "ForwardKL",
+    "GeneralizedJSD",
     "KD",
     "OutputMatching",
     "PKT",
     "RKD",
+    "ReverseKL",
     "SimilarityPreserving",
+    "SkewKL",
+    "SkewReverseKL",
+    "TVD",
     "attention_transfer_loss",
     "dist_loss",
     "dkd_loss",
+    "forward_kl_loss",
+    "generalized_jsd_loss",
     "hint_loss",
     "kd_loss",
     "output_matching_loss",
     "pkt_loss",
+    "reverse_kl_loss",
     "rkd_loss",
     "similarity_preserving_loss",
+    "skew_kl_loss",
+    "skew_reverse_kl_loss",
+    "tvd_loss",
 ]
