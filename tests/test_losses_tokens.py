@@ -403,3 +403,91 @@ def test_two_replicas_train_like_one_device_with_a_padding_mask():
         one_logs["distillation_loss"],
         rtol=1e-5,
     )
+
+
+# Top-k teacher caches: the Distiller passes the token divergences the
+# top-k values, ids and log-normalizer (k + 1 buckets).
+
+
+def _cached(distiller, top_k):
+    x, y, mask = _token_data(steps=1)
+    data = tf.data.Dataset.from_tensor_slices((x, y, mask)).batch(BATCH)
+    return tfkd.cache_teacher_outputs(distiller, data, top_k=top_k, verbose=0)
+
+
+@pytest.mark.parametrize("name", ["ForwardKL", "ReverseKL", "GeneralizedJSD"])
+def test_top_k_cache_gives_k_plus_one_buckets_through_the_distiller(name):
+    cls, kwargs, _ = WRAPPERS[name]
+    distiller = _distiller(cls(**kwargs))
+    x, y, mask = _token_data(steps=1)
+    cached = distiller.evaluate(
+        _cached(distiller, 4), verbose=0, return_dict=True
+    )
+    # The same method on the top-k dict built by hand, per token, weighed
+    # as the Distiller does (sum over real tokens / all positions).
+    t = distiller.teacher.predict(x, verbose=0)
+    s = distiller.student.predict(x, verbose=0)
+    values = cls(**kwargs).compute(_top_k_teacher(t, 4), s).numpy()
+    np.testing.assert_allclose(
+        cached["distillation_loss"],
+        (values * mask).sum() / mask.size,
+        rtol=1e-5,
+    )
+    # All the vocabulary kept: exactly the live teacher's loss.
+    live = distiller.evaluate(
+        x, y, sample_weight=mask, verbose=0, return_dict=True
+    )
+    full = distiller.evaluate(
+        _cached(distiller, VOCAB), verbose=0, return_dict=True
+    )
+    np.testing.assert_allclose(
+        full["distillation_loss"], live["distillation_loss"], rtol=1e-5
+    )
+    assert cached["distillation_loss"] <= live["distillation_loss"] + 1e-6
+
+
+def test_top_k_cache_stores_the_log_normalizer(tmp_path):
+    distiller = _distiller(L.ForwardKL())
+    x, y, mask = _token_data(steps=1)
+    data = tf.data.Dataset.from_tensor_slices((x, y, mask)).batch(BATCH)
+    tfkd.cache_teacher_outputs(
+        distiller, data, cache_dir=tmp_path / "c", top_k=3, verbose=0
+    )
+    stored = tf.data.Dataset.load(str(tmp_path / "c")).element_spec[1]
+    assert stored["log_normalizer"].shape.as_list() == [None, SEQ]
+    assert stored["top_k_values"].shape.as_list() == [None, SEQ, 3]
+    t = distiller.teacher.predict(x, verbose=0)
+    (element,) = tf.data.Dataset.load(str(tmp_path / "c"))
+    np.testing.assert_allclose(
+        element[1]["log_normalizer"].numpy(),
+        tf.reduce_logsumexp(t, axis=-1).numpy(),
+        rtol=1e-6,
+    )
+
+
+def test_old_top_k_caches_without_the_tail_are_refused():
+    from tfkd import _cache_format
+
+    distiller = _distiller(L.ReverseKL())
+    x, y, mask = _token_data(steps=1)
+    t = distiller.teacher.predict(x, verbose=0)
+    values, indices = tf.math.top_k(t, k=3)
+    old = tf.data.Dataset.from_tensors(
+        (
+            x,
+            {
+                "top_k_values": values,
+                "top_k_indices": indices,
+                "num_classes": tf.fill([BATCH], VOCAB),
+            },
+            y,
+            mask,
+        )
+    )
+    described = _cache_format.description(distiller.teacher, [], 3)
+    with pytest.raises(
+        ValueError,
+        match="ReverseKL\\(\\) 'reverse_kl' reads a top-k cache with the "
+        "teacher's log-normalizer.*made by an older tfkd",
+    ):
+        distiller.evaluate(_cache_format.expand(old, described), verbose=0)

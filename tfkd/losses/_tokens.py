@@ -402,6 +402,10 @@ class _TokenDivergence(DistillationLoss):
     """
 
     needs_all_logits = False
+    # From a top-k cache (`tfkd.cache_teacher_outputs(..., top_k=k)`), the
+    # Distiller passes the top-k dict (values, ids, log-normalizer): k + 1
+    # buckets, the teacher's tail mass as one.
+    accepts_top_k = True
     _fractions = ()
 
     def _set_fractions(self, **values):
@@ -450,10 +454,6 @@ class ReverseKL(_TokenDivergence):
         **kwargs: forwarded to `tfkd.losses.DistillationLoss`.
     """
 
-    # The floor of a top-k cache's rebuilt logits (p = 0) would make it
-    # infinite.
-    needs_all_logits = True
-
     def __init__(self, name="reverse_kl", **kwargs):
         super().__init__(name=name, **kwargs)
 
@@ -478,7 +478,6 @@ class GeneralizedJSD(_TokenDivergence):
 
     _hyperparameters = ("temperature",)
     _fractions = ("beta",)
-    needs_all_logits = True  # KL(q || m) is infinite at beta = 1 (as above).
 
     def __init__(
         self, beta=0.5, temperature=1.0, name="generalized_jsd", **kwargs
