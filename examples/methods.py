@@ -1,11 +1,13 @@
-"""The distillation methods of the examples' `--method` flag: a plain dict.
+"""The distillation methods of the examples' `--method` flag.
 
-Each entry maps a name to a factory `temperature -> distillation_loss` for
-`tfkd.Distiller(teacher, student, distillation_loss=...)`. Feature methods tap
-the layers that `examples/models.py` names in every model: `"features"` (conv
-maps: the CNN student only) and `"embedding"` (the penultimate dense layer:
-every student). Their weights are the papers' (RepDistiller's defaults), and
-each is combined with Hinton KD at `temperature`.
+One entry per method of `tfkd.losses.METHODS` (the library's table), as a
+factory `temperature -> distillation_loss` for
+`tfkd.Distiller(teacher, student, distillation_loss=...)`. Feature methods
+tap the layers that `examples/models.py` names in every model: `"features"`
+(conv maps: the CNN students only) for the methods that read NHWC maps, and
+`"embedding"` (the penultimate dense layer: every student) for the others.
+Their weights are the papers' (`Method.weight`: RepDistiller's defaults),
+and each is combined with Hinton KD at `temperature`.
 
 Example:
     >>> from examples import methods
@@ -16,38 +18,23 @@ Example:
 import tfkd
 
 
-def _with_kd(feature_loss, weight):
+def _factory(entry):
+    if entry.reads == "logits":
+        # A method without a temperature (output matching) ignores it.
+        return lambda temperature: entry.build(temperature=temperature)
+    layer = "features" if entry.reads == "maps" else "embedding"
     return lambda temperature: [
         tfkd.losses.KD(temperature=temperature),
-        (feature_loss(), weight),
+        (entry.build(layer, layer), entry.weight),
     ]
 
 
-METHODS = {
-    "kd": lambda temperature: tfkd.losses.KD(temperature=temperature),
-    "kd_standardized": lambda temperature: tfkd.losses.KD(
-        temperature=temperature, standardize=True
-    ),
-    "dkd": lambda temperature: tfkd.losses.DKD(temperature=temperature),
-    "dist": lambda temperature: tfkd.losses.DIST(temperature=temperature),
-    # Logit regression (Ba & Caruana 2014): no temperature.
-    "output_matching": lambda temperature: tfkd.losses.OutputMatching(),
-    "fitnets": _with_kd(
-        lambda: tfkd.losses.FitNets("features", "features"), 100.0
-    ),
-    "attention": _with_kd(
-        lambda: tfkd.losses.AttentionTransfer("features", "features"), 1000.0
-    ),
-    "sp": _with_kd(
-        lambda: tfkd.losses.SimilarityPreserving("embedding", "embedding"),
-        3000.0,
-    ),
-    "rkd": _with_kd(lambda: tfkd.losses.RKD("embedding", "embedding"), 1.0),
-    "pkt": _with_kd(lambda: tfkd.losses.PKT("embedding", "embedding"), 30000.0),
-}
+METHODS = {name: _factory(entry) for name, entry in tfkd.losses.METHODS.items()}
 
 # Methods that tap "features": they need a student with conv maps.
-CONV_METHODS = ("fitnets", "attention")
+CONV_METHODS = tuple(
+    name for name, entry in tfkd.losses.METHODS.items() if entry.reads == "maps"
+)
 
 
 def build(name, temperature=4.0):

@@ -176,30 +176,23 @@ def relative_difference(a, b):
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
 
 
-# Every built-in method; feature methods tap conftest.make_cnn's layers:
-# "features" (NHWC maps, 8 teacher vs 4 student channels) and "embedding".
-METHODS = {
-    "kd": lambda: tfkd.losses.KD(temperature=4.0),
-    "kd_standardized": lambda: tfkd.losses.KD(standardize=True),
-    "dkd": lambda: tfkd.losses.DKD(),
-    "dist": lambda: tfkd.losses.DIST(),
-    # Logit regression (Ba & Caruana 2014); regressors' default method.
-    "output_matching": lambda: tfkd.losses.OutputMatching(),
-    # Feature methods with their papers' weights (RepDistiller's defaults).
-    "fitnets": lambda: [(tfkd.losses.FitNets("features", "features"), 100.0)],
-    "attention": lambda: [
-        (tfkd.losses.AttentionTransfer("features", "features"), 1000.0)
-    ],
-    "sp": lambda: [
-        (tfkd.losses.SimilarityPreserving("features", "features"), 3000.0)
-    ],
-    "rkd": lambda: tfkd.losses.RKD("features", "features"),
-    "pkt": lambda: [(tfkd.losses.PKT("embedding", "embedding"), 30000.0)],
-    "kd+fitnets": lambda: [
-        tfkd.losses.KD(),
-        (tfkd.losses.FitNets("features", "features"), 0.5),
-    ],
-}
+def _method(entry):
+    """A factory of `entry` (a `tfkd.losses.Method`) for make_cnn's models:
+    maps methods tap "features" (NHWC maps, 8 teacher vs 4 student
+    channels), other feature methods "embedding", at their papers' weights
+    (RepDistiller's defaults)."""
+    if entry.reads == "logits":
+        return entry.build
+    layer = "features" if entry.reads == "maps" else "embedding"
+    return lambda: [(entry.build(layer, layer), entry.weight)]
+
+
+# Every method of the registry, and one combination.
+METHODS = {name: _method(entry) for name, entry in tfkd.losses.METHODS.items()}
+METHODS["kd+fitnets"] = lambda: [
+    tfkd.losses.KD(),
+    (tfkd.losses.FitNets("features", "features"), 0.5),
+]
 
 
 def _mnist_5k_path():

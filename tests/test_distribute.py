@@ -41,13 +41,22 @@ def _data(weighted):
 
 # Methods checked together, as the terms of one Distiller: a method whose
 # term is wrong on two replicas moves the student away from the one-device
-# run, whatever the other terms do. Logit terms, feature maps, batch
-# relations (relational terms see the whole global batch).
+# run, whatever the other terms do. Grouped by what they read (the
+# registry's `reads`): logits, feature maps, features of any rank (batch
+# relations among them see the whole global batch).
 METHOD_GROUPS = {
-    "logits": ["kd", "kd_standardized", "dkd", "dist", "output_matching"],
-    "features": ["fitnets", "attention", "sp", "kd+fitnets"],
-    "relational": ["rkd", "pkt"],
+    group: [
+        name
+        for name, entry in tfkd.losses.METHODS.items()
+        if entry.reads == reads
+    ]
+    for group, reads in (
+        ("logits", "logits"),
+        ("maps", "maps"),
+        ("features", "features"),
+    )
 }
+METHOD_GROUPS["maps"].append("kd+fitnets")
 
 
 def test_method_groups_hold_every_method():

@@ -6,6 +6,7 @@ the logit-standardization repository, DIST_KD, and RepDistiller (FitNets,
 AT, SP, RKD, PKT).
 """
 
+import os
 import sys
 
 import numpy as np
@@ -357,21 +358,30 @@ def test_degenerate_inputs_have_finite_gradients():
         assert np.all(np.isfinite(tape.gradient(value, student)))
 
 
+_KINDS = {"logits": "logits", "maps": "maps", "features": "vectors"}
+
+
+def _entry_factory(entry):
+    layers = () if entry.reads == "logits" else ("t", "s")
+    return lambda: entry.build(*layers)
+
+
+# Every method of the registry (fed what it `reads`), and variants.
 METHODS = {
-    "KD": (lambda: L.KD(temperature=4.0), "logits"),
-    "KD_standardized": (lambda: L.KD(standardize=True), "logits"),
-    "KD_sigmoid": (lambda: L.KD(activation="sigmoid"), "logits"),
-    "DKD": (lambda: L.DKD(temperature=4.0), "logits"),
-    "DIST": (lambda: L.DIST(temperature=4.0), "logits"),
-    "FitNets": (lambda: L.FitNets("t", "s"), "maps"),
-    "FitNets_logits": (lambda: L.FitNets(), "logits"),
-    "OutputMatching": (lambda: L.OutputMatching(), "logits"),
-    "OutputMatching_huber": (lambda: L.OutputMatching("huber", 2.0), "logits"),
-    "AttentionTransfer": (lambda: L.AttentionTransfer("t", "s"), "maps"),
-    "SimilarityPreserving": (lambda: L.SimilarityPreserving("t", "s"), "maps"),
-    "RKD": (lambda: L.RKD("t", "s"), "vectors"),
-    "PKT": (lambda: L.PKT("t", "s"), "vectors"),
+    name: (_entry_factory(entry), _KINDS[entry.reads])
+    for name, entry in L.METHODS.items()
 }
+METHODS.update(
+    {
+        "kd_sigmoid": (lambda: L.KD(activation="sigmoid"), "logits"),
+        "fitnets_logits": (lambda: L.FitNets(), "logits"),
+        "sp_maps": (lambda: L.SimilarityPreserving("t", "s"), "maps"),
+        "output_matching_huber": (
+            lambda: L.OutputMatching("huber", 2.0),
+            "logits",
+        ),
+    }
+)
 
 
 def _inputs(kind, dtype="float32", scale=1.0):
@@ -427,45 +437,65 @@ def test_get_config_round_trip(name):
     assert restored.get_config() == config
 
 
-def _method_classes(entry):
-    """Class names of a `Distiller(distillation_loss=...)` value."""
-    if isinstance(entry, (list, tuple)):
-        return set().union(*(_method_classes(e) for e in entry))
-    return (
-        {type(entry).__name__}
-        if isinstance(entry, L.DistillationLoss)
-        else set()
-    )
+def _defined_method_classes():
+    """Every public `DistillationLoss` subclass defined in tfkd.losses."""
+    found, stack = set(), [L.DistillationLoss]
+    while stack:
+        for subclass in stack.pop().__subclasses__():
+            stack.append(subclass)
+            if subclass.__module__.startswith("tfkd.losses"):
+                if not subclass.__name__.startswith("_"):
+                    found.add(subclass)
+    return found
 
 
-def _method_table(path):
+def test_every_method_class_is_registered_and_exported():
+    """A new method is a function, a class and a `METHODS` entry: forgetting
+    the entry or the export fails here (the tests' matrices, the examples
+    and the docs table all read `METHODS`)."""
+    registered = {entry.cls for entry in L.METHODS.values()}
+    defined = _defined_method_classes()
+    assert defined - registered == set(), "not in tfkd.losses.METHODS"
+    for name, entry in L.METHODS.items():
+        assert entry.cls.__name__ in L.__all__, name
+        assert entry.function.__name__ in L.__all__, name
+        assert getattr(L, entry.function.__name__) is entry.function, name
+        assert entry.reads in ("logits", "maps", "features"), name
+        assert entry.paper, f"{name}: the paper, for docs/methods.md"
+        method = entry.build(*(() if entry.reads == "logits" else ("a", "b")))
+        assert isinstance(method, entry.cls), name
+        if entry.reads != "logits":
+            assert method.teacher_layer == "a", name
+
+
+def test_the_docs_table_lists_every_method():
+    """docs/methods.md's table: one row per registered class, with its
+    function and paper."""
+    import conftest
+
+    with open(os.path.join(conftest.REPO_ROOT, "docs", "methods.md")) as f:
+        rows = [line for line in f if line.startswith("| `")]
+    for name, entry in L.METHODS.items():
+        matching = [
+            r for r in rows if r.startswith(f"| `{entry.cls.__name__}(")
+        ]
+        assert matching, f"docs/methods.md has no row for {name}"
+        assert any(f"`{entry.function.__name__}`" in r for r in matching), name
+
+
+def test_the_examples_offer_every_method():
     import conftest
 
     if conftest.REPO_ROOT not in sys.path:  # `examples`: a repository folder.
         sys.path.insert(0, conftest.REPO_ROOT)
     from examples import methods
 
-    return {
-        "tests/conftest.py": lambda: [f() for f in conftest.METHODS.values()],
-        "tests/test_losses.py": lambda: [f() for f, _ in METHODS.values()],
-        "examples/methods.py": lambda: [
-            f(4.0) for f in methods.METHODS.values()
-        ],
-    }[path]()
-
-
-@pytest.mark.parametrize(
-    "table",
-    ["tests/conftest.py", "tests/test_losses.py", "examples/methods.py"],
-)
-def test_method_tables_cover_every_class(table):
-    classes = {
-        name
-        for name in L.__all__
-        if isinstance(getattr(L, name), type) and name != "DistillationLoss"
-    }
-    covered = _method_classes(_method_table(table))
-    assert covered == classes, f"{table} misses {sorted(classes - covered)}"
+    assert set(L.METHODS) <= set(methods.METHODS)
+    for name in L.METHODS:
+        built = methods.build(name, 4.0)
+        built = built if isinstance(built, list) else [built]
+        classes = {type(m[0] if isinstance(m, tuple) else m) for m in built}
+        assert L.METHODS[name].cls in classes, name
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

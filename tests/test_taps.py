@@ -343,3 +343,25 @@ def test_nested_taps_under_mirrored_strategy_and_xla():
         history = distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)
         assert np.all(np.isfinite(history.history["loss"]))
         assert not np.allclose(before, np.array(kernel))
+
+
+def test_a_tap_without_the_rank_its_method_declares_is_refused_at_once():
+    """AttentionTransfer declares NHWC maps (`feature_rank = 4`): a dense
+    layer's vectors are refused when the Distiller is built, not in the
+    first step."""
+    from conftest import make_cnn
+
+    teacher, student = make_cnn(8, name="teacher"), make_cnn(4, name="student")
+    method = tfkd.losses.AttentionTransfer("embedding", "features")
+    with pytest.raises(ValueError) as error:
+        tfkd.Distiller(teacher, student, distillation_loss=method)
+    message = str(error.value)
+    assert "AttentionTransfer reads features of rank 4" in message
+    assert "teacher layer 'embedding'" in message
+    assert "Tap a layer whose output has rank 4" in message
+    # NHWC maps on both sides are accepted.
+    tfkd.Distiller(
+        teacher,
+        student,
+        distillation_loss=tfkd.losses.AttentionTransfer("features", "features"),
+    )

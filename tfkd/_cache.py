@@ -192,7 +192,7 @@ def cache_teacher_outputs(
     )
     if top_k is not None:
         # A trace on the element spec gives the output shape; no data read.
-        x_spec = split_element(dataset.element_spec)[0]
+        x_spec = _cache_format.split_element(dataset.element_spec)[0]
         logits = outputs_of.get_concrete_function(x_spec).structured_outputs
         _check_top_k_fits(top_k, logits[0])
     # The teacher's hashes, once: the data set carries them, and a
@@ -280,7 +280,7 @@ def _check_dataset(dataset, model):
     if cardinality == 0:
         raise ValueError("`dataset` is empty: there is nothing to cache.")
     spec = dataset.element_spec
-    x_spec = split_element(spec)[0]
+    x_spec = _cache_format.split_element(spec)[0]
     unbatched = any(s.shape.rank == 0 for s in tf.nest.flatten(spec))
     inputs = getattr(model, "inputs", None) or []
     flat_x = tf.nest.flatten(x_spec)
@@ -320,13 +320,6 @@ def _check_top_k_fits(top_k, outputs):
 # The teacher pass and the cached elements.
 
 
-def split_element(element):
-    """`(x, (y[, w]))` of a data set element or element spec."""
-    if isinstance(element, tuple):
-        return element[0], tuple(element[1:])
-    return element, ()
-
-
 def _teacher_batches(outputs_of, dataset, top_k, verbose):
     """Yields `(x, stored_outputs, *rest)`, one element per batch."""
     cardinality = int(dataset.cardinality())
@@ -336,7 +329,7 @@ def _teacher_batches(outputs_of, dataset, top_k, verbose):
         unit_name="batch",
     )
     for step, element in enumerate(dataset):
-        x, rest = split_element(element)
+        x, rest = _cache_format.split_element(element)
         logits, features = outputs_of(x)
         if top_k is None:
             stored = (_lists_as_tuples(logits), dict(features))

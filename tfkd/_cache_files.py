@@ -19,6 +19,7 @@ import uuid
 
 import tensorflow as tf
 
+from tfkd import _cache_format
 from tfkd import _fingerprint
 
 _SPEC_FILE = "dataset_spec.pb"
@@ -122,10 +123,8 @@ def load(cache_dir, fingerprint, data):
             f"were cached (a replaced or damaged file). {_REBUILD}"
         )
     if isinstance(data, tf.data.Dataset):
-        from tfkd._cache import split_element  # Here: _cache imports this.
-
         data = _fingerprint.digest_of(
-            data, lambda *element: split_element(element)
+            data, lambda *element: _cache_format.split_element(element)
         )
     _refuse_differences(cache_dir, stored, data, _OTHER_VALUES)
     return checked(dataset, cache_dir, text, stored["batches"])

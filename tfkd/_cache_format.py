@@ -260,3 +260,10 @@ def _check_top_k(distiller, described):
                 "method that reads the teacher's softmax only (`KD()`, "
                 "`DKD()`, `DIST()`)."
             )
+
+
+def split_element(element):
+    """`(x, (y[, w]))` of a data set element or element spec."""
+    if isinstance(element, tuple):
+        return element[0], tuple(element[1:])
+    return element, ()

@@ -3,18 +3,46 @@
 `distillation_loss` may be None (the default method), one method, a list of
 methods and `(method, weight)` tuples, or, for multi-output models, a dict
 or list per output; `resolve_distillation_losses` turns any of these into
-`(method, weight, output_index)` terms, and `distillation_loss_from_terms`
-back (for `from_config`). The default method: DIST, a sigmoid KD for binary
-and multi-label heads, output matching for regression outputs.
+`Term` records, and `distillation_loss_from_terms` back (for `from_config`).
+The default method: DIST, a sigmoid KD for binary and multi-label heads,
+output matching for regression outputs.
 """
+
+import dataclasses
+from typing import Any
 
 from tfkd import _validation
 from tfkd.losses._base import DistillationLoss
 from tfkd.losses._base import check_positive
 from tfkd.losses._outputs import OutputMatching
 from tfkd.losses._wrappers import DIST
-from tfkd.losses._wrappers import DKD
 from tfkd.losses._wrappers import KD
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    """One distillation term: `weight * method(teacher, student)`.
+
+    Attributes:
+        method: the `tfkd.losses` method.
+        weight: its weight as configured (a float).
+        output: the output whose logits it reads; `None` for a feature
+            method, which reads its named layers.
+        default: the Distiller's default method (DIST, or the
+            `temperature`'s KD) when the user gave none: `method` is then
+            the default for the output's kind (`default_for`), decided again
+            when `compile` names the output's loss. `None` otherwise.
+        variable: the weight's float32 variable, which schedules assign.
+        adapter: the learnable adapter of a feature method whose widths
+            differ, or `None`.
+    """
+
+    method: DistillationLoss
+    weight: float
+    output: int | None
+    default: DistillationLoss | None = None
+    variable: Any = None
+    adapter: Any = None
 
 
 def _is_weighted_pair(entry):
@@ -73,12 +101,11 @@ def default_distillation_loss(temperature=None):
 def binary_default(method):
     """The default `method` for a binary or multi-label head: a sigmoid
     (Bernoulli) KD, at T=4 as in tfkd 0.1 unless the Distiller got a
-    `temperature` (then a copy of `method`, that KD, with sigmoids)."""
-    if not isinstance(method, KD):
-        return KD(temperature=BINARY_DEFAULT_TEMPERATURE, activation="sigmoid")
-    return KD(
-        temperature=method.base_value("temperature"), activation="sigmoid"
-    )
+    `temperature` (then `method` is that KD: its temperature is kept)."""
+    temperature = BINARY_DEFAULT_TEMPERATURE
+    if isinstance(method, KD):  # The default asked for by `temperature`.
+        temperature = method.base_value("temperature")
+    return KD(temperature=temperature, activation="sigmoid")
 
 
 def output_kind(loss, one_logit):
@@ -108,11 +135,10 @@ def default_for(method, kind):
 
 
 def resolve_distillation_losses(distillation_loss, temperature, output_names):
-    """Returns `[(method, weight, output_index), ...]` and whether it is the
-    default (Hinton KD on every output).
+    """The `Term`s of a Distiller's `distillation_loss`.
 
-    `output_index` is the output whose logits a logits method reads; `None`
-    for feature methods, which read named layers.
+    Without one, the default method on every output (`Term.default` set:
+    `with_output_defaults` picks each output's kind later).
     """
     if temperature is not None and distillation_loss is not None:
         raise ValueError(
@@ -123,9 +149,11 @@ def resolve_distillation_losses(distillation_loss, temperature, output_names):
         )
     if distillation_loss is None:
         return [
-            (default_distillation_loss(temperature), 1.0, index)
-            for index in range(len(output_names))
-        ], True
+            Term(method, 1.0, index, default=method)
+            for index, method in enumerate(
+                default_distillation_loss(temperature) for _ in output_names
+            )
+        ]
     if isinstance(distillation_loss, (list, tuple)) and not distillation_loss:
         raise ValueError(
             "`distillation_loss` is an empty list: pass at least one "
@@ -148,21 +176,41 @@ def resolve_distillation_losses(distillation_loss, temperature, output_names):
                 if id(method) in seen_features:
                     continue
                 seen_features.add(id(method))
-                terms.append((method, weight, None))
+                terms.append(Term(method, weight, None))
             else:
-                terms.append((method, weight, index))
+                terms.append(Term(method, weight, index))
     if not terms:
         raise ValueError(
             "`distillation_loss` selects no method for any output "
             f"{output_names}. Give at least one output a `tfkd.losses` method "
             "(None skips an output)."
         )
-    return terms, False
+    return terms
+
+
+def with_output_defaults(terms, kinds):
+    """`terms` with each default term's method the default for its output's
+    kind (`kinds[output]`, see `output_kind`); other terms as they are."""
+    return [
+        term
+        if term.default is None
+        else dataclasses.replace(
+            term, method=default_for(term.default, kinds[term.output])
+        )
+        for term in terms
+    ]
+
+
+def terms_config(terms, serialize):
+    """`[[method_config, weight, output], ...]`, as `get_config` stores."""
+    return [
+        [serialize(term.method), term.weight, term.output] for term in terms
+    ]
 
 
 def distillation_loss_from_terms(terms, count):
     """`distillation_loss` for a model of `count` outputs, from the
-    `(method, weight, output_index)` terms that `get_config` stores."""
+    `(method, weight, output_index)` entries that `get_config` stores."""
     if count == 1:
         return [(method, weight) for method, weight, *_ in terms]
     per_output = [[] for _ in range(count)]
@@ -173,18 +221,18 @@ def distillation_loss_from_terms(terms, count):
     return [entries or None for entries in per_output]
 
 
-def softmax_methods_on_one_class(terms, shapes, output_names):
-    """Refuses softmax methods on an output with a single logit."""
-    for method, _, index in terms:
-        if index is None or not isinstance(method, (KD, DKD, DIST)):
+def check_class_logits(terms, shapes, output_names):
+    """Refuses a method that reads a softmax over classes
+    (`reads_class_logits`) on an output with a single logit."""
+    for term in terms:
+        method = term.method
+        if term.output is None or not method.reads_class_logits:
             continue
-        if getattr(method, "activation", "softmax") != "softmax":
-            continue
-        shape = shapes[index]
+        shape = shapes[term.output]
         if shape is not None and shape[-1] == 1:
             raise ValueError(
                 f"{type(method).__name__} is a softmax over classes, but "
-                f"output {output_names[index]!r} has one logit (shape "
+                f"output {output_names[term.output]!r} has one logit (shape "
                 f"{shape}): the softmax of one logit is constant, so the loss "
                 "would be 0. For a binary or multi-label head use "
                 "`tfkd.losses.KD(activation='sigmoid')` (the default method "

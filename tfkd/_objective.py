@@ -19,8 +19,10 @@ import warnings
 
 import tensorflow as tf
 
+from tfkd import _augment
 from tfkd import _data_checks
 from tfkd import _keras
+from tfkd import _validation
 
 Term = collections.namedtuple("Term", ["share", "mean"])
 Term.__doc__ = """`share`: this replica's share of the global mean, to
@@ -238,21 +240,13 @@ def hard_label_terms(entries, scale):
 
 
 def distillation_terms(
-    methods,
-    output_indices,
-    teacher,
-    student,
-    labels,
-    sample_weights,
-    scale,
-    training,
+    terms, teacher, student, labels, sample_weights, scale, training
 ):
-    """The weighted sum of the distillation methods' terms.
+    """The weighted sum of the distillation terms.
 
     Args:
-        methods: `(method, weight, adapter or None)` per term.
-        output_indices: per term, the output whose logits it reads (`None`
-            for feature methods, which read their named layers).
+        terms: the Distiller's `tfkd._methods.Term`s (method, weight
+            variable, output, adapter).
         teacher, student: `(outputs, {layer: features})`, outputs a list in
             output order.
         labels, sample_weights: one entry (or None) per output.
@@ -260,9 +254,10 @@ def distillation_terms(
         training: passed to the adapters.
     """
     (t_outputs, t_features), (s_outputs, s_features) = teacher, student
-    terms = []
-    for (method, weight, adapter), index in zip(methods, output_indices):
-        position = 0 if index is None else index
+    values = []
+    for term in terms:
+        method = term.method
+        position = 0 if term.output is None else term.output
         if method.teacher_layer is None:
             t, s = t_outputs[position], s_outputs[position]
             if getattr(method, "accepts_top_k", False):
@@ -272,8 +267,8 @@ def distillation_terms(
         else:
             t = t_features[method.teacher_layer]
             s = s_features[method.student_layer]
-        if adapter is not None:
-            s = adapter(s, training=training)
+        if term.adapter is not None:
+            s = term.adapter(s, training=training)
         method_labels, inside = None, None
         if method.requires_labels:
             method_labels = labels[position]
@@ -288,13 +283,13 @@ def distillation_terms(
                 method_labels = _data_checks.check_class_indices(
                     method_labels, s, f"read by {type(method).__name__}"
                 )
-        term = method_term(
+        value = method_term(
             method, t, s, method_labels, sample_weights[position], scale
         )
         if inside is not None:  # NaN under XLA, which drops the assert.
-            term = Term(*(_data_checks.nan_unless(inside, v) for v in term))
-        terms.append(weigh(weight, term))
-    return add(*terms)
+            value = Term(*(_data_checks.nan_unless(inside, v) for v in value))
+        values.append(weigh(term.variable, value))
+    return add(*values)
 
 
 def regularization_term(losses, scale):
@@ -322,4 +317,87 @@ def total(alpha, student, distillation, regularization=None):
         weigh(alpha, student),
         weigh(1.0 - alpha, distillation),
         regularization or zero(),
+    )
+
+
+def compute(
+    terms,
+    alpha,
+    student_losses,
+    pairing,
+    data,
+    teacher,
+    student,
+    regularization,
+    training,
+    mix=None,
+):
+    """The Distiller's objective on one replica's batch.
+
+    `alpha * hard-label + (1 - alpha) * distillation + regularization`,
+    each term a `Term`.
+
+    Args:
+        terms: the `tfkd._methods.Term`s.
+        alpha: the weight of the hard-label loss (a variable).
+        student_losses: the hard-label loss of each output, or None.
+        pairing: the `tfkd._pairing.OutputPairing` of the two models.
+        data: the step's `(y, sample_weight)`.
+        teacher, student: `(outputs, {layer: features})` of each model.
+        regularization: the models' own losses (a list of tensors); as in
+            Keras they count in `evaluate` too, so that loss and val_loss
+            compare.
+        training: whether this is a training step (for the adapters).
+        mix: mixup's `(lam, permutation)`: the hard-label term is then
+            `lam * loss(y, s) + (1 - lam) * loss(y[permutation], s)`, sample
+            weights permuted with the labels.
+
+    Returns:
+        The `Term`s `(total, hard_label, distillation)`.
+    """
+    y, sample_weight = data
+    names = pairing.names
+    t_outputs, t_features = teacher
+    s_outputs, s_features = student
+    t_flat = pairing.teacher_flat(t_outputs)
+    s_flat = pairing.student_flat(s_outputs)
+    for name, t, s in zip(names, t_flat, s_flat):
+        pairing.check_shapes(t.shape, s.shape, name)
+    labels = _validation.labels_per_output(y, names)
+    if isinstance(sample_weight, (dict, list, tuple)):
+        weights = _validation.labels_per_output(sample_weight, names)
+    else:
+        weights = [sample_weight] * len(names)
+    _data_checks.check_sample_weights(names, weights, s_flat)
+    scale = batch_scale(tf.shape(s_flat[0])[0])
+
+    loss_fns = label_losses(names, student_losses, y, labels, alpha)
+    hard = hard_label_terms(zip(loss_fns, labels, s_flat, weights), scale)
+    if mix is not None:
+        lam, permutation = mix
+        permuted = hard_label_terms(
+            zip(
+                loss_fns,
+                [_augment.permute(v, permutation) for v in labels],
+                s_flat,
+                [_augment.permute(v, permutation) for v in weights],
+            ),
+            scale,
+        )
+        hard = add(weigh(lam, hard), weigh(1.0 - lam, permuted))
+    distillation = distillation_terms(
+        terms,
+        (t_flat, t_features),
+        (s_flat, s_features),
+        labels,
+        weights,
+        scale,
+        training,
+    )
+    regularization = regularization_term(regularization, scale)
+    _validation.check_no_masks(names, s_flat)
+    return (
+        total(alpha, hard, distillation, regularization),
+        hard,
+        distillation,
     )

@@ -21,7 +21,11 @@ Distiller's config (see the function).
 import os
 import uuid
 
+from tfkd import _augment_saving
 from tfkd import _keras
+from tfkd import _methods
+from tfkd import _validation
+from tfkd._keras import keras
 
 # Single-file formats: a folder (a tf_keras SavedModel, Keras 3's
 # `zipped=False`) or a remote path (`gs://`, `hf://`) is saved by Keras as
@@ -173,3 +177,32 @@ def without_compile(model_config):
     if isinstance(model_config, list):
         return [without_compile(value) for value in model_config]
     return model_config
+
+
+def distiller_arguments(config, custom_objects=None):
+    """`Distiller(**arguments)` from its `get_config()`.
+
+    Refuses a file of the other Keras mode (`check_keras_mode`), and drops
+    the teacher's compile state, also from files saved before it was left
+    out (its optimizer's state would not load: "Skipping variable loading
+    for optimizer").
+    """
+    check_keras_mode(config)
+    config = dict(config)
+    config.pop("keras", None)
+    config["teacher"] = without_compile(config["teacher"])
+    deserialize = keras.saving.deserialize_keras_object
+    for key in ("teacher", "student"):
+        config[key] = deserialize(config[key], custom_objects=custom_objects)
+    config["augment"] = _augment_saving.deserialize(
+        config.get("augment"), custom_objects=custom_objects
+    )
+    config["distillation_loss"] = _methods.distillation_loss_from_terms(
+        [
+            (deserialize(entry[0], custom_objects=custom_objects),)
+            + tuple(entry[1:])
+            for entry in config["distillation_loss"]
+        ],
+        len(_validation.output_names(config["student"])),
+    )
+    return config

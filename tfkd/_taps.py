@@ -114,6 +114,40 @@ def feature_shape(model, layer_name):
     return shapes[layer_name]
 
 
+def layer_names(terms, role):
+    """The sorted names of the layers that `terms`' methods tap, on one side
+    (`role`: `"teacher_layer"` or `"student_layer"`)."""
+    return sorted(
+        {
+            getattr(term.method, role)
+            for term in terms
+            if getattr(term.method, role) is not None
+        }
+    )
+
+
+def check_feature_ranks(teacher, student, methods):
+    """Refuses a tap whose features lack the rank that its method declares
+    (`feature_rank`, e.g. 4 for NHWC maps), before any step runs."""
+    for method in methods:
+        rank = method.feature_rank
+        if rank is None or method.teacher_layer is None:
+            continue
+        for role, model, layer in (
+            ("teacher", teacher, method.teacher_layer),
+            ("student", student, method.student_layer),
+        ):
+            shape = feature_shape(model, layer)
+            flat = all(d is None or isinstance(d, int) for d in shape)
+            if flat and len(shape) != rank:
+                raise ValueError(
+                    f"{type(method).__name__} reads features of rank {rank} "
+                    f"(batch axis included; 4: NHWC maps), but {role} layer "
+                    f"{layer!r} outputs shape {tuple(shape)}. Tap a layer "
+                    f"whose output has rank {rank}."
+                )
+
+
 def make_adapters(teacher, student, losses):
     """One learnable adapter per term whose feature widths differ."""
     adapters = []

@@ -38,7 +38,7 @@ class _TeacherOutputs(_keras.MultiWorkerSafe, keras.Model):
         self.teacher = teacher
         self._has_loss = has_loss
         # Multi-output: the teacher's outputs as a list in the student's
-        # order (`Distiller._teacher_flat`: paired by name).
+        # order (`OutputPairing.teacher_flat`: paired by name).
         self._arrange = arrange
 
     def call(self, inputs, training=False):
@@ -151,7 +151,7 @@ class TeacherValidation(keras.callbacks.Callback):
             model = _TeacherOutputs(
                 distiller.teacher,
                 has_loss=compiled.get("loss") is not None,
-                arrange=distiller._teacher_flat
+                arrange=distiller._pairing.teacher_flat
                 if len(distiller._output_names) > 1
                 else None,
                 name=f"{distiller.teacher.name}_validation",

@@ -8,6 +8,7 @@ import tensorflow as tf
 from tfkd import _data_checks
 from tfkd import _keras
 from tfkd._keras import keras
+from tfkd.losses._base import check_positive
 
 STUDENT_LOSSES = {
     "sparse_categorical_crossentropy": lambda: (
@@ -355,3 +356,37 @@ def check_no_masks(output_names, outputs):
             "mask as a per-position `sample_weight` of shape "
             "`(batch, time)` instead, or remove the mask from the student."
         )
+
+
+def check_models(teacher, student):
+    """Refuses a teacher or student that is not a Keras model of the Keras
+    tfkd uses, and a student that is the teacher."""
+    for role, model in (("teacher", teacher), ("student", student)):
+        if not isinstance(model, keras.Model):
+            if type(model).__module__.startswith("keras_hub"):
+                raise TypeError(
+                    f"`{role}` is a keras-hub model "
+                    f"({type(model).__name__}): keras-hub models are "
+                    f"Keras 3 only, and tfkd uses {_keras.KERAS_NAME}. "
+                    "Unset TF_USE_LEGACY_KERAS to distil them."
+                )
+            raise TypeError(
+                f"`{role}` must be a `{_keras.KERAS_NAME}.Model`. "
+                f"Received: {role}={model!r} of type "
+                f"{type(model).__name__}. (Models built with the other "
+                f"Keras cannot be mixed: tfkd uses {_keras.KERAS_NAME}, "
+                "see TF_USE_LEGACY_KERAS.)"
+            )
+    if student is teacher:
+        raise ValueError(
+            f"The student is the teacher itself ({teacher.name!r}). Pass a "
+            "separate, trainable student model."
+        )
+
+
+def check_alpha(alpha):
+    """`alpha` as a float in [0, 1]."""
+    alpha = check_positive("alpha", alpha, allow_zero=True)
+    if alpha > 1:
+        raise ValueError(f"`alpha` must be in [0, 1]. Received: alpha={alpha}")
+    return alpha

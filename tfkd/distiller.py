@@ -2,14 +2,17 @@
 
 Over 400 lines on purpose: the one public class, Keras' `Model` API that it
 overrides (`compile`, `fit`, `train_step`, `test_step`, configs) and the
-docs users read with `help()` (a quarter of the file). The work is in
-functions of their own modules: the objective (`_objective`), the methods
-(`_methods`), argument checks (`_validation`), augmentation (`_augment`),
-layer taps (`_taps`), the teacher's logs (`_teacher_logs`).
+docs users read with `help()` (a quarter of the file). The rest is Keras
+glue; the work is in functions of their own modules: the objective
+(`_objective.compute`), the terms and their defaults (`_methods.Term`), the
+output pairing (`_pairing`), `compile`'s checks (`_compiling`), argument
+checks (`_validation`), augmentation (`_augment`), layer taps (`_taps`),
+saving (`_saving`), the teacher's logs (`_teacher_logs`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
@@ -18,7 +21,7 @@ import tensorflow as tf
 
 from tfkd import _augment
 from tfkd import _cache_format
-from tfkd import _data_checks
+from tfkd import _compiling
 from tfkd import _keras
 from tfkd import _loss_scale
 from tfkd import _methods
@@ -169,50 +172,15 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         super().__init__(**kwargs)
         if isinstance(teacher, (list, tuple, dict)):
             teacher = teachers.ensemble(teacher)
-        for role, model in (("teacher", teacher), ("student", student)):
-            if not isinstance(model, keras.Model):
-                if type(model).__module__.startswith("keras_hub"):
-                    raise TypeError(
-                        f"`{role}` is a keras-hub model "
-                        f"({type(model).__name__}): keras-hub models are "
-                        f"Keras 3 only, and tfkd uses {_keras.KERAS_NAME}. "
-                        "Unset TF_USE_LEGACY_KERAS to distil them."
-                    )
-                raise TypeError(
-                    f"`{role}` must be a `{_keras.KERAS_NAME}.Model`. "
-                    f"Received: {role}={model!r} of type "
-                    f"{type(model).__name__}. (Models built with the other "
-                    f"Keras cannot be mixed: tfkd uses {_keras.KERAS_NAME}, "
-                    "see TF_USE_LEGACY_KERAS.)"
-                )
-        if student is teacher:
-            raise ValueError(
-                f"The student is the teacher itself ({teacher.name!r}). Pass a "
-                "separate, trainable student model."
-            )
-        alpha = check_positive("alpha", alpha, allow_zero=True)
-        if alpha > 1:
-            raise ValueError(
-                f"`alpha` must be in [0, 1]. Received: alpha={alpha}"
-            )
+        _validation.check_models(teacher, student)
+        alpha = _validation.check_alpha(alpha)
         if temperature is not None:
             check_positive("temperature", temperature)
         augment = _augment.check_augment(augment)
         mixup = _augment.check_mixup(mixup)
-        self._output_names = _validation.output_names(student)
-        teacher_names = _validation.output_names(teacher)
-        if len(teacher_names) != len(self._output_names):
-            raise ValueError(
-                f"Teacher {teacher.name!r} has {len(teacher_names)} output(s) "
-                f"{teacher_names} but student {student.name!r} has "
-                f"{len(self._output_names)} {self._output_names}: distillation "
-                "pairs them output by output."
-            )
-        self._teacher_names = teacher_names
-        self._teacher_order = _pairing.teacher_order(
-            teacher, student, teacher_names, self._output_names
-        )
-        terms, self._default_method = _methods.resolve_distillation_losses(
+        self._pairing = _pairing.OutputPairing(teacher, student)
+        self._output_names = self._pairing.names
+        terms = _methods.resolve_distillation_losses(
             distillation_loss, temperature, self._output_names
         )
         _validation.check_outputs_logits(teacher, "teacher")
@@ -236,60 +204,41 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
                 "trainable student."
             )
         self._base_alpha = alpha
-        self._loss_entries = [(method, weight) for method, weight, _ in terms]
-        self._output_indices = [index for _, _, index in terms]
         self.alpha = self._scalar_weight("alpha", alpha)
-        self.distillation_losses = [method for method, _, _ in terms]
-        self.loss_weights = [
-            self._scalar_weight(f"loss_weight_{i}", weight)
-            for i, (_, weight, _) in enumerate(terms)
-        ]
 
-        self._teacher_taps = sorted(
-            {
-                loss.teacher_layer
-                for loss in self.distillation_losses
-                if loss.teacher_layer is not None
-            }
-        )
-        self._student_taps = sorted(
-            {
-                loss.student_layer
-                for loss in self.distillation_losses
-                if loss.student_layer is not None
-            }
-        )
+        self._teacher_taps = _taps.layer_names(terms, "teacher_layer")
+        self._student_taps = _taps.layer_names(terms, "student_layer")
         self._teacher_tapped = _taps.tapped_model(
             teacher, self._teacher_taps, "teacher"
         )
         self._student_tapped = _taps.tapped_model(
             student, self._student_taps, "student"
         )
-        shapes = self._check_output_shapes()
+        shapes = self._pairing.static_shapes()
         # A one-logit head is binary (its softmax would be constant), unless
         # `compile` gives it a regression loss.
         self._one_logit = [s is not None and s[-1] == 1 for s in shapes]
-        self._default_entries = list(self._loss_entries)
-        self._output_defaults([None] * len(self._output_names))
-        _methods.softmax_methods_on_one_class(
-            [
-                (method, weight, index)
-                for (method, weight), index in zip(
-                    self._loss_entries, self._output_indices
-                )
-            ],
-            shapes,
-            self._output_names,
-        )
-        self.adapters = _taps.make_adapters(
-            teacher, student, self.distillation_losses
-        )
+        methods = [term.method for term in terms]
+        _taps.check_feature_ranks(teacher, student, methods)
+        adapters = _taps.make_adapters(teacher, student, methods)
+        self._terms = [
+            dataclasses.replace(
+                term,
+                variable=self._scalar_weight(f"loss_weight_{i}", term.weight),
+                adapter=adapter,
+            )
+            for i, (term, adapter) in enumerate(zip(terms, adapters))
+        ]
+        # Tracked here, so that the adapters train and save.
+        self.adapters = adapters
+        self._apply_output_defaults([None] * len(self._output_names))
+        _methods.check_class_logits(self._terms, shapes, self._output_names)
 
-        self._loss_tracker_total = keras.metrics.Mean(name="loss")
-        self._student_loss_tracker = keras.metrics.Mean(name="student_loss")
-        self._distillation_loss_tracker = keras.metrics.Mean(
-            name="distillation_loss"
-        )
+        # The means of the total, hard-label and distillation terms.
+        self._loss_trackers = [
+            keras.metrics.Mean(name=name)
+            for name in ("loss", "student_loss", "distillation_loss")
+        ]
         self._student_loss_fns = [None] * len(self._output_names)
         self._compile_arguments = None
         # Nothing is left to build once both models are: mark the Distiller
@@ -299,18 +248,15 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
 
     # Construction helpers.
 
-    def _output_defaults(self, losses):
-        """Gives each output the default method of its kind (its compiled
-        loss `losses[index]`, its width: `_methods.output_kind`) when the
-        Distiller uses the default method."""
-        if not self._default_method:
-            return
-        for position, index in enumerate(self._output_indices):
-            base, weight = self._default_entries[position]
-            kind = _methods.output_kind(losses[index], self._one_logit[index])
-            method = _methods.default_for(base, kind)
-            self.distillation_losses[position] = method
-            self._loss_entries[position] = (method, weight)
+    def _apply_output_defaults(self, losses):
+        """Gives each default term the default method of its output's kind
+        (its compiled loss `losses[index]`, its width:
+        `_methods.output_kind`)."""
+        kinds = [
+            _methods.output_kind(loss, one_logit)
+            for loss, one_logit in zip(losses, self._one_logit)
+        ]
+        self._terms = _methods.with_output_defaults(self._terms, kinds)
 
     def _scalar_weight(self, name, value):
         weight = self.add_weight(
@@ -323,58 +269,15 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         weight.assign(value)
         return weight
 
-    def _check_output_shapes(self):
-        """Checks output shapes pairwise; returns the student's (or Nones)."""
-        shapes = []
-        for model in (self.teacher, self.student):
-            outputs = getattr(model, "outputs", None)
-            if outputs and len(outputs) == len(self._output_names):
-                try:
-                    structure = model.output
-                except (AttributeError, ValueError):
-                    structure = outputs
-                if model is self.teacher:
-                    flat = self._teacher_flat(structure)
-                else:
-                    flat = _validation.flatten_outputs(
-                        structure, self._output_names, model.name
-                    )
-                shapes.append([tuple(t.shape) for t in flat])
-            else:
-                shapes.append([None] * len(self._output_names))
-        for name, teacher_shape, student_shape in zip(
-            self._output_names, *shapes
-        ):
-            if teacher_shape is not None and student_shape is not None:
-                self._check_logits_shapes(teacher_shape, student_shape, name)
-        return shapes[1]
+    @property
+    def distillation_losses(self) -> list:
+        """The methods of the distillation terms, in order."""
+        return [term.method for term in self._terms]
 
-    def _teacher_flat(self, outputs):
-        """The teacher's outputs as a list in the student's output order
-        (paired by name where both name them: `tfkd._pairing`).
-
-        A one-key dict where one output is expected is that output: a
-        SavedModel signature's `{"output_0": logits}`, as a
-        `keras.layers.TFSMLayer` teacher returns it.
-        """
-        if len(self._teacher_names) == 1 and isinstance(outputs, dict):
-            if len(outputs) == 1:
-                (outputs,) = outputs.values()
-        flat = _validation.flatten_outputs(
-            outputs, self._teacher_names, "teacher"
-        )
-        return _pairing.reorder(flat, self._teacher_order)
-
-    def _check_logits_shapes(self, teacher_shape, student_shape, name=None):
-        if tuple(teacher_shape)[1:] != tuple(student_shape)[1:]:
-            where = "" if len(self._output_names) == 1 else f" at {name!r}"
-            raise ValueError(
-                f"Teacher {self.teacher.name!r} outputs shape "
-                f"{tuple(teacher_shape)} but student {self.student.name!r} "
-                f"outputs shape {tuple(student_shape)}{where}. Distillation "
-                "compares them class by class: give the student the "
-                "teacher's number of outputs."
-            )
+    @property
+    def loss_weights(self) -> list:
+        """The terms' weights, float32 variables that schedules assign."""
+        return [term.variable for term in self._terms]
 
     @property
     def base_alpha(self) -> float:
@@ -411,84 +314,27 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
             **kwargs: forwarded to `keras.Model.compile` (`jit_compile`,
                 `steps_per_execution`, `weighted_metrics`, ...).
         """
-        if "loss_weights" in kwargs:
-            raise ValueError(
-                "`loss_weights` is not used by the Distiller: weigh the "
-                "student loss with `alpha` and the methods with "
-                "`(method, weight)` tuples."
-            )
-        self._student_loss_fns = _validation.resolve_student_losses(
-            loss, self._output_names
+        self._student_loss_fns = _compiling.student_losses(
+            loss, self._output_names, float(self.alpha.numpy()), kwargs
         )
-        alpha = float(self.alpha.numpy())
-        if alpha > 0 and all(fn is None for fn in self._student_loss_fns):
-            raise ValueError(
-                f"alpha={alpha:g} weighs a hard-label student "
-                "loss, but `compile` got no `loss`. Pass e.g. "
-                "`loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)`"
-                ", or use `alpha=0.0` for pure distillation."
-            )
-        self._output_defaults(
+        self._apply_output_defaults(
             _validation.losses_per_output(loss, self._output_names)
         )
-        # Copies, as given: tf_keras renames a multi-output model's metric
-        # objects in place (`large_binary_accuracy`), and these recompile
-        # other models (a loaded Distiller, the teacher's evaluation).
-        self._compile_arguments = dict(
-            loss=loss,
-            metrics=_validation.copy_metrics(metrics),
-            **{
-                key: kwargs[key]
-                for key in ("weighted_metrics", "jit_compile", "run_eagerly")
-                if key in kwargs
-            },
+        self._compile_arguments = _compiling.kept_arguments(
+            loss, metrics, kwargs
         )
-        if "weighted_metrics" in self._compile_arguments:
-            self._compile_arguments["weighted_metrics"] = (
-                _validation.copy_metrics(kwargs["weighted_metrics"])
-            )
         if len(self._output_names) > 1:
             # Keras maps per-output metrics by these names.
             self.output_names = list(self._output_names)
         super().compile(
             optimizer=optimizer, loss=None, metrics=metrics, **kwargs
         )
-        self._compile_student(optimizer, loss, metrics)
-
-    def _compile_student(self, optimizer, loss, metrics):
-        """Compiles an uncompiled student so `student.evaluate` just works.
-
-        It gets the hard-label loss, its own copies of the metrics and a fresh
-        optimizer of the same configuration (never the Distiller's).
-        """
-        student = self.student
-        if not _keras.is_compiled(student):
-            if isinstance(loss, str):
-                loss = _validation.STUDENT_LOSSES[loss]()
-            if not isinstance(optimizer, str):
-                optimizer = type(optimizer).from_config(optimizer.get_config())
-            if isinstance(metrics, (list, tuple)):
-                metrics = [_validation.copy_metric(m) for m in metrics]
-            student.compile(optimizer=optimizer, loss=loss, metrics=metrics)
-        if student.built and getattr(student, "optimizer", None) is not None:
-            # Built now, so that a saved Distiller holds the optimizer that
-            # `load_model` rebuilds (else Keras warns that it skipped it).
-            _keras.build_optimizer(
-                student.optimizer, student.trainable_variables
-            )
+        _compiling.compile_student(self.student, optimizer, loss, metrics)
 
     def get_compile_config(self) -> dict | None:
         """What `compile` got, so that `keras.models.load_model` recompiles
         the Distiller (and then restores its optimizer's state)."""
-        if self._compile_arguments is None or not _keras.is_compiled(self):
-            return {} if not _keras.IS_LEGACY else None
-        serialize = keras.saving.serialize_keras_object
-        config = {
-            key: serialize(value)
-            for key, value in self._compile_arguments.items()
-        }
-        config["optimizer"] = serialize(self.optimizer)
-        return config
+        return _compiling.compile_config(self, self._compile_arguments)
 
     def compile_from_config(self, config: dict) -> None:
         """Recompiles from `get_compile_config()`; builds the optimizer so
@@ -530,11 +376,7 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
 
     @property
     def metrics(self) -> list:
-        return [
-            self._loss_tracker_total,
-            self._student_loss_tracker,
-            self._distillation_loss_tracker,
-        ] + _keras.compiled_metrics(self)
+        return list(self._loss_trackers) + _keras.compiled_metrics(self)
 
     def call(self, inputs: Any, training: bool = False) -> Any:
         inputs, _ = self._split_inputs(inputs)
@@ -595,7 +437,7 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
     @property
     def base_loss_weights(self) -> tuple[float, ...]:
         """The methods' weights as configured (schedules scale these)."""
-        return tuple(weight for _, weight in self._loss_entries)
+        return tuple(term.weight for term in self._terms)
 
     def teacher_outputs(self, x: Any) -> tuple[Any, dict[str, tf.Tensor]]:
         """The teacher's `(outputs, {layer_name: features})` for inputs `x`.
@@ -626,12 +468,7 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
             # The frozen teacher's compile state is not the Distiller's.
             "teacher": _saving.without_compile(serialize(self.teacher)),
             "student": serialize(self.student),
-            "distillation_loss": [
-                [serialize(loss), weight, index]
-                for (loss, weight), index in zip(
-                    self._loss_entries, self._output_indices
-                )
-            ],
+            "distillation_loss": _methods.terms_config(self._terms, serialize),
             "alpha": self._base_alpha,
             "augment": _augment.serialize(self.augment),
             "mixup": self.mixup,
@@ -641,30 +478,7 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
     def from_config(
         cls, config: dict, custom_objects: dict | None = None
     ) -> Distiller:
-        _saving.check_keras_mode(config)
-        config = dict(config)
-        config.pop("keras", None)
-        # Also for files saved before the teacher's compile state was left
-        # out: its optimizer's state would not load ("Skipping variable
-        # loading for optimizer").
-        config["teacher"] = _saving.without_compile(config["teacher"])
-        deserialize = keras.saving.deserialize_keras_object
-        for key in ("teacher", "student"):
-            config[key] = deserialize(
-                config[key], custom_objects=custom_objects
-            )
-        config["augment"] = _augment.deserialize(
-            config.get("augment"), custom_objects=custom_objects
-        )
-        config["distillation_loss"] = _methods.distillation_loss_from_terms(
-            [
-                (deserialize(entry[0], custom_objects=custom_objects),)
-                + tuple(entry[1:])
-                for entry in config["distillation_loss"]
-            ],
-            len(_validation.output_names(config["student"])),
-        )
-        return cls(**config)
+        return cls(**_saving.distiller_arguments(config, custom_objects))
 
     # Internals.
 
@@ -684,83 +498,32 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         training,
         mix=None,
     ):
-        """Returns this replica's share of the total loss (see
-        `tfkd._objective`) and updates the loss trackers.
-
-        `mix`: mixup's `(lam, permutation)`: the hard-label term is then
-        `lam * loss(y, s) + (1 - lam) * loss(y[permutation], s)`, sample
-        weights permuted with the labels.
-        """
-        names = self._output_names
-        t_outputs, t_features = teacher_outputs
-        s_outputs, s_features = student_outputs
-        t_flat = self._teacher_flat(t_outputs)
-        s_flat = _validation.flatten_outputs(s_outputs, names, "student")
-        for name, t, s in zip(names, t_flat, s_flat):
-            self._check_logits_shapes(t.shape, s.shape, name)
-        labels = _validation.labels_per_output(y, names)
-        if isinstance(sample_weight, (dict, list, tuple)):
-            weights = _validation.labels_per_output(sample_weight, names)
-        else:
-            weights = [sample_weight] * len(names)
-        _data_checks.check_sample_weights(names, weights, s_flat)
-        scale = _objective.batch_scale(tf.shape(s_flat[0])[0])
-
-        loss_fns = _objective.label_losses(
-            names, self._student_loss_fns, y, labels, self.alpha
-        )
-        student = _objective.hard_label_terms(
-            zip(loss_fns, labels, s_flat, weights), scale
-        )
-        if mix is not None:
-            lam, permutation = mix
-            permuted = _objective.hard_label_terms(
-                zip(
-                    loss_fns,
-                    [_augment.permute(v, permutation) for v in labels],
-                    s_flat,
-                    [_augment.permute(v, permutation) for v in weights],
-                ),
-                scale,
-            )
-            student = _objective.add(
-                _objective.weigh(lam, student),
-                _objective.weigh(1.0 - lam, permuted),
-            )
-        distillation = _objective.distillation_terms(
-            zip(self.distillation_losses, self.loss_weights, self.adapters),
-            self._output_indices,
-            (t_flat, t_features),
-            (s_flat, s_features),
-            labels,
-            weights,
-            scale,
-            training,
-        )
-
-        # As Keras: the models' regularization losses count in evaluate too,
-        # so that loss and val_loss compare.
-        regularization = _objective.regularization_term(
+        """This replica's share of the total loss (`tfkd._objective`);
+        updates the loss trackers."""
+        terms = _objective.compute(
+            self._terms,
+            self.alpha,
+            self._student_loss_fns,
+            self._pairing,
+            (y, sample_weight),
+            teacher_outputs,
+            student_outputs,
             self.student.losses
             + [
                 loss
-                for adapter in self.adapters
-                if adapter is not None
-                for loss in adapter.losses
+                for a in self.adapters
+                if a is not None
+                for loss in a.losses
             ],
-            scale,
+            training,
+            mix=mix,
         )
-        _validation.check_no_masks(names, s_flat)
-        total = _objective.total(
-            self.alpha, student, distillation, regularization
+        local_batch = tf.cast(
+            tf.shape(tf.nest.flatten(student_outputs[0])[0])[0], tf.float32
         )
-        for tracker, value in (
-            (self._loss_tracker_total, total.mean),
-            (self._student_loss_tracker, student.mean),
-            (self._distillation_loss_tracker, distillation.mean),
-        ):
-            tracker.update_state(value, sample_weight=scale.local_batch)
-        return total.share
+        for tracker, term in zip(self._loss_trackers, terms):
+            tracker.update_state(term.mean, sample_weight=local_batch)
+        return terms[0].share
 
     def _metrics_result(self, x, y, student_outputs, sample_weight):
         if y is not None:
@@ -768,12 +531,5 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
         else:
             # No labels: the compiled metrics have nothing to measure (and
             # are unbuilt); the loss trackers are the step's logs.
-            logs = {
-                tracker.name: tracker.result()
-                for tracker in (
-                    self._loss_tracker_total,
-                    self._student_loss_tracker,
-                    self._distillation_loss_tracker,
-                )
-            }
+            logs = {t.name: t.result() for t in self._loss_trackers}
         return self._step_logs(logs)

@@ -1,10 +1,15 @@
 """Distillation losses: pure TensorFlow functions and their Keras wrappers.
 
 Functions take the teacher's tensor first and return the batch mean in
-float32. The classes wrap them for `tfkd.Distiller`.
+float32. The classes wrap them for `tfkd.Distiller`. `METHODS` is the table
+of every method, read by the tests' matrices, the examples' `--method` flag
+and the docs (docs/methods.md, "Adding a method").
 """
 
+import types
+
 from tfkd.losses._base import DistillationLoss
+from tfkd.losses._base import Method
 from tfkd.losses._features import attention_transfer_loss
 from tfkd.losses._features import hint_loss
 from tfkd.losses._features import pkt_loss
@@ -36,6 +41,57 @@ from tfkd.losses._wrappers import AttentionTransfer
 from tfkd.losses._wrappers import FitNets
 from tfkd.losses._wrappers import SimilarityPreserving
 
+# name -> `Method`: the one table of tfkd's methods (read-only).
+METHODS = types.MappingProxyType(
+    {
+        "kd": Method(KD, kd_loss, "logits", paper="Hinton et al. 2015"),
+        "kd_standardized": Method(
+            KD,
+            kd_loss,
+            "logits",
+            kwargs={"standardize": True},
+            paper="Sun et al., CVPR 2024",
+        ),
+        "dkd": Method(DKD, dkd_loss, "logits", paper="Zhao et al., CVPR 2022"),
+        "dist": Method(
+            DIST, dist_loss, "logits", paper="Huang et al., NeurIPS 2022"
+        ),
+        "output_matching": Method(
+            OutputMatching,
+            output_matching_loss,
+            "logits",
+            paper="Ba & Caruana, NeurIPS 2014",
+        ),
+        "fitnets": Method(
+            FitNets, hint_loss, "maps", 100.0, paper="Romero et al., ICLR 2015"
+        ),
+        "attention": Method(
+            AttentionTransfer,
+            attention_transfer_loss,
+            "maps",
+            1000.0,
+            paper="Zagoruyko & Komodakis, ICLR 2017",
+        ),
+        "sp": Method(
+            SimilarityPreserving,
+            similarity_preserving_loss,
+            "features",
+            3000.0,
+            paper="Tung & Mori, ICCV 2019",
+        ),
+        "rkd": Method(
+            RKD, rkd_loss, "features", paper="Park et al., CVPR 2019"
+        ),
+        "pkt": Method(
+            PKT,
+            pkt_loss,
+            "features",
+            30000.0,
+            paper="Passalis & Tefas, ECCV 2018",
+        ),
+    }
+)
+
 __all__ = [
     "AttentionTransfer",
     "DIST",
@@ -45,6 +101,8 @@ __all__ = [
     "ForwardKL",
     "GeneralizedJSD",
     "KD",
+    "METHODS",
+    "Method",
     "OutputMatching",
     "PKT",
     "RKD",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
 import tensorflow as tf
@@ -61,6 +64,12 @@ class DistillationLoss(keras.losses.Loss):
         requires_matching_width: teacher and student features must have the
             same last dimension; the `Distiller` inserts a learnable adapter
             when they differ.
+        feature_rank: the rank (batch axis included) that the tapped
+            features must have, e.g. 4 for NHWC maps; `None` for any. The
+            `Distiller` checks the tapped layers' shapes when it is built.
+        reads_class_logits: the method is a softmax over the classes of one
+            output (`KD`, `DKD`, `DIST`): the `Distiller` refuses it on an
+            output with one logit, whose softmax is constant.
         needs_all_logits: the method reads every teacher logit (their
             values), not only the teacher's softmax. A `top_k` teacher
             cache (`tfkd.cache_teacher_outputs`) keeps the softmax of the
@@ -89,6 +98,8 @@ class DistillationLoss(keras.losses.Loss):
     accepts_sample_weight = False
     requires_labels = False
     requires_matching_width = False
+    feature_rank = None
+    reads_class_logits = False
     needs_all_logits = True
     _hyperparameters = ()
     _may_be_zero = ()
@@ -193,3 +204,53 @@ class DistillationLoss(keras.losses.Loss):
     @classmethod
     def from_config(cls, config: dict) -> DistillationLoss:
         return cls(**config)
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One entry of `tfkd.losses.METHODS`: a method and how it is used.
+
+    Attributes:
+        cls: the `DistillationLoss` class.
+        function: its pure TensorFlow function.
+        reads: what it reads: `"logits"`, `"maps"` (NHWC feature maps) or
+            `"features"` (a layer's output of any rank: vectors, maps).
+        weight: the weight against the cross-entropy that its paper (and
+            RepDistiller, for feature methods) uses: give it as
+            `(method, weight)`.
+        kwargs: the constructor's arguments of this entry (a variant such
+            as `kd_standardized`).
+        paper: the reference, `"Authors, venue year"`.
+    """
+
+    cls: type
+    function: Callable[..., Any]
+    reads: str
+    weight: float = 1.0
+    kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    paper: str = ""
+
+    def build(
+        self,
+        teacher_layer: str | None = None,
+        student_layer: str | None = None,
+        **kwargs: Any,
+    ) -> DistillationLoss:
+        """A new instance: this entry's arguments, then `kwargs`.
+
+        Feature methods take the two layer names; a logits method ignores a
+        hyper-parameter that it does not have (e.g. `temperature` for
+        `OutputMatching`), so one loop can build every logits method.
+
+        Example:
+            >>> tfkd.losses.METHODS["dkd"].build(temperature=2.0)
+            >>> tfkd.losses.METHODS["attention"].build("block2", "block2")
+        """
+        arguments = {**self.kwargs, **kwargs}
+        if "temperature" not in self.cls._hyperparameters:
+            arguments.pop("temperature", None)
+        if teacher_layer is not None or student_layer is not None:
+            arguments.update(
+                teacher_layer=teacher_layer, student_layer=student_layer
+            )
+        return self.cls(**arguments)

@@ -76,6 +76,12 @@ class KD(DistillationLoss):
         return self.standardize or self.activation == "sigmoid"
 
     @property
+    def reads_class_logits(self):
+        """A softmax KD reads a softmax over classes; a sigmoid KD does not
+        (see `DistillationLoss`)."""
+        return self.activation == "softmax"
+
+    @property
     def activation(self):
         """`"softmax"` or `"sigmoid"`; read when the step is traced."""
         return self._activation
@@ -122,6 +128,7 @@ class DKD(DistillationLoss):
     """
 
     requires_labels = True
+    reads_class_logits = True
     needs_all_logits = False
     _hyperparameters = ("alpha", "beta", "temperature")
     _may_be_zero = ("alpha", "beta")
@@ -172,6 +179,7 @@ class DIST(DistillationLoss):
 
     batch_relational = True
     accepts_sample_weight = True
+    reads_class_logits = True
     needs_all_logits = False
     _hyperparameters = ("beta", "gamma", "temperature")
     _may_be_zero = ("beta", "gamma")
@@ -290,6 +298,8 @@ class AttentionTransfer(_FeatureLoss):
     Example:
         >>> tfkd.losses.AttentionTransfer("teacher_block", "student_block")
     """
+
+    feature_rank = 4
 
     def __init__(
         self,
