@@ -89,6 +89,36 @@ METHODS = types.MappingProxyType(
             30000.0,
             paper="Passalis & Tefas, ECCV 2018",
         ),
+        # Token-level divergences of language-model distillation
+        # (docs/language_models.md); any `(batch, ..., vocab)` logits.
+        "forward_kl": Method(
+            ForwardKL, forward_kl_loss, "logits", paper="Hinton et al. 2015"
+        ),
+        "reverse_kl": Method(
+            ReverseKL,
+            reverse_kl_loss,
+            "logits",
+            paper="Gu et al. (MiniLLM), ICLR 2024",
+        ),
+        "gkd": Method(
+            GeneralizedJSD,
+            generalized_jsd_loss,
+            "logits",
+            paper="Agarwal et al. (GKD), ICLR 2024",
+        ),
+        "skew_kl": Method(
+            SkewKL,
+            skew_kl_loss,
+            "logits",
+            paper="Ko et al. (DistiLLM), ICML 2024",
+        ),
+        "skew_reverse_kl": Method(
+            SkewReverseKL,
+            skew_reverse_kl_loss,
+            "logits",
+            paper="Ko et al. (DistiLLM), ICML 2024",
+        ),
+        "tvd": Method(TVD, tvd_loss, "logits", paper="Wen et al., ACL 2023"),
     }
 )
 

@@ -402,6 +402,7 @@ class _TokenDivergence(DistillationLoss):
     """
 
     needs_all_logits = False
+    reads_class_logits = True
     # From a top-k cache (`tfkd.cache_teacher_outputs(..., top_k=k)`), the
     # Distiller passes the top-k dict (values, ids, log-normalizer): k + 1
     # buckets, the teacher's tail mass as one.
