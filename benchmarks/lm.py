@@ -86,6 +86,17 @@ def define_flags(flag_values=FLAGS):
     flags.DEFINE_string(
         "output_dir", "benchmarks/results", "Where lm.md/json go.", **fv
     )
+    flags.DEFINE_integer(
+        "step_cost_vocabulary",
+        None,
+        "Instead of the table: time the steps (alone, teacher inference, "
+        "live and cached forward KL) and measure the cache's bytes per "
+        "position at this vocabulary (e.g. 8192); writes lm_step_cost.md.",
+        **fv,
+    )
+    flags.DEFINE_integer(
+        "step_cost_steps", 30, "Timed steps per contender.", **fv
+    )
     flags.register_validator(
         "rows",
         lambda rows: set(rows) <= set(ROWS),
@@ -278,11 +289,122 @@ def _markdown(results):
     return "\n".join(lines)
 
 
+def _folder_bytes(folder):
+    return sum(
+        os.path.getsize(os.path.join(root, name))
+        for root, _, names in os.walk(folder)
+        for name in names
+    )
+
+
+def _step_cost():
+    """Milliseconds per step and cache bytes per position at a large
+    vocabulary (untrained models: the cost does not depend on the
+    weights)."""
+    import tempfile
+
+    import numpy as np
+
+    vocab, length = FLAGS.step_cost_vocabulary, FLAGS.sequence_length
+    batch, steps = FLAGS.batch_size, FLAGS.step_cost_steps
+    rng = np.random.default_rng(0)
+    n = batch * steps
+    ids = rng.integers(1, vocab, size=(n, length + 1)).astype("int32")
+    mask = np.ones((n, length), bool)
+    arrays = (ids[:, :-1], mask, ids[:, 1:], mask.astype("float32"))
+    data = language.dataset(arrays, batch)
+    teacher = language.causal_lm("teacher", vocab, length, 0, "teacher")
+    lines = []
+
+    def timed(model, train):
+        model.fit(train.take(2), verbose=0)  # Tracing.
+        timer = _Timer()
+        model.fit(train, verbose=0, callbacks=[timer])
+        return 1000 * timer.step_seconds
+
+    def fresh(method=None):
+        student = language.causal_lm("student", vocab, length, 1, "student")
+        model = student
+        if method is not None:
+            model = tfkd.Distiller(
+                teacher, student, distillation_loss=method, alpha=FLAGS.alpha
+            )
+        model.compile(
+            optimizer=language.optimizer(1e-3, 100),
+            loss=language.token_loss(),
+        )
+        return model
+
+    infer = tf.function(lambda x: teacher(x, training=False))
+    for x, _, _ in data.take(2):
+        infer(x)
+    start = time.perf_counter()
+    for x, _, _ in data:
+        infer(x)
+    times = {"teacher inference": 1000 * (time.perf_counter() - start) / steps}
+    times["student alone"] = timed(fresh(), data)
+    times["distilled, live teacher"] = timed(
+        fresh(tfkd.losses.ForwardKL()), data
+    )
+    distiller = fresh(tfkd.losses.ForwardKL())
+    sizes = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for top_k in (FLAGS.top_k, None):
+            cache_dir = os.path.join(folder, f"k{top_k}")
+            part = data if top_k else data.take(2)
+            cached = tfkd.cache_teacher_outputs(
+                distiller, part, cache_dir=cache_dir, top_k=top_k, verbose=0
+            )
+            positions = batch * length * (steps if top_k else 2)
+            sizes[top_k] = _folder_bytes(cache_dir) / positions
+            if top_k:
+                times[f"distilled, top-{top_k} cache"] = timed(
+                    distiller, cached
+                )
+    cache_ratio = (
+        times[f"distilled, top-{FLAGS.top_k} cache"] / times["student alone"]
+    )
+    lines += [
+        f"# LM step cost at a {vocab:,}-token vocabulary",
+        "",
+        f"Command: `python -m benchmarks.lm {' '.join(sys.argv[1:])}`",
+        "",
+        f"GPT-2 teacher (2 layers, 128 wide) and student (1 layer, 64 "
+        f"wide), batches of {batch} x {length} tokens, forward KL with "
+        f"hard-label weight {FLAGS.alpha:g}; milliseconds per step over "
+        f"{steps} steps after tracing (wall time, shared 2-core machine: "
+        "noisy).",
+        "",
+        "| step | ms |",
+        "|---|---|",
+        *(f"| {name} | {ms:.0f} |" for name, ms in times.items()),
+        "",
+        f"Live bound (teacher inference + student alone): "
+        f"{times['teacher inference'] + times['student alone']:.0f} ms; "
+        f"cache / alone: {cache_ratio:.2f}x.",
+        "",
+        "| cache | bytes per position (on disk) |",
+        "|---|---|",
+        f"| top-{FLAGS.top_k} (values, ids, log-normalizer) | "
+        f"{sizes[FLAGS.top_k]:.0f} |",
+        f"| full logits | {sizes[None]:.0f} |",
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    with open(os.path.join(FLAGS.output_dir, "lm_step_cost.md"), "w") as f:
+        f.write(text)
+
+
 def main(argv):
     del argv
     tf.get_logger().setLevel("ERROR")
     if tfkd.KERAS_NAME == "tf_keras":
         raise app.UsageError("keras-hub is Keras 3 only.")
+    if FLAGS.step_cost_vocabulary:
+        _step_cost()
+        return
     tokenizer, train, valid = _data()
     valid_set = language.dataset(valid, 64)
     teacher, described = _teacher(train, valid_set)
