@@ -113,6 +113,8 @@ def _train(model, data, steps, label):
     model.compile(
         optimizer=language.optimizer(FLAGS.learning_rate, steps),
         loss=language.token_loss(),
+        # Per real token: Keras gives weighted metrics the padding mask.
+        weighted_metrics=language.token_metrics(),
     )
     start = time.perf_counter()
     model.fit(data, steps_per_epoch=steps, epochs=1, verbose=2)

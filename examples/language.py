@@ -207,6 +207,19 @@ def token_loss():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
+def token_metrics():
+    """Perplexity and next-token accuracy, for `weighted_metrics=`: Keras
+    weighs them with the sample weights (the padding mask), so both are
+    over the real tokens (`exp` of the mean cross-entropy for perplexity).
+    """
+    import keras_hub
+
+    return [
+        keras_hub.metrics.Perplexity(from_logits=True, name="perplexity"),
+        keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+    ]
+
+
 def perplexity(model, data):
     """`exp` of the mean cross-entropy over the real (unpadded) tokens.
 

@@ -226,3 +226,38 @@ def test_distill_lm_example_runs_offline(tmp_path):
         assert 1.0 < entry["perplexity"] < 1000.0
         assert entry["sample"].startswith("def ")
     assert "validation perplexity" in result.stdout
+
+
+@keras3_only
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_lm_benchmark_runs_on_tiny_settings(tmp_path):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO_ROOT}
+    env.pop("TF_USE_LEGACY_KERAS", None)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.lm",
+            "--corpus=pydoc",
+            "--vocabulary_size=300",
+            "--sequence_length=16",
+            "--batch_size=2",
+            "--teacher_steps=2",
+            "--student_steps=2",
+            "--seeds=1",
+            "--top_k=4",
+            f"--work_dir={tmp_path}",
+            f"--output_dir={tmp_path}",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=850,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    table = (tmp_path / "lm.md").read_text()
+    for row in ("alone", "forward_kl", "reverse_kl", "gkd", "cache_forward_kl"):
+        assert f"| {row} | 2.0 |" in table, table
+    assert "| alone_wall |" in table

@@ -491,3 +491,29 @@ def test_old_top_k_caches_without_the_tail_are_refused():
         "teacher's log-normalizer.*made by an older tfkd",
     ):
         distiller.evaluate(_cache_format.expand(old, described), verbose=0)
+
+
+@pytest.mark.parametrize("name", ["ReverseKL", "GeneralizedJSD", "TVD"])
+def test_mixed_precision_terms_are_float32_maths_of_the_logits(name):
+    cls, kwargs, case = WRAPPERS[name]
+    _, reference, ref_kwargs = CASES[case]
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        distiller = _distiller(cls(**kwargs))
+        x, y, mask = _token_data(steps=1)
+        t = distiller.teacher(x)
+        assert t.dtype == tf.bfloat16  # Logits in the compute dtype.
+        logs = distiller.evaluate(
+            x, y, sample_weight=mask, verbose=0, return_dict=True
+        )
+        values = reference(
+            np.asarray(tf.cast(t, tf.float64)),
+            np.asarray(tf.cast(distiller.student(x), tf.float64)),
+            **ref_kwargs,
+        )
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert np.isfinite(logs["distillation_loss"])
+    np.testing.assert_allclose(
+        logs["distillation_loss"], (values * mask).sum() / mask.size, rtol=1e-5
+    )
