@@ -119,7 +119,10 @@ class _Timer(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         end = time.perf_counter()
         self.seconds = end - self.start
-        self.step_seconds = (end - self.second) / max(1, self.batches - 1)
+        if self.batches < 2:  # One step: its time, tracing included.
+            self.step_seconds = self.seconds
+        else:
+            self.step_seconds = (end - self.second) / (self.batches - 1)
 
 
 def _settings():
