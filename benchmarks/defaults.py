@@ -27,8 +27,6 @@ import dataclasses
 import fcntl
 import json
 import os
-import platform
-import sys
 import tempfile
 import time
 
@@ -43,6 +41,7 @@ from examples import cli
 from examples import data
 from examples import methods
 from examples import models
+from examples import report
 from examples import training
 from tfkd import keras
 
@@ -106,51 +105,113 @@ AUGMENTATION = {
     },
 }
 
-_DATASETS = flags.DEFINE_list(
-    "datasets", list(SETTINGS), f"Data sets, of {list(SETTINGS)}."
-)
-_STUDENTS = flags.DEFINE_list(
-    "students", ["student_mlp", "student_cnn"], "Students (examples/models)."
-)
 # The candidates for the defaults: logit methods on cached teacher outputs.
 DEFAULT_RECIPES = [
     name
     for name, recipe in RECIPES.items()
     if not recipe.live and recipe.method != "dkd"
 ]
-_RECIPES = flags.DEFINE_list(
-    "recipes",
-    DEFAULT_RECIPES,
-    f"Recipes, of {list(RECIPES)}. Default: the candidates for the defaults.",
-)
-_SHORT_EPOCHS = flags.DEFINE_integer(
-    "short_epochs", 5, "The short schedule's epochs (read in the same run)."
-)
-_TEACHER_EPOCHS = flags.DEFINE_integer(
-    "teacher_epochs", 15, "Epochs of the mnist_5k teacher (trained here)."
-)
-cli.define(
-    "seeds",
-    "epochs",
-    "train_examples",
-    "data_dir",
-    "source_dir",
-    "output_dir",
-    common=(),
-    epochs=(20, "The longer schedule's epochs."),
-    train_examples=(None, "Training examples kept (default: per data set)."),
-    source_dir=(None, strong_teachers.SOURCE_DIR_HELP),
-    output_dir=(strong_teachers.RESULTS_DIR, "Results folder."),
-)
-_TEACHERS_DIR = flags.DEFINE_string(
-    "teachers_dir", strong_teachers.WEIGHTS_DIR, "Benchmark teachers' weights."
-)
-_OUTPUT_NAME = flags.DEFINE_string(
-    "output_name", "defaults", "Results file names, without extension."
-)
-_MARKDOWN_ONLY = flags.DEFINE_bool(
-    "markdown_only", False, "Only rewrite the .md from the .json results."
-)
+
+
+def define_flags(flag_values=FLAGS):
+    """Defines this script's flags in `flag_values` (tests: a new one)."""
+    fv = dict(flag_values=flag_values)
+    _define_names("datasets", list(SETTINGS), SETTINGS, "Data sets.", **fv)
+    _define_names(
+        "students",
+        ["student_mlp", "student_cnn"],
+        models.MODELS,
+        "Students (examples/models).",
+        **fv,
+    )
+    _define_names(
+        "recipes",
+        DEFAULT_RECIPES,
+        RECIPES,
+        "Recipes; `alone` (the baseline) is needed. Default: the candidates "
+        "for the defaults.",
+        **fv,
+    )
+    flags.register_validator(
+        "recipes",
+        lambda names: "alone" in names,
+        message="must include `alone` (the baseline)",
+        **fv,
+    )
+    flags.DEFINE_integer(
+        "short_epochs",
+        5,
+        "The short schedule's epochs (read in the same run).",
+        lower_bound=1,
+        **fv,
+    )
+    flags.DEFINE_integer(
+        "teacher_epochs",
+        15,
+        "Epochs of the mnist_5k teacher (trained here).",
+        lower_bound=1,
+        **fv,
+    )
+    cli.define(
+        "seeds",
+        "epochs",
+        "train_examples",
+        "data_dir",
+        "source_dir",
+        "output_dir",
+        common=(),
+        epochs=(20, "The longer schedule's epochs."),
+        train_examples=(
+            None,
+            "Training examples kept (default: per data set).",
+        ),
+        output_dir=(strong_teachers.RESULTS_DIR, "Results folder."),
+        **fv,
+    )
+    flags.register_multi_flags_validator(
+        ["short_epochs", "epochs"],
+        lambda values: values["short_epochs"] <= values["epochs"],
+        message="--short_epochs must be <= --epochs",
+        **fv,
+    )
+    flags.DEFINE_string(
+        "teachers_dir",
+        strong_teachers.WEIGHTS_DIR,
+        "Benchmark teachers' weights.",
+        **fv,
+    )
+    flags.DEFINE_string(
+        "output_name",
+        "defaults",
+        "Results file names, without extension.",
+        **fv,
+    )
+    flags.DEFINE_bool(
+        "markdown_only",
+        False,
+        "Only rewrite the .md from the .json results.",
+        **fv,
+    )
+
+
+def _define_names(name, default, known, help_, *, flag_values):
+    """A list flag whose items must be keys of `known`."""
+    flags.DEFINE_list(
+        name,
+        default,
+        f"{help_} Of {sorted(known)}.",
+        flag_values=flag_values,
+    )
+
+    def check(names):
+        unknown = sorted(set(names) - set(known))
+        if not names or unknown:
+            raise flags.ValidationError(
+                f"must name some of {sorted(known)}, not {unknown or names}"
+            )
+        return True
+
+    flags.register_validator(name, check, flag_values=flag_values)
 
 
 def _shuffled(dataset, size, batch_size, seed):
@@ -170,11 +231,11 @@ def _teacher(name, train, test, batch_size):
         source = tf.data.Dataset.from_tensor_slices(train)
         teacher.fit(
             _shuffled(source, len(train[1]), batch_size, 0),
-            epochs=_TEACHER_EPOCHS.value,
+            epochs=FLAGS.teacher_epochs,
             verbose=0,
         )
     else:
-        teacher = strong_teachers.load_teacher(name, _TEACHERS_DIR.value)
+        teacher = strong_teachers.load_teacher(name, FLAGS.teachers_dir)
     return teacher, training.accuracy(teacher, test)
 
 
@@ -231,7 +292,7 @@ def _run(name, recipe, student_name, teacher, train, cached, test, seed):
         batches = _shuffled(source, len(train[1]), batch, seed)
     model.compile(keras.optimizers.Adam(1e-3), training.hard_label_loss())
     checkpoints = _Checkpoints(
-        student, test, {_SHORT_EPOCHS.value, FLAGS.epochs}
+        student, test, {FLAGS.short_epochs, FLAGS.epochs}
     )
     model.fit(batches, epochs=FLAGS.epochs, callbacks=[checkpoints], verbose=0)
     return checkpoints.accuracies
@@ -248,13 +309,9 @@ def _run_dataset(name):
     kept, batch = SETTINGS[name]
     kept = FLAGS.train_examples or kept
     load = dict(data_dir=FLAGS.data_dir, source_dir=FLAGS.source_dir)
-    images, labels = strong_teachers.load_arrays(
-        name, "train", num_examples=kept, **load
-    )
+    images, labels = data.arrays(name, "train", num_examples=kept, **load)
     train = (images.astype(np.float32) / 255.0, labels)
-    test = data.from_arrays(
-        *strong_teachers.load_arrays(name, "test", **load), batch_size=1000
-    )
+    test = data.from_arrays(*data.arrays(name, "test", **load), batch_size=1000)
     teacher, teacher_accuracy = _teacher(name, train, test, batch)
     print(f"{name}: teacher {100 * teacher_accuracy:.2f}%", flush=True)
     cached = tfkd.cache_teacher_outputs(
@@ -264,8 +321,8 @@ def _run_dataset(name):
     )
     # accuracies[student][recipe][epochs] = [one per seed]
     accuracies = {
-        s: {r: {} for r in _RECIPES.value if _applies(r, s)}
-        for s in _STUDENTS.value
+        s: {r: {} for r in FLAGS.recipes if _applies(r, s)}
+        for s in FLAGS.students
     }
     result = {
         "train_examples": len(train[1]),
@@ -274,16 +331,11 @@ def _run_dataset(name):
         "teacher": teacher.name,
         "teacher_accuracy": teacher_accuracy,
         "accuracies": accuracies,
-        "command": " ".join(["python -m benchmarks.defaults", *sys.argv[1:]]),
-        "machine": (
-            f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU "
-            f"(shared); Python {platform.python_version()}, tensorflow "
-            f"{tf.__version__}, {tfkd.KERAS_NAME} {keras.__version__}"
-        ),
+        **report.header(),
     }
     for seed in range(FLAGS.seeds):
-        for student in _STUDENTS.value:
-            for recipe in _RECIPES.value:
+        for student in FLAGS.students:
+            for recipe in FLAGS.recipes:
                 if not _applies(recipe, student):
                     continue
                 reads = _run(
@@ -310,9 +362,9 @@ def _save(name, result):
     """Adds `result` (data set `name`, unless None) to the results files,
     under a lock."""
     os.makedirs(FLAGS.output_dir, exist_ok=True)
-    path = os.path.join(FLAGS.output_dir, _OUTPUT_NAME.value)
+    path = os.path.join(FLAGS.output_dir, FLAGS.output_name)
     lock_path = os.path.join(
-        tempfile.gettempdir(), f"tfkd_{_OUTPUT_NAME.value}.lock"
+        tempfile.gettempdir(), f"tfkd_{FLAGS.output_name}.lock"
     )
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -379,11 +431,11 @@ def _markdown(results):
         )
     ]
     table = headline(results)
-    readme = _OUTPUT_NAME.value == "defaults"
+    readme = FLAGS.output_name == "defaults"
     lines = [
         "# Defaults: which recipe makes the student better?"
         if readme
-        else f"# Recipes compared ({_OUTPUT_NAME.value})",
+        else f"# Recipes compared ({FLAGS.output_name})",
         "",
         *(
             [
@@ -453,7 +505,7 @@ def _markdown(results):
             f"{result['test_examples']:,} test, batch "
             f"{result['batch_size']}, teacher {result['teacher']}, "
             f"{result['seeds']} seeds; "
-            f"{result['seconds']:.0f} s on {result['machine']}: "
+            f"{result['seconds']:.0f} s on {report.describe(result)}: "
             f"`{result['command']}`"
         )
     return lines + [""]
@@ -462,27 +514,13 @@ def _markdown(results):
 def main(argv):
     del argv
     tf.get_logger().setLevel("ERROR")
-    for flag, known in (
-        (_DATASETS, SETTINGS),
-        (_RECIPES, RECIPES),
-        (_STUDENTS, models.MODELS),
-    ):
-        unknown = sorted(set(flag.value) - set(known))
-        if unknown:
-            raise app.UsageError(
-                f"Unknown --{flag.name}: {unknown}. Expected some of "
-                f"{sorted(known)}."
-            )
-    if "alone" not in _RECIPES.value:
-        raise app.UsageError("--recipes must include `alone` (the baseline).")
-    if not 0 < _SHORT_EPOCHS.value <= FLAGS.epochs:
-        raise app.UsageError("Need 0 < --short_epochs <= --epochs.")
-    if _MARKDOWN_ONLY.value:
+    if FLAGS.markdown_only:
         lines = _save(None, None)
-    for name in [] if _MARKDOWN_ONLY.value else _DATASETS.value:
+    for name in [] if FLAGS.markdown_only else FLAGS.datasets:
         lines = _run_dataset(name)
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

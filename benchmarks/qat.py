@@ -31,7 +31,6 @@ Writes `qat.md` and `qat.json` to `--output_dir` (default:
 
 import json
 import os
-import platform
 import time
 
 import numpy as np
@@ -46,37 +45,44 @@ from benchmarks import strong_teachers
 from examples import cli
 from examples import data
 from examples import models
+from examples import report
 from examples import training
 from tfkd import keras
 
 FLAGS = flags.FLAGS
-cli.define(
-    "dataset",
-    "data_dir",
-    "source_dir",
-    "train_examples",
-    "test_examples",
-    "epochs",
-    "seeds",
-    "batch_size",
-    "calibration_examples",
-    "output_dir",
-    common=(),
-    dataset="cifar10",
-    source_dir=(None, strong_teachers.SOURCE_DIR_HELP),
-    train_examples=10_000,
-    test_examples=2_000,
-    epochs=(15, "Float training epochs."),
-    seeds=2,
-    calibration_examples=500,
-    output_dir=(strong_teachers.RESULTS_DIR, "Results folder."),
-)
-flags.DEFINE_integer(
-    "qat_epochs",
-    3,
-    "Fine-tuning epochs (QAT and its float references).",
-    lower_bound=1,
-)
+
+
+def define_flags(flag_values=FLAGS):
+    """Defines this script's flags in `flag_values` (tests: a new one)."""
+    fv = dict(flag_values=flag_values)
+    cli.define(
+        "dataset",
+        "data_dir",
+        "source_dir",
+        "train_examples",
+        "test_examples",
+        "epochs",
+        "seeds",
+        "batch_size",
+        "calibration_examples",
+        "output_dir",
+        common=(),
+        dataset="cifar10",
+        train_examples=10_000,
+        test_examples=2_000,
+        epochs=(15, "Float training epochs."),
+        seeds=2,
+        calibration_examples=500,
+        output_dir=(strong_teachers.RESULTS_DIR, "Results folder."),
+        **fv,
+    )
+    flags.DEFINE_integer(
+        "qat_epochs",
+        3,
+        "Fine-tuning epochs (QAT and its float references).",
+        lower_bound=1,
+        **fv,
+    )
 
 
 class _StepTimer(keras.callbacks.Callback):
@@ -186,12 +192,13 @@ def _table(results, steps, parameters, args):
     lines = [
         f"# Keras 3 QAT vs post-training int8 ({args['dataset']})",
         "",
-        f"`python -m benchmarks.qat {args['command']}` on {args['machine']}"
-        f" (TF {tf.__version__}, Keras {keras.__version__}). A separable "
-        f"student ({parameters:,} parameters) trained {args['epochs']} "
-        f"epochs in float on {args['train_examples']:,} training images "
-        f"(crop + flip), then fine-tuned {args['qat_epochs']} more epochs "
-        f"(Adam 1e-4) on the labels or distilled from {args['teacher']} "
+        *report.markdown(args["header"], args["seconds"]),
+        "",
+        f"A separable student ({parameters:,} parameters) trained "
+        f"{args['epochs']} epochs in float on {args['train_examples']:,} "
+        "training images (crop + flip), then fine-tuned "
+        f"{args['qat_epochs']} more epochs (Adam 1e-4) on the labels or "
+        f"distilled from {args['teacher']} "
         "(tfkd's default, DIST), in float followed by post-training int8 or "
         f"quantization-aware; {args['test_examples']:,} test images; "
         f"{len(results)} seeds, mean +- std.",
@@ -221,6 +228,7 @@ def _table(results, steps, parameters, args):
 
 def main(argv):
     del argv
+    began = time.time()
     training.quiet_logs()
     tf.get_logger().setLevel("ERROR")
     if tfkd.KERAS_NAME == "tf_keras":
@@ -229,10 +237,10 @@ def main(argv):
             "TF_USE_LEGACY_KERAS=1."
         )
     load = dict(data_dir=FLAGS.data_dir, source_dir=FLAGS.source_dir)
-    images, labels = strong_teachers.load_arrays(
+    images, labels = data.arrays(
         FLAGS.dataset, "train", num_examples=FLAGS.train_examples, **load
     )
-    test = strong_teachers.load_arrays(
+    test = data.arrays(
         FLAGS.dataset, "test", num_examples=FLAGS.test_examples, **load
     )
     test_examples = len(test[1])
@@ -268,18 +276,8 @@ def main(argv):
         )
     args = {
         "dataset": FLAGS.dataset,
-        "command": " ".join(
-            f"--{name}={flags.FLAGS[name].value}"
-            for name in (
-                "dataset",
-                "train_examples",
-                "test_examples",
-                "epochs",
-                "qat_epochs",
-                "seeds",
-            )
-        ),
-        "machine": f"{os.cpu_count()} CPU cores ({platform.machine()})",
+        "header": report.header(),
+        "seconds": time.time() - began,
         "epochs": FLAGS.epochs,
         "qat_epochs": FLAGS.qat_epochs,
         "train_examples": len(labels),
@@ -297,4 +295,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

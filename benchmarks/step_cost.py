@@ -39,7 +39,6 @@ Writes `benchmarks/results/step_cost.md` and `step_cost.json`.
 
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -54,29 +53,48 @@ from benchmarks import strong_teachers
 from examples import cli
 from examples import data
 from examples import models
+from examples import report
 from examples import training
 from tfkd import keras
 
 FLAGS = flags.FLAGS
-cli.define(
-    "dataset",
-    "data_dir",
-    "source_dir",
-    "train_examples",
-    "batch_size",
-    "output_dir",
-    common=(),
-    output_dir=(strong_teachers.RESULTS_DIR, "Results folder."),
-)
-flags.DEFINE_integer(
-    "rounds", 40, "Timed epochs per contender, interleaved.", lower_bound=1
-)
-flags.DEFINE_bool(
-    "memory", True, "Measure peak RSS, one subprocess per contender."
-)
-flags.DEFINE_string(
-    "memory_run", None, "Internal: run one contender, print its peak RSS."
-)
+
+
+def define_flags(flag_values=FLAGS):
+    """Defines this script's flags in `flag_values` (tests: a new one)."""
+    fv = dict(flag_values=flag_values)
+    cli.define(
+        "dataset",
+        "data_dir",
+        "source_dir",
+        "train_examples",
+        "batch_size",
+        "output_dir",
+        common=(),
+        output_dir=(strong_teachers.RESULTS_DIR, "Results folder."),
+        **fv,
+    )
+    flags.DEFINE_integer(
+        "rounds",
+        40,
+        "Timed epochs per contender, interleaved.",
+        lower_bound=1,
+        **fv,
+    )
+    flags.DEFINE_bool(
+        "memory",
+        True,
+        "Measure peak RSS, one subprocess per contender.",
+        **fv,
+    )
+    flags.DEFINE_enum(
+        "memory_run",
+        None,
+        list(CONTENDERS),
+        "Internal: run one contender, print its peak RSS.",
+        **fv,
+    )
+
 
 TEMPERATURE = 4.0
 ALPHA = 0.1  # Weight of the hard-label loss.
@@ -370,11 +388,11 @@ def main(argv):
         if FLAGS.memory
         else {}
     )
-    command = "python -m benchmarks.step_cost " + " ".join(sys.argv[1:])
+    header = report.header()
     lines = [
         "# Step cost of distillation",
         "",
-        f"Command: `{command.strip()}`",
+        *report.markdown(header, time.time() - start),
         "",
         f"Data: {FLAGS.dataset} train, {steps} batches of "
         f"{FLAGS.batch_size}, in memory. Teacher `teacher_cnn`, student "
@@ -395,10 +413,6 @@ def main(argv):
         "limit, not remove, the noise, and CPU time is less disturbed by "
         "other jobs than wall time.",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU; "
-        f"Python {platform.python_version()}, tensorflow {tf.__version__}, "
-        f"keras {keras.__version__}. Run time {time.time() - start:.0f} s.",
-        "",
     ]
     print("\n".join(lines))
     os.makedirs(FLAGS.output_dir, exist_ok=True)
@@ -407,18 +421,13 @@ def main(argv):
     with open(os.path.join(FLAGS.output_dir, "step_cost.json"), "w") as f:
         json.dump(
             {
-                "command": command.strip(),
+                **header,
                 "dataset": FLAGS.dataset,
                 "steps_per_epoch": steps,
                 "batch_size": FLAGS.batch_size,
                 "epoch_seconds": times,
                 "cache_seconds": cache_seconds,
                 "memory_kib": memory,
-                "machine": {
-                    "cpu_count": os.cpu_count(),
-                    "tensorflow": tf.__version__,
-                    "keras": keras.__version__,
-                },
             },
             f,
             indent=1,
@@ -426,4 +435,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

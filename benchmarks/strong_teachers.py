@@ -1,7 +1,6 @@
 """The benchmarks' strong teachers: recipes, data, and `load_teacher`.
 
-Flag-free, so that every benchmark script can import it (absl flags are
-defined at import: scripts cannot import each other). `train_teachers.py`
+Flag-free, so that every benchmark script can import it. `train_teachers.py`
 trains the teachers with `RECIPES` and writes their weights to
 `benchmarks/teachers/<dataset>_<model>.weights.h5`; the distillation
 benchmarks rebuild them with `load_teacher`.
@@ -15,7 +14,7 @@ Example:
     >>> from benchmarks import strong_teachers
     >>> from examples import data, training
     >>> teacher = strong_teachers.load_teacher("cifar10")
-    >>> test = data.from_arrays(*strong_teachers.load_arrays("cifar10", "test"))
+    >>> test = data.from_arrays(*data.arrays("cifar10", "test"))
     >>> training.accuracy(teacher, test)
 """
 
@@ -28,16 +27,6 @@ from examples import models
 BENCHMARKS_DIR = os.path.dirname(os.path.abspath(__file__))
 WEIGHTS_DIR = os.path.join(BENCHMARKS_DIR, "teachers")
 RESULTS_DIR = os.path.join(BENCHMARKS_DIR, "results")
-# The benchmarks (not the examples) also look for local source files here:
-# `shared/data` next to the repository, where our machines keep them.
-SHARED_DATA = os.path.join(
-    os.path.dirname(os.path.dirname(BENCHMARKS_DIR)), "shared", "data"
-)
-SOURCE_DIR_HELP = (
-    "Folder of the local source files (the idx .gz files of fashion_mnist, "
-    "the npz of cifar10), or of their sub-folders fashion-mnist/, cifar10/. "
-    "Default: $TFKD_SOURCE_DIR, else shared/data next to the repository."
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,11 +137,3 @@ def load_teacher(dataset, weights_dir=WEIGHTS_DIR):
     teacher = build_teacher(dataset)
     teacher.load_weights(path)
     return teacher
-
-
-def load_arrays(dataset, split, *, source_dir=None, **kwargs):
-    """`examples.data.arrays`, whose `source_dir` defaults to
-    `$TFKD_SOURCE_DIR`, else `SHARED_DATA` where it holds the files."""
-    if source_dir is None and not os.environ.get(data.SOURCE_DIR_ENV):
-        source_dir = data.find_source_dir(dataset, SHARED_DATA)
-    return data.arrays(dataset, split, source_dir=source_dir, **kwargs)

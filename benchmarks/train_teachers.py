@@ -15,7 +15,7 @@ Resumable: `keras.callbacks.BackupAndRestore` backs the training state up in
 `--backup_dir/<dataset>_<model>` after every epoch; run the same command
 again after an interruption and it goes on from the last finished epoch (a
 larger `--epochs` goes on too, stretching the remaining schedule). One line
-per epoch on stdout (`examples.training.EpochLine`): the logs, learning
+per epoch on stdout (`examples.progress.EpochLine`): the logs, learning
 rate and seconds.
 
 Writes `teachers/<dataset>_<model>.weights.h5` and `results/teachers.json`
@@ -33,66 +33,72 @@ import dataclasses
 import json
 import math
 import os
-import platform
-import sys
-import time
 
 import tensorflow as tf
 from absl import app
 from absl import flags
 
-import tfkd
 from benchmarks import strong_teachers
 from examples import cli
 from examples import data
+from examples import progress
+from examples import report
 from examples import training
 from tfkd import keras
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list(
-    "dataset",
-    ["fashion_mnist", "cifar10"],
-    f"Teachers to train, by data set: of {sorted(strong_teachers.RECIPES)}.",
-)
-flags.register_validator(
-    "dataset",
-    lambda names: (
-        bool(names) and all(name in strong_teachers.RECIPES for name in names)
-    ),
-    message=f"--dataset takes names of {sorted(strong_teachers.RECIPES)}.",
-)
-cli.define(
-    "epochs",
-    "batch_size",
-    "train_examples",
-    "test_examples",
-    "seed",
-    "data_dir",
-    "source_dir",
-    "output_dir",
-    common=(),
-    epochs=(
-        None,
-        "Training epochs. Default: the data set's recipe ("
-        + ", ".join(
-            f"{k} {r.epochs}" for k, r in strong_teachers.RECIPES.items()
-        )
-        + ").",
-    ),
-    batch_size=128,
-    output_dir=(
-        strong_teachers.BENCHMARKS_DIR,
-        "Writes teachers/<dataset>_<model>.weights.h5 and "
-        "results/teachers.json and .md here.",
-    ),
-    source_dir=(None, strong_teachers.SOURCE_DIR_HELP),
-)
-flags.DEFINE_string(
-    "backup_dir",
-    os.path.join("~", ".cache", "tfkd", "benchmarks"),
-    "Training state backups, one folder per teacher: re-running the same "
-    "command resumes from them.",
-)
+
+
+def define_flags(flag_values=FLAGS):
+    """Defines this script's flags in `flag_values` (tests: a new one)."""
+    fv = dict(flag_values=flag_values)
+    flags.DEFINE_list(
+        "dataset",
+        ["fashion_mnist", "cifar10"],
+        "Teachers to train, by data set: of "
+        f"{sorted(strong_teachers.RECIPES)}.",
+        **fv,
+    )
+    flags.register_validator(
+        "dataset",
+        lambda names: (
+            bool(names) and set(names) <= set(strong_teachers.RECIPES)
+        ),
+        message=f"must name some of {sorted(strong_teachers.RECIPES)}",
+        **fv,
+    )
+    recipes = strong_teachers.RECIPES.items()
+    cli.define(
+        "epochs",
+        "batch_size",
+        "train_examples",
+        "test_examples",
+        "seed",
+        "data_dir",
+        "source_dir",
+        "output_dir",
+        common=(),
+        epochs=(
+            None,
+            "Training epochs. Default: the data set's recipe ("
+            + ", ".join(f"{k} {r.epochs}" for k, r in recipes)
+            + ").",
+        ),
+        batch_size=128,
+        output_dir=(
+            strong_teachers.BENCHMARKS_DIR,
+            "Writes teachers/<dataset>_<model>.weights.h5 and "
+            "results/teachers.json and .md here.",
+        ),
+        **fv,
+    )
+    flags.DEFINE_string(
+        "backup_dir",
+        os.path.join("~", ".cache", "tfkd", "benchmarks"),
+        "Training state backups, one folder per teacher: re-running the same "
+        "command resumes from them.",
+        **fv,
+    )
 
 
 def _read_epochs(path):
@@ -144,19 +150,15 @@ def _optimizer(recipe, total_steps):
     return optimizer
 
 
-def _command():
-    return " ".join(["python -m benchmarks.train_teachers", *sys.argv[1:]])
-
-
 def train(dataset):
     """Trains (or resumes) `dataset`'s teacher; returns its results row."""
     recipe = strong_teachers.RECIPES[dataset]
     epochs = FLAGS.epochs or recipe.epochs
     load = dict(data_dir=FLAGS.data_dir, source_dir=FLAGS.source_dir)
-    images, labels = strong_teachers.load_arrays(
+    images, labels = data.arrays(
         dataset, "train", num_examples=FLAGS.train_examples, **load
     )
-    test = strong_teachers.load_arrays(
+    test = data.arrays(
         dataset, "test", num_examples=FLAGS.test_examples, **load
     )
     test_examples = len(test[1])
@@ -205,7 +207,7 @@ def train(dataset):
         callbacks=[
             # The log first: an epoch logged but not backed up runs again,
             # and its second record replaces the first.
-            training.EpochLine(epochs, log_path),
+            progress.EpochLine(epochs, log_path),
             keras.callbacks.BackupAndRestore(
                 os.path.join(backup_dir, "keras"), delete_checkpoint=False
             ),
@@ -238,12 +240,7 @@ def train(dataset):
         "epoch_log": records,
         "recipe": dataclasses.asdict(recipe),
         "weights": os.path.relpath(path, FLAGS.output_dir),
-        "command": _command(),
-        "tensorflow": tf.__version__,
-        "keras": f"{tfkd.KERAS_NAME} {keras.__version__}",
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "date": time.strftime("%Y-%m-%d"),
+        **report.header(),
     }
 
 
@@ -276,9 +273,7 @@ def _markdown(rows):
             f"weight decay {recipe['weight_decay']:g}, random crops "
             f"(padding {recipe['crop_padding']})"
             + (" and flips" if recipe["flip"] else "")
-            + f". {row['cpu_count']} CPU cores, no GPU (shared); tensorflow "
-            f"{row['tensorflow']}, {row['keras']}, Python {row['python']}; "
-            f"{row['date']}."
+            + f". {report.describe(row)}."
         )
     lines.append("")
     return lines
@@ -309,4 +304,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

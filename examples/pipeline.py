@@ -38,6 +38,8 @@ import tfkd
 from examples import cli
 from examples import data
 from examples import models
+from examples import progress
+from examples import report
 from examples import training
 from tfkd import keras
 
@@ -97,10 +99,26 @@ def define_flags(flag_values=FLAGS):
         "temperature",
         "alpha",
         "calibration_examples",
-        verbose=2,
+        verbose=(
+            1,
+            "0 silent; 1 one line per run, rewritten after each epoch on a "
+            "terminal (in a log: the run's last line), and the teacher's "
+            "metrics once; 2 one line per epoch.",
+        ),
         output_dir=("pipeline_output", "Where to write the table and models."),
         **fv,
     )
+
+
+# The teacher's metrics printed so far (`--verbose=1`): once in all runs.
+_TEACHER_METRICS_SHOWN = set()
+
+
+def _progress(label):
+    """With `--verbose=1`, the run's one `ProgressLine`; else None."""
+    if FLAGS.verbose != 1:
+        return None
+    return progress.ProgressLine(label, shown=_TEACHER_METRICS_SHOWN)
 
 
 def _stage(number, text):
@@ -127,6 +145,7 @@ def _teacher(test):
         test,
         epochs=FLAGS.teacher_epochs,
         verbose=FLAGS.verbose,
+        progress=_progress("teacher"),
     )
     cli.save_model(teacher, _path("teacher.keras"), FLAGS.teacher_model)
     accuracy = training.accuracy(teacher, test)
@@ -158,7 +177,9 @@ def _students(test, teacher=None):
         )
     accuracies = []
     for seed in range(FLAGS.seeds):
-        print(f"{name.split(' (')[0]}, seed {seed}:", flush=True)
+        label = f"{name.split(' (')[0]}, seed {seed}"
+        if FLAGS.verbose == 2:  # The epochs' lines follow.
+            print(f"{label}:", flush=True)
         keras.utils.set_random_seed(seed)
         student = models.build_model(
             FLAGS.student_model, *data.info(FLAGS.dataset)
@@ -173,6 +194,7 @@ def _students(test, teacher=None):
             test,
             epochs=FLAGS.student_epochs,
             verbose=FLAGS.verbose,
+            progress=_progress(label),
         )
         accuracies.append(training.accuracy(student, test))
         if seed == 0:
@@ -198,6 +220,7 @@ def _int8(teacher, student, test):
         learning_rate=FLAGS.qat_learning_rate,
         output_path=_path("student_int8.tflite"),
         verbose=FLAGS.verbose,
+        progress=_progress(kind),
     )
     return dict(
         name=f"distilled student, {kind} int8",
@@ -256,14 +279,16 @@ def _write_results(runs, test, start):
         f"by LiteRT; {time.time() - start:.0f} s in all."
     )
     print(f"\n{table}\n\n{notes}")
+    header = report.header()
     with open(_path("results.md"), "w") as f:
-        f.write(f"{table}\n\n{notes}\n")
+        f.write("\n".join([*report.markdown(header), "", table, "", notes, ""]))
     int8 = runs[3]["tflite"]
     module = flags.FLAGS.get_flags_for_module(sys.modules[__name__])
     results = {
         "rows": rows,
         "int8": {k: v for k, v in int8.items() if np.isscalar(v)},
         "keras": tfkd.KERAS_NAME,
+        **header,
         "flags": {flag.name: flag.value for flag in module},
     }
     cli.write_json(_path("results.json"), results, indent=2, default=str)

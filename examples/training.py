@@ -10,7 +10,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 
 import numpy as np
 import tensorflow as tf
@@ -20,6 +19,7 @@ from tensorflow.core.framework import summary_pb2
 import tfkd
 from examples import methods
 from examples import models
+from examples import progress as progress_lines
 from tfkd import keras
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -178,44 +178,21 @@ def make_distiller(
     return compile_model(distiller, learning_rate, jit_compile)
 
 
-class EpochLine(keras.callbacks.Callback):
-    """Prints one line per epoch: `epoch 3/60: loss 0.311, val_loss 0.48`.
-
-    Keras' `verbose=2` prints two (an "Epoch 3/60" header and the logs).
-    With `path`, the line also gives the learning rate and the epoch's
-    seconds, and its record is appended to that JSON-lines file (which
-    keeps every epoch of a resumed run).
-    """
-
-    def __init__(self, epochs, path=None):
-        super().__init__()
-        self.epochs = epochs
-        self.path = path
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._began = time.time()
-
-    def on_epoch_end(self, epoch, logs=None):
-        record = {k: float(v) for k, v in (logs or {}).items()}
-        if self.path:
-            rate = self.model.optimizer.learning_rate
-            record["learning_rate"] = float(keras.ops.convert_to_numpy(rate))
-            record["seconds"] = time.time() - self._began
-            with open(self.path, "a") as f:
-                f.write(json.dumps({"epoch": epoch + 1, **record}) + "\n")
-        values = ", ".join(f"{k} {v:.4g}" for k, v in record.items())
-        print(f"epoch {epoch + 1}/{self.epochs}: {values}", flush=True)
-
-
-def fit(model, train, test, *, epochs, steps_per_epoch=None, **kwargs):
+def fit(
+    model, train, test, *, epochs, steps_per_epoch=None, progress=None, **kwargs
+):
     """`model.fit` validated on `test`; returns the history as a dict.
 
-    `verbose=2` prints one line per epoch (`EpochLine`).
+    `progress` (a `progress.ProgressLine`) prints the run's one line instead
+    of Keras' output; else `verbose=2` prints one line per epoch
+    (`progress.EpochLine`), and 0 and 1 are Keras'.
     """
-    if kwargs.get("verbose") == 2:
+    line = progress
+    if line is None and kwargs.get("verbose") == 2:
+        line = progress_lines.EpochLine(epochs)
+    if line is not None:
         kwargs["verbose"] = 0
-        callbacks = list(kwargs.get("callbacks") or [])
-        kwargs["callbacks"] = callbacks + [EpochLine(epochs)]
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), line]
     history = model.fit(
         train,
         validation_data=test,
@@ -288,6 +265,7 @@ def compress(
     learning_rate=1e-4,
     output_path=None,
     verbose=1,
+    progress=None,
 ):
     """Distils `student` while pruning and/or QAT, then exports int8 TFLite.
 
@@ -297,7 +275,8 @@ def compress(
     `calibration`, evaluated with LiteRT on `test`. Pruning needs tf_keras
     (TFMOT); QAT runs in either mode (Keras 3: tfkd's own). Without either:
     post-training int8.
-    QAT after pruning retrains every weight, zeros included.
+    QAT after pruning retrains every weight, zeros included. `verbose` and
+    `progress` as in `fit`, for each training stage.
 
     Returns:
         `(result, histories)`: `tfkd.export.evaluate_tflite`'s dict plus
@@ -326,6 +305,7 @@ def compress(
             test,
             epochs=epochs,
             verbose=verbose,
+            progress=progress,
             callbacks=tfkd.quantization.pruning_callbacks(distiller),
         )
         student = tfkd.quantization.strip(student)
@@ -334,7 +314,12 @@ def compress(
         student = tfkd.quantization.quantize_aware(student)
         distiller = make_distiller(teacher, student, "kd", **kd)
         histories["qat"] = fit(
-            distiller, train, test, epochs=epochs, verbose=verbose
+            distiller,
+            train,
+            test,
+            epochs=epochs,
+            verbose=verbose,
+            progress=progress,
         )
     content = tfkd.export.to_tflite(
         student, "int8", calibration, output_path=output_path

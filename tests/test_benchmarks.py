@@ -4,14 +4,18 @@ The figures they write are the README's; these tests check that the scripts
 run and that what they write holds what the README quotes, not the figures.
 """
 
+import datetime
+import importlib
 import json
 import os
+import platform
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import flags
 from conftest import REPO_ROOT
 
 from tfkd import _keras
@@ -35,6 +39,26 @@ def _run_module(module, *args):
 def _run(script, *args):
     """Runs `python -m benchmarks.<script> args` from the repository root."""
     return _run_module(f"benchmarks.{script.removesuffix('.py')}", *args)
+
+
+SCRIPTS = ("defaults", "qat", "step_cost", "train_teachers")
+
+
+def _flag_values(script):
+    """A new `flags.FlagValues` holding only `script`'s flags: its command
+    line parses in this process (absl's global FLAGS is left alone)."""
+    if REPO_ROOT not in sys.path:
+        sys.path.insert(0, REPO_ROOT)
+    module = importlib.import_module(f"benchmarks.{script}")
+    flag_values = flags.FlagValues()
+    module.define_flags(flag_values)
+    return flag_values
+
+
+def _parse(script, *args):
+    flag_values = _flag_values(script)
+    flag_values([script, *args])
+    return flag_values
 
 
 def _table_rows(path):
@@ -101,6 +125,9 @@ def test_defaults_benchmark_reads_two_schedules_and_accumulates(
         r for r in rows if r.startswith("| mnist_5k | student_cnn | 2 |")
     ]
     assert cnn_row.count("±") == 5  # alone and the four recipes
+    assert result["command"].startswith("python -m benchmarks.defaults ")
+    with open(tmp_path / "defaults.md") as f:
+        assert f" s on {result['machine']}; {result['date']}: `" in f.read()
 
 
 @pytest.mark.mode_independent  # Markdown from the committed JSON
@@ -141,6 +168,13 @@ def test_step_cost_benchmark_times_every_contender(data_dir, tmp_path):
     with open(tmp_path / "step_cost.json") as f:
         result = json.load(f)
     names = list(result["epoch_seconds"])
+    command = "python -m benchmarks.step_cost --rounds=2 --train_examples=256"
+    assert result["command"].startswith(command)
+    with open(tmp_path / "step_cost.md") as f:
+        lines = f.read().splitlines()
+    assert lines[2].startswith(f"Command: `{command} ")
+    machine = f"Machine: {result['machine']}; {result['date']}; "
+    assert lines[4].startswith(machine) and lines[4].endswith(" s.")
     assert len(rows) == len(names) == 6
     assert "tfkd, cached teacher" in names and "keras.io example" in names
     assert result["steps_per_epoch"] == 4  # 256 / 64
@@ -203,10 +237,15 @@ def test_train_teachers_resumes_and_writes_a_loadable_teacher(tmp_path):
     ]
     assert row["train_examples"] == 96 and row["test_examples"] == 48
     assert 0.0 <= row["test_accuracy"] <= 1.0 and row["train_seconds"] > 0
-    assert row["command"].endswith(" ".join(args + ["--epochs=2"]))
+    assert row["command"] == " ".join(
+        ["python -m benchmarks.train_teachers", *args, "--epochs=2"]
+    )
     assert "| cifar10 | resnet20 | 274,042 | 2 |" in "\n".join(
         _table_rows(tmp_path / "out" / "results" / "teachers.md")
     )
+    with open(tmp_path / "out" / "results" / "teachers.md") as f:
+        assert " CPU cores, " in row["machine"]
+        assert f". {row['machine']}; {row['date']}.\n" in f.read()
     weights = tmp_path / "out" / "teachers" / "cifar10_resnet20.weights.h5"
     assert os.path.getsize(weights) < 1_500_000  # No optimizer state.
 
@@ -219,7 +258,7 @@ def test_train_teachers_resumes_and_writes_a_loadable_teacher(tmp_path):
     teacher = strong_teachers.load_teacher(
         "cifar10", weights_dir=tmp_path / "out" / "teachers"
     )
-    images, labels = strong_teachers.load_arrays(
+    images, labels = data.arrays(
         "cifar10",
         "test",
         data_dir=str(tmp_path / "tfds"),
@@ -276,3 +315,156 @@ def test_qat_benchmark_compares_post_training_and_qat_int8(tmp_path):
     assert written["steps"][0]["qat_ms"] > 0
     assert written["args"]["train_examples"] == 96
     assert written["args"]["teacher"] == "resnet20"
+    header = written["args"]["header"]
+    assert header["command"].startswith("python -m benchmarks.qat --epochs=1 ")
+    with open(tmp_path / "out" / "qat.md") as f:
+        lines = f.read().splitlines()
+    assert lines[2] == f"Command: `{header['command']}`"
+    assert lines[4].startswith(f"Machine: {header['machine']}; ")
+
+
+# In-process: the command lines.
+
+
+@pytest.mark.mode_independent
+def test_benchmarks_define_their_flags_only_when_asked():
+    """Importing every benchmark defines no flag (they import each other's
+    parts, and tests parse them in-process); `define_flags` does."""
+    before = set(flags.FLAGS)
+    for script in SCRIPTS:
+        _flag_values(script)
+    assert set(flags.FLAGS) == before
+    flag_values = _parse("defaults", "--datasets=mnist_5k", "--seeds=1")
+    assert flag_values.datasets == ["mnist_5k"] and flag_values.seeds == 1
+    defaults = importlib.import_module("benchmarks.defaults")
+    assert flag_values.recipes == defaults.DEFAULT_RECIPES
+    assert "alone" in defaults.DEFAULT_RECIPES
+    assert _parse("qat").dataset == "cifar10"
+    assert _parse("qat").qat_epochs == 3
+    assert _parse("step_cost", "--rounds=3", "--nomemory").memory is False
+    teachers = _parse("train_teachers", "--dataset=cifar10", "--epochs=2")
+    assert teachers.dataset == ["cifar10"] and teachers.epochs == 2
+
+
+# (script, bad flags, the error); the parse stops at the first bad flag.
+_BAD_FLAGS = [
+    (
+        "defaults",
+        ["--datasets=mnist_5k,svhn"],
+        "flag --datasets=['mnist_5k', 'svhn']: must name some of "
+        "['cifar10', 'fashion_mnist', 'mnist_5k'], not ['svhn']",
+    ),
+    (
+        "defaults",
+        ["--recipes=kd_t4_a0.1"],
+        "flag --recipes=['kd_t4_a0.1']: must include `alone` (the baseline)",
+    ),
+    (
+        "defaults",
+        ["--students=student_rnn"],
+        "flag --students=['student_rnn']: must name some of ['resnet20', "
+        "'student_cnn', 'student_mlp', 'student_separable', 'teacher_cnn'], "
+        "not ['student_rnn']",
+    ),
+    (
+        "defaults",
+        ["--epochs=2", "--short_epochs=5"],
+        "flags short_epochs=5, epochs=2: --short_epochs must be <= --epochs",
+    ),
+    (
+        "defaults",
+        ["--short_epochs=0"],
+        "flag --short_epochs=0: 0 is not a positive integer",
+    ),
+    (
+        "qat",
+        ["--qat_epochs=0"],
+        "flag --qat_epochs=0: 0 is not a positive integer",
+    ),
+    (
+        "step_cost",
+        ["--memory_run=student"],
+        "flag --memory_run=student: value should be one of <student alone|",
+    ),
+    (
+        "train_teachers",
+        ["--dataset=mnist_5k"],
+        "flag --dataset=['mnist_5k']: must name some of ['cifar10', "
+        "'fashion_mnist']",
+    ),
+]
+
+
+@pytest.mark.mode_independent
+@pytest.mark.parametrize(
+    "script, bad_flags, error",
+    _BAD_FLAGS,
+    ids=[f"{script}-{flags[0][2:]}" for script, flags, _ in _BAD_FLAGS],
+)
+def test_bad_flags_stop_a_benchmark_before_any_work(script, bad_flags, error):
+    with pytest.raises(flags.IllegalFlagValueError) as raised:
+        _parse(script, *bad_flags)
+    assert error in str(raised.value)
+
+
+# In-process: the report header they share.
+
+
+def test_report_header_names_command_machine_and_date():
+    # In both modes: the Keras named is the one tfkd selected.
+    from examples import report
+
+    header = report.header("benchmarks.qat", ["--seeds=1", "--epochs=2"])
+    assert sorted(header) == ["command", "date", "machine"]
+    assert header["command"] == "python -m benchmarks.qat --seeds=1 --epochs=2"
+    today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    assert header["date"] == today
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    cores = f"{platform.machine()}, {os.cpu_count()} CPU cores"
+    versions = (
+        f"Python {platform.python_version()}, tensorflow {tf.__version__}, "
+        f"{_keras.KERAS_NAME} {_keras.keras.__version__}"
+    )
+    if gpus:  # "1 GPU (its name)"
+        assert header["machine"].startswith(f"{cores}, {gpus} GPU (")
+        assert header["machine"].endswith(f"); {versions}")
+    else:
+        assert header["machine"] == f"{cores}, no GPU; {versions}"
+    assert report.describe(header, 65.4) == (
+        f"{header['machine']}; {today}; 65 s"
+    )
+    # Results written before the date was recorded: the machine alone.
+    assert report.describe({"machine": "x86_64, 2 CPU cores"}) == (
+        "x86_64, 2 CPU cores"
+    )
+    assert report.markdown(header) == [
+        "Command: `python -m benchmarks.qat --seeds=1 --epochs=2`",
+        "",
+        f"Machine: {header['machine']}; {today}.",
+    ]
+
+
+@pytest.mark.mode_independent
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_benchmarks_write_the_shared_report_header(script):
+    """No benchmark describes the machine or its command itself: each
+    records `examples.report.header()`."""
+    with open(os.path.join(BENCHMARKS, f"{script}.py")) as f:
+        source = f.read()
+    assert "report.header()" in source
+    for own in ("platform.", "os.cpu_count", "tf.__version__", "sys.argv"):
+        assert own not in source, own
+
+
+@pytest.mark.mode_independent
+def test_teachers_report_renders_the_committed_rows():
+    """The committed teachers' rows hold the shared header, and the .md is
+    what `train_teachers` renders from them."""
+    train_teachers = importlib.import_module("benchmarks.train_teachers")
+    results = os.path.join(BENCHMARKS, "results")
+    with open(os.path.join(results, "teachers.json")) as f:
+        rows = json.load(f)["teachers"]
+    for row in rows.values():
+        assert {"command", "machine", "date"} <= set(row)
+    with open(os.path.join(results, "teachers.md")) as f:
+        assert f.read() == "\n".join(train_teachers._markdown(rows))

@@ -7,6 +7,7 @@ mnist_5k digits, prepared once in a temporary TFDS folder.
 
 import importlib
 import importlib.util
+import io
 import json
 import os
 import re
@@ -21,7 +22,9 @@ from absl import app
 from absl import flags
 from conftest import NO_ONEDNN
 from conftest import REPO_ROOT
+from conftest import make_mlp
 from conftest import run_two_workers
+from conftest import toy_classification
 
 from tfkd import _keras
 
@@ -30,6 +33,7 @@ if REPO_ROOT not in sys.path:  # `examples` is a folder of the repository.
 
 from examples import methods  # noqa: E402
 from examples import models  # noqa: E402
+from examples import progress  # noqa: E402
 from examples import training  # noqa: E402
 
 TINY = ["--train_examples=256", "--test_examples=128", "--verbose=2"]
@@ -274,6 +278,86 @@ def test_scalar_summaries_are_what_fit_logged(tmp_path):
         np.testing.assert_allclose(
             [logged[key][epoch] for epoch in (0, 1)], history[key], rtol=1e-6
         )
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def _fit_with_progress(model, stream, epochs=3, shown=None):
+    """Fits `model` (compiled) on a toy problem with a `ProgressLine`;
+    returns the line that its last epoch's logs make."""
+    x, y = toy_classification(n=64)
+    line = progress.ProgressLine("seed 0", shown=shown, stream=stream)
+    history = training.fit(
+        model,
+        tf.data.Dataset.from_tensor_slices((x, y)).batch(16),
+        tf.data.Dataset.from_tensor_slices((x, y)).batch(32),
+        epochs=epochs,
+        progress=line,
+        verbose=1,  # Keras' output is replaced, whatever `verbose` says.
+    )
+    last = {key: values[-1] for key, values in history.items()}
+    keys = ["loss", "accuracy", "val_loss", "val_accuracy"]
+    keys += sorted(k for k in last if k not in keys and "teacher_" not in k)
+    values = ", ".join(f"{key} {last[key]:.4g}" for key in keys)
+    return f"seed 0: epoch {epochs}/{epochs}, {values}", last
+
+
+def _student():
+    keras = _keras.keras
+    keras.utils.set_random_seed(0)
+    return training.compile_model(make_mlp(8, name="student"))
+
+
+def test_progress_line_in_a_log_is_the_runs_last_line(capsys):
+    # Not a terminal: one line when the run ends, no `\r`, no Keras output.
+    expected, _ = _fit_with_progress(_student(), stream=None)
+    assert capsys.readouterr().out == expected + "\n"
+
+
+def test_progress_line_on_a_terminal_is_rewritten_each_epoch(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "41")  # `shutil.get_terminal_size`
+    terminal = _Terminal()
+    expected, _ = _fit_with_progress(_student(), terminal)
+    assert len(expected) > 40
+    written = terminal.getvalue()
+    # Each epoch rewrites the line, cut to fit; the end prints it in full.
+    assert written.endswith("\r" + expected + "\n")
+    epochs = written.split("\r")[1:-1]
+    assert len(epochs) == 3
+    assert [len(epoch) for epoch in epochs] == [40, 40, 40]
+    assert epochs[-1] == expected[:40]
+    assert [epoch[:15] for epoch in epochs] == [
+        f"seed 0: epoch {k}" for k in (1, 2, 3)
+    ]
+
+
+def test_progress_lines_print_the_frozen_teachers_metrics_once(capsys):
+    import tfkd
+
+    keras = _keras.keras
+    keras.utils.set_random_seed(0)
+    teacher = make_mlp(16, name="teacher", seed=5)
+    shown = set()
+    lines, teacher_logs = [], None
+    for _ in range(2):  # Two runs (seeds) share what was shown.
+        distiller = training.compile_model(
+            tfkd.Distiller(teacher, make_mlp(8, name="student"))
+        )
+        expected, last = _fit_with_progress(distiller, None, shown=shown)
+        lines.append(expected)
+        teacher_logs = teacher_logs or {
+            k: v for k, v in last.items() if "teacher_" in k
+        }
+    assert teacher_logs  # e.g. val_teacher_accuracy, val_teacher_loss
+    values = ", ".join(
+        f"{k} {teacher_logs[k]:.4g}" for k in sorted(teacher_logs)
+    )
+    out = capsys.readouterr().out
+    assert out == "\n".join([f"teacher (frozen): {values}", *lines, ""])
+    assert shown == set(teacher_logs)
 
 
 # Subprocesses: the scripts end to end.
@@ -624,11 +708,12 @@ def test_distill_multi_worker_matches_one_process(
 
 TINY_PIPELINE = [
     "--teacher_epochs=1",
-    "--student_epochs=1",
+    "--student_epochs=2",
     "--qat_epochs=1",
     "--calibration_examples=64",
     "--qat",
-    *TINY,
+    "--train_examples=256",
+    "--test_examples=128",
 ]
 
 
@@ -649,19 +734,38 @@ def test_pipeline_writes_the_four_row_table(data_dir, tmp_path):
     stdout = result.stdout
     assert "cpu_feature_guard" not in result.stderr
     assert "re-running" not in stdout
-    # --verbose=2: one line per epoch, not Keras' header + logs.
-    assert "epoch 1/1: " in stdout and "Epoch 1/1" not in stdout
-    assert stdout.count("val_accuracy") >= 5  # teacher, students, QAT
+    # One line per run (its last epoch's: stdout is not a terminal), the
+    # teacher's metrics once, no Keras output.
+    runs = [line for line in stdout.splitlines() if ": epoch " in line]
+    assert [line.split(", loss ")[0] for line in runs] == [
+        "teacher: epoch 1/1",
+        "student alone, seed 0: epoch 2/2",
+        "student alone, seed 1: epoch 2/2",
+        "distilled student, seed 0: epoch 2/2",
+        "distilled student, seed 1: epoch 2/2",
+        "QAT: epoch 1/1",
+    ]
+    assert all(" val_accuracy " in line for line in runs)
+    assert "\r" not in stdout and "Epoch 1/" not in stdout
+    lines = stdout.splitlines()
+    (teacher,) = [line for line in lines if "_teacher_" in line]
+    assert teacher.startswith("teacher (frozen): val_teacher_accuracy ")
     for stage in range(1, 5):
         assert f"[{stage}/4]" in stdout
+    # Before the runs: stage headers and blank lines; after: the table.
+    before_table = stdout[: stdout.index("| model |")].splitlines()
+    assert len(before_table) <= 6 + 1 + 4 * 2 + 4
     with open(tmp_path / "results.md") as f:
         table = f.read()
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert len(rows) == 5  # the header and four models
     assert "(2 seeds)" in rows[2] and "(2 seeds)" in rows[3]
+    command = "Command: `python -m examples.pipeline --output_dir="
+    assert table.startswith(command)
     with open(tmp_path / "results.json") as f:
         results = json.load(f)
     assert results["keras"] == _keras.KERAS_NAME
+    assert results["machine"] in table and results["date"] in table
     teacher, alone, distilled, int8 = results["rows"]
     assert int8["tflite"] == "int8" and int8["parameters"] == 25_450
     assert int8["size_bytes"] < distilled["size_bytes"] / 3

@@ -1,5 +1,8 @@
 """Export errors that name the file and come before any conversion."""
 
+import ast
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -257,3 +260,53 @@ def test_an_embedding_student_takes_integer_ids():
     assert np.abs(tfkd.export.predict_tflite(int8, x) - expected).max() < (
         0.05 * scale
     )
+
+
+def test_calibration_data_of_a_wrong_type_is_named_by_value_and_type():
+    # The export modules describe a received value one way (they shared
+    # two copies of `_describe`; calibration's left out the value).
+    model = _two_input_model()
+    with pytest.raises(ValueError) as info:
+        tfkd.export.to_tflite(model, "int8", 3)
+    assert str(info.value) == (
+        f"{model.name!r} has 2 inputs, ['alpha', 'beta']: pass "
+        "`representative_data` as a list of 2 arrays in that order, a dict "
+        "keyed by input name, or a dataset of such batches. Received: 3 of "
+        "type int"
+    )
+
+
+# The export code and what it imports, read by
+# `test_the_export_modules_import_tfkd_at_their_top_only`.
+_EXPORT_MODULES = (
+    "export.py",
+    "_calibration.py",
+    "_learned_ranges.py",
+    "_litert.py",
+    "_litert_runner.py",
+    "quantization/_common.py",
+)
+
+
+@pytest.mark.mode_independent  # reads the source
+def test_the_export_modules_import_tfkd_at_their_top_only():
+    """No import of tfkd inside a function (a late import that hid an
+    import cycle): each module imports what it uses at its top."""
+    root = os.path.dirname(os.path.abspath(tfkd.__file__))
+    late = []
+    for name in _EXPORT_MODULES:
+        with open(os.path.join(root, name), encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        for function in ast.walk(tree):
+            if not isinstance(function, (ast.FunctionDef, ast.Lambda)):
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, ast.ImportFrom):
+                    modules = [node.module or ""]
+                elif isinstance(node, ast.Import):
+                    modules = [alias.name for alias in node.names]
+                else:
+                    continue
+                if any(m.split(".")[0] == "tfkd" for m in modules):
+                    late.append(f"{name}:{node.lineno} {modules}")
+    assert late == []

@@ -204,11 +204,6 @@ def _tfkd_imports(path, package, modules):
 
 
 @pytest.mark.mode_independent  # reads the source
-@pytest.mark.xfail(
-    strict=True,
-    reason="distiller -> quantization -> quantization._common -> distiller, "
-    "removed by the QAT rewrite",
-)
 def test_no_module_of_tfkd_is_in_an_import_cycle():
     """Nor through a function-level import: each module's imports (of
     modules, the names a `from` imports resolved to their modules) form a

@@ -6,6 +6,7 @@ LiteRT, which must agree with the fake-quantized Keras model.
 """
 
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -410,6 +411,40 @@ def test_unsupported_layers_stay_float_in_one_warning_and_layers_selects():
         tfkd.quantization.quantize_aware(model, layers=["nope"])
 
 
+def test_a_layer_that_cannot_be_rebuilt_gets_the_rewrites_error():
+    """A layer class without a rule (`_rules.RULES`) is cloned float; one
+    with weights that cannot be rebuilt from its config is refused with
+    this message, one without weights is shared."""
+
+    class Broken(keras.layers.Dense):
+        @classmethod
+        def from_config(cls, config):
+            raise RuntimeError("no config here")
+
+    class Stateless(keras.layers.Layer):
+        @classmethod
+        def from_config(cls, config):
+            raise RuntimeError("no config here")
+
+        def call(self, x):
+            return x * 2.0
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, Broken(3, name="broken")(inputs))
+    with pytest.raises(ValueError) as info:
+        tfkd.quantization.quantize_aware(model)
+    assert str(info.value) == (
+        "quantize_aware could not rebuild layer 'broken' (Broken) from its "
+        "config (no config here). Give the class a `get_config` that returns "
+        "its constructor arguments, and pass it in `custom_objects`."
+    )
+    assert isinstance(info.value.__cause__, RuntimeError)
+    stateless = Stateless(name="twice")
+    model = keras.Model(inputs, keras.layers.Dense(3)(stateless(inputs)))
+    student = tfkd.quantization.quantize_aware(model)
+    assert student.get_layer("twice") is stateless
+
+
 def test_clear_errors_for_subclassed_models_and_unlearned_ranges():
     class Sub(keras.Model):
         def __init__(self):
@@ -434,6 +469,40 @@ def test_clear_errors_for_subclassed_models_and_unlearned_ranges():
     assert np.abs(out).sum() > 0
     with pytest.raises(ValueError, match="not learned yet"):
         tfkd.export.to_tflite(fresh, "int8")
+
+
+def test_export_mode_holds_in_its_own_context_only():
+    """`_layers.exporting()` (the ranges read as they are) is a context
+    variable: another thread keeps each batch's own range, and leaving a
+    nested export context keeps the outer one."""
+    x = np.linspace(-1.0, 3.0, 12, dtype="float32").reshape(3, 4)
+    layer = _layers.FakeQuant()
+    layer.build(x.shape)
+    layer.range_min.assign(-2.0)  # Not learned yet: `initialized` is 0.
+    layer.range_max.assign(2.0)
+
+    def fake_quant(low, high):
+        return tf.quantization.fake_quant_with_min_max_vars(
+            x, low, high, num_bits=8
+        ).numpy()
+
+    results = {}
+
+    def other_thread():
+        results["other_thread"] = np.asarray(layer(x))
+
+    with _layers.exporting():
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+        with _layers.exporting():
+            pass
+        results["after_nested"] = np.asarray(layer(x))
+    results["after"] = np.asarray(layer(x))
+
+    np.testing.assert_array_equal(results["other_thread"], fake_quant(-1, 3))
+    np.testing.assert_array_equal(results["after_nested"], fake_quant(-2, 2))
+    np.testing.assert_array_equal(results["after"], fake_quant(-1, 3))
 
 
 def test_mixed_precision_students_train_and_export_in_float32():

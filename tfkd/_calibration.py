@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfkd import _litert
+from tfkd._litert_runner import describe
 
 
 def input_specs(model):
@@ -116,7 +117,7 @@ def _inputs(x, specs, model):
                 f"{[name for name, *_ in specs]}: pass `representative_data` "
                 f"as a list of {count} arrays in that order, a dict keyed by "
                 "input name, or a dataset of such batches. Received: "
-                f"{_describe(x)}"
+                f"{describe(x)}"
             )
         return [_array(item, received) for item in x]
     if isinstance(x, (tuple, list)) and len(x) == 1:
@@ -166,12 +167,3 @@ def _check(arrays, specs, model, offset):
                 "crash). Remove or clip such examples, e.g. "
                 "`x[np.isfinite(x).all(axis=1)]`."
             )
-
-
-def _describe(x):
-    if isinstance(x, (list, tuple)):
-        return f"a {type(x).__name__} of {len(x)} items"
-    shape = getattr(x, "shape", None)
-    if shape is not None:
-        return f"an array of shape {tuple(shape)}"
-    return f"{type(x).__name__}"

@@ -103,7 +103,7 @@ class _Runner:
                 f"The model has {len(self.names)} inputs, {self.names}: "
                 f"pass `{argument}` as a list of {len(self.names)} arrays in "
                 "that order, or as a dict keyed by input name. Received: "
-                f"{_describe(x)}"
+                f"{describe(x)}"
             )
         for array, detail in zip(arrays, self.inputs):
             expected = [int(d) for d in detail["shape_signature"]]
@@ -207,7 +207,7 @@ def _float_array(x, argument):
             array = array.astype(np.float32)
     except (TypeError, ValueError) as error:
         raise TypeError(
-            f"`{argument}` must hold numeric arrays. Received: {_describe(x)}"
+            f"`{argument}` must hold numeric arrays. Received: {describe(x)}"
         ) from error
     if array.ndim < 1:
         raise ValueError(
@@ -231,7 +231,9 @@ def _shape(signature):
     return tuple(None if d == -1 else d for d in signature)
 
 
-def _describe(x):
+def describe(x):
+    """`x` in an error message: a list's length, an array's shape, or its
+    value and type."""
     if isinstance(x, (list, tuple)):
         return f"a {type(x).__name__} of {len(x)} items"
     shape = getattr(x, "shape", None)

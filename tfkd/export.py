@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from tfkd import _calibration
 from tfkd import _keras
+from tfkd import _learned_ranges
 from tfkd import _litert
 from tfkd import _tflite_meta
 from tfkd import quantization as _quantization
@@ -180,7 +181,7 @@ def _convert(
             _calibration.input_specs(model),
             static_batch=static_batch,
         )
-    with _quantization._learned_ranges(model):
+    with _learned_ranges.learned_ranges(model):
         converter, directory = _converter(model, input_signature)
     try:
         _configure(converter, quantization, calibration)

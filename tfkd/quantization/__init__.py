@@ -16,7 +16,6 @@ uses the ranges learned in training.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -136,15 +135,3 @@ def quantize_aware(
     return _rewrite.quantize_aware(
         model, layers=layers, custom_objects=custom_objects
     )
-
-
-def _learned_ranges(model: keras.Model) -> contextlib.AbstractContextManager:
-    """A context in which `model`'s fake quants read their learned ranges.
-
-    `tfkd.export.to_tflite` traces a Keras 3 quantization-aware model in it,
-    so that the converter sees each range as a constant. Refuses a model
-    whose ranges were never learned (no training batch yet).
-    """
-    if _keras.IS_LEGACY or not is_quantization_aware(model):
-        return contextlib.nullcontext()
-    return _rewrite.learned_ranges(model)

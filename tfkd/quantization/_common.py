@@ -38,9 +38,12 @@ def check_model(model, argument="model"):
 
 
 def _is_distiller(model):
-    from tfkd.distiller import Distiller  # A late import: no import cycle.
-
-    return isinstance(model, Distiller)
+    """Whether `model` is a `tfkd.Distiller` (or a subclass), recognised by
+    its class: `tfkd.distiller` imports this package, not the reverse."""
+    return any(
+        cls.__module__ == "tfkd.distiller" and cls.__name__ == "Distiller"
+        for cls in type(model).__mro__
+    )
 
 
 def iter_layers(model):

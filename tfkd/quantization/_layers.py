@@ -27,6 +27,7 @@ Efficient Integer-Arithmetic-Only Inference", CVPR 2018.
 """
 
 import contextlib
+import contextvars
 
 import tensorflow as tf
 
@@ -34,17 +35,21 @@ from tfkd import _keras
 from tfkd._keras import keras
 
 NUM_BITS = 8
-_EXPORTING = [False]
+# Whether `FakeQuant`s read their ranges as they are: a context variable, so
+# that the export mode holds only in the thread (and context) that set it.
+_EXPORTING = contextvars.ContextVar("tfkd_qat_exporting", default=False)
 
 
 @contextlib.contextmanager
 def exporting():
-    """Activation ranges are read as they are (no first-call fallback)."""
-    _EXPORTING[0] = True
+    """A context in which activation ranges are read as they are (no
+    first-call fallback): `to_tflite` traces a model in it, so that the
+    converter sees each learned range as a constant."""
+    token = _EXPORTING.set(True)
     try:
         yield
     finally:
-        _EXPORTING[0] = False
+        _EXPORTING.reset(token)
 
 
 def _global_extreme(value, reduce):
@@ -86,7 +91,7 @@ class _Range:
 
     def _range(self, values, training, update=True):
         """The range for this batch; moved by it in training if `update`."""
-        if _EXPORTING[0]:
+        if _EXPORTING.get():
             return self.range_min, self.range_max
         values = [_as_float32(v) for v in values]
         low = tf.reduce_min(tf.stack([tf.reduce_min(v) for v in values]))
