@@ -103,7 +103,21 @@ def test_the_training_extras_install_tensorboard():
     with open(os.path.join(root, "pyproject.toml"), "rb") as f:
         extras = tomllib.load(f)["project"]["optional-dependencies"]
     assert any(r.startswith("tensorboard") for r in extras["examples"])
-    assert "tfkd[qat,litert,examples,test]" in extras["all"]
+    assert "tfkd[qat,litert,examples,lm,test]" in extras["all"]
+
+
+@pytest.mark.mode_independent  # reads a file
+def test_the_lm_extra_pins_tensorflow_text_to_tensorflows_minor():
+    # tensorflow-text X.Y pins tensorflow X.Y: unpinned, `.[all]` could
+    # move TensorFlow to the newest tensorflow-text's minor.
+    import tomllib
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    assert any(r.startswith("keras-hub>=0.32") for r in extras["lm"])
+    (text,) = [r for r in extras["lm"] if r.startswith("tensorflow-text")]
+    assert ">=2.21,<2.22" in text
 
 
 PUBLIC_MODULES = (

@@ -345,6 +345,11 @@ def _teacher_batches(outputs_of, dataset, top_k, verbose):
                     ),
                 )
             )
+            # The teacher's log-normalizer (float32, one per position): the
+            # top-k probabilities stay exact and the tail's mass is known.
+            stored[_cache_format.LOG_NORMALIZER_KEY] = tf.reduce_logsumexp(
+                tf.cast(logits, tf.float32), axis=-1
+            )
         yield (x, stored) + rest
         progress.update(step + 1, finalize=step + 1 == cardinality)
 

@@ -33,6 +33,13 @@ DESCRIPTION_KEY = "tfkd_cache"
 # temperature T up to ~9,000 (float32 underflows below exp(-104)).
 _TOP_K_GAP = 1e6
 TOP_K_KEYS = ("top_k_values", "top_k_indices", "num_classes")
+# Stored by top-k caches since tfkd 0.x+1 (older caches lack it): the
+# teacher's `logsumexp` over all its logits, one float32 per position.
+LOG_NORMALIZER_KEY = "log_normalizer"
+# The teacher features entry through which a top-k cache with its
+# log-normalizer reaches the methods that read top-k teachers
+# (`accepts_top_k`, e.g. the token divergences): `k + 1` buckets.
+TOP_K_FEATURE = "tfkd_top_k"
 
 _RECACHE = (
     "Cache the data again with this Distiller: "
@@ -87,18 +94,29 @@ def expand(stored, described):
     `described`: the cache's `description`, completed here with the
     teacher's number of classes.
     """
-    num_classes = None
+    num_classes, tail = None, False
     if isinstance(stored.element_spec[1], dict):
         # A static class count (read from the first batch) gives the rebuilt
         # logits a static shape, as the Distiller's shape checks need.
         first = next(iter(stored.take(1)))
         num_classes = int(first[1][TOP_K_KEYS[2]][0])
-    key = json.dumps(dict(described, classes=num_classes), sort_keys=True)
+        tail = LOG_NORMALIZER_KEY in stored.element_spec[1]
+    key = json.dumps(
+        dict(described, classes=num_classes, top_k_tail=tail), sort_keys=True
+    )
 
     def expand_element(x, outputs, *rest):
         if num_classes is not None:
             values, indices = (outputs[k] for k in TOP_K_KEYS[:2])
-            outputs = (_dense_from_top_k(values, indices, num_classes), {})
+            features = {}
+            if tail:
+                features[TOP_K_FEATURE] = {
+                    "top_k_values": tf.cast(values, tf.float32),
+                    "top_k_indices": indices,
+                    "log_normalizer": outputs[LOG_NORMALIZER_KEY],
+                }
+            dense = _dense_from_top_k(values, indices, num_classes)
+            outputs = (dense, features)
         rows = tf.shape(tf.nest.flatten(x)[0])[:1]
         marker = {key: tf.zeros(rows, tf.uint8)}
         inputs = {
@@ -219,6 +237,16 @@ def _check_top_k(distiller, described):
         return  # Every logit is kept: the cache is exact for any method.
     for method in distiller.distillation_losses:
         if method.teacher_layer is not None:
+            continue
+        if getattr(method, "accepts_top_k", False):
+            if not described.get("top_k_tail"):
+                raise ValueError(
+                    f"The method {_method_label(method)} reads a top-k "
+                    "cache with the teacher's log-normalizer (its tail "
+                    f"mass), but this top_k={top_k} cache was made by an "
+                    "older tfkd without it. "
+                    f"{_RECACHE}."
+                )
             continue
         if getattr(method, "needs_all_logits", True):
             raise ValueError(

@@ -157,7 +157,8 @@ def hard_label_term(loss_fn, y, logits, sample_weight, scale):
 
 def method_term(method, teacher, student, labels, sample_weight, scale):
     """One distillation method's `Term` on teacher and student tensors."""
-    teacher = tf.cast(teacher, tf.float32)
+    if not isinstance(teacher, dict):  # A top-k teacher keeps its int ids.
+        teacher = tf.cast(teacher, tf.float32)
     student = tf.cast(student, tf.float32)
     if not method.batch_relational:
         return weighted_average(
@@ -259,6 +260,10 @@ def distillation_terms(
         position = 0 if term.output is None else term.output
         if method.teacher_layer is None:
             t, s = t_outputs[position], s_outputs[position]
+            if getattr(method, "accepts_top_k", False):
+                # A top-k cache's values, ids and log-normalizer
+                # (`tfkd._cache_format.TOP_K_FEATURE`), when the data has one.
+                t = t_features.get("tfkd_top_k", t)
         else:
             t = t_features[method.teacher_layer]
             s = s_features[method.student_layer]

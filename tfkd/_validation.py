@@ -363,6 +363,13 @@ def check_models(teacher, student):
     tfkd uses, and a student that is the teacher."""
     for role, model in (("teacher", teacher), ("student", student)):
         if not isinstance(model, keras.Model):
+            if type(model).__module__.startswith("keras_hub"):
+                raise TypeError(
+                    f"`{role}` is a keras-hub model "
+                    f"({type(model).__name__}): keras-hub models are "
+                    f"Keras 3 only, and tfkd uses {_keras.KERAS_NAME}. "
+                    "Unset TF_USE_LEGACY_KERAS to distil them."
+                )
             raise TypeError(
                 f"`{role}` must be a `{_keras.KERAS_NAME}.Model`. "
                 f"Received: {role}={model!r} of type "

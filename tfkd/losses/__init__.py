@@ -26,6 +26,18 @@ from tfkd.losses._self import pskd_loss
 from tfkd.losses._self import teacher_free_loss
 from tfkd.losses._self_wrappers import PSKD
 from tfkd.losses._self_wrappers import TeacherFreeKD
+from tfkd.losses._tokens import TVD
+from tfkd.losses._tokens import ForwardKL
+from tfkd.losses._tokens import GeneralizedJSD
+from tfkd.losses._tokens import ReverseKL
+from tfkd.losses._tokens import SkewKL
+from tfkd.losses._tokens import SkewReverseKL
+from tfkd.losses._tokens import forward_kl_loss
+from tfkd.losses._tokens import generalized_jsd_loss
+from tfkd.losses._tokens import reverse_kl_loss
+from tfkd.losses._tokens import skew_kl_loss
+from tfkd.losses._tokens import skew_reverse_kl_loss
+from tfkd.losses._tokens import tvd_loss
 from tfkd.losses._wrappers import DIST
 from tfkd.losses._wrappers import DKD
 from tfkd.losses._wrappers import KD
@@ -94,6 +106,36 @@ METHODS = types.MappingProxyType(
         "pskd": Method(
             PSKD, pskd_loss, "logits", paper="Kim et al., ICCV 2021"
         ),
+        # Token-level divergences of language-model distillation
+        # (docs/language_models.md); any `(batch, ..., vocab)` logits.
+        "forward_kl": Method(
+            ForwardKL, forward_kl_loss, "logits", paper="Hinton et al. 2015"
+        ),
+        "reverse_kl": Method(
+            ReverseKL,
+            reverse_kl_loss,
+            "logits",
+            paper="Gu et al. (MiniLLM), ICLR 2024",
+        ),
+        "gkd": Method(
+            GeneralizedJSD,
+            generalized_jsd_loss,
+            "logits",
+            paper="Agarwal et al. (GKD), ICLR 2024",
+        ),
+        "skew_kl": Method(
+            SkewKL,
+            skew_kl_loss,
+            "logits",
+            paper="Ko et al. (DistiLLM), ICML 2024",
+        ),
+        "skew_reverse_kl": Method(
+            SkewReverseKL,
+            skew_reverse_kl_loss,
+            "logits",
+            paper="Ko et al. (DistiLLM), ICML 2024",
+        ),
+        "tvd": Method(TVD, tvd_loss, "logits", paper="Wen et al., ACL 2023"),
     }
 )
 
@@ -103,6 +145,8 @@ __all__ = [
     "DKD",
     "DistillationLoss",
     "FitNets",
+    "ForwardKL",
+    "GeneralizedJSD",
     "KD",
     "METHODS",
     "Method",
@@ -110,19 +154,29 @@ __all__ = [
     "PKT",
     "PSKD",
     "RKD",
+    "ReverseKL",
     "SimilarityPreserving",
+    "SkewKL",
+    "SkewReverseKL",
+    "TVD",
     "TeacherFreeKD",
     "attention_transfer_loss",
     "byot_feature_loss",
     "byot_kd_loss",
     "dist_loss",
     "dkd_loss",
+    "forward_kl_loss",
+    "generalized_jsd_loss",
     "hint_loss",
     "kd_loss",
     "output_matching_loss",
     "pkt_loss",
     "pskd_loss",
+    "reverse_kl_loss",
     "rkd_loss",
     "similarity_preserving_loss",
+    "skew_kl_loss",
+    "skew_reverse_kl_loss",
     "teacher_free_loss",
+    "tvd_loss",
 ]

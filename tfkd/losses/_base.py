@@ -76,6 +76,11 @@ class DistillationLoss(keras.losses.Loss):
             top-k logits alone, so a Distiller refuses it for such a
             method. Defaults to `True`; softmax methods (`KD`, `DKD`,
             `DIST`) declare `False`.
+        accepts_top_k: `compute` also takes, as the teacher, a top-k
+            cache's dict (`top_k_values`, `top_k_indices`,
+            `log_normalizer`): from a cache with the teacher's
+            log-normalizer the `Distiller` passes it that dict instead of
+            the rebuilt logits (the token divergences: `k + 1` buckets).
         _hyperparameters: names of the float hyper-parameters, set by
             `_set_hyperparameters`: each is validated (`> 0`, or `>= 0` if
             also in `_may_be_zero`), becomes a float32 variable attribute
@@ -101,6 +106,7 @@ class DistillationLoss(keras.losses.Loss):
     feature_rank = None
     reads_class_logits = False
     needs_all_logits = True
+    accepts_top_k = False
     _hyperparameters = ()
     _may_be_zero = ()
 

@@ -1,0 +1,549 @@
+"""Token-level divergences of language-model distillation, pure TensorFlow.
+
+Every function takes the teacher first and the student second, computes in
+float32 from log-softmaxes whatever the inputs' dtype, and compares, at
+each position, the teacher's next-token distribution `p` with the
+student's `q`:
+
+```
+forward KL (KD)             KL(p || q)          = sum_v p (log p - log q)
+reverse KL (MiniLLM)        KL(q || p)
+generalized JSD (GKD)       beta KL(p || m) + (1 - beta) KL(q || m),
+                            m = beta p + (1 - beta) q
+skew KL (DistiLLM)          KL(p || alpha p + (1 - alpha) q)
+skew reverse KL (DistiLLM)  KL(q || (1 - alpha) p + alpha q)
+total variation (TVD)       1/2 sum_v |p - q|
+```
+
+Logits are `(batch, seq, vocab)` (any `(batch, ..., vocab)` works). The
+public functions return the mean over the real tokens (a `mask` of shape
+`(batch, seq)`, 1 for real tokens and 0 for padding), per token as the
+papers average (TRL's GKD, DistiLLM, MiniLLM: the sum over real tokens
+divided by their number, not a mean of per-sequence means). The wrapper
+classes return the per-position values, `(batch, seq)`, which
+`tfkd.Distiller` weighs by the padding mask that keras-hub's preprocessors
+give as sample weights.
+
+The teacher may also be a top-k teacher cache entry: a dict with
+`"top_k_values"` (the `k` largest logits), `"top_k_indices"` (their token
+ids) and `"log_normalizer"` (`logsumexp` of all the teacher's logits, at
+temperature 1); see `tfkd.cache_teacher_outputs(..., top_k=k)`. The
+divergences are then computed over `k + 1` buckets: the teacher's top-k
+tokens, with their exact probabilities, and one bucket for the rest of the
+vocabulary, holding the teacher's remaining mass `1 - sum_topk p` and the
+student's `1 - sum_topk q` (its probabilities at the teacher's top-k ids).
+This is exact for the top-k tokens and merges the tail into one outcome,
+which can only lower a divergence (the data-processing inequality): the
+tail's own shape is not learnt. At a temperature `T != 1` the teacher's
+tempered tail mass is estimated by spreading its tail mass evenly over the
+`vocab - k` other tokens (the stored normaliser is at `T = 1`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+from tfkd._keras import register_serializable
+from tfkd.losses import _checks
+from tfkd.losses._base import DistillationLoss
+from tfkd.losses._common import float32 as _float32
+
+TOP_K_KEYS = ("top_k_values", "top_k_indices", "log_normalizer")
+# log of the smallest tail mass kept: a tail below it weighs nothing, and
+# its log stays finite (no 0 * inf in the sums).
+_LOG_TINY = -69.0
+
+
+def _is_top_k(teacher):
+    return isinstance(teacher, dict)
+
+
+def _log_diff_exp(total, part):
+    """`log(exp(total) - exp(part))` for `part <= total`, floored."""
+    gap = tf.minimum(part - total, -1e-30)
+    return tf.maximum(total + tf.math.log(-tf.math.expm1(gap)), _LOG_TINY)
+
+
+def _top_k_log_probs(teacher, student, temperature):
+    """`(log p, log q)` over the teacher's top-k tokens and a tail bucket."""
+    missing = [key for key in TOP_K_KEYS if key not in teacher]
+    if missing:
+        raise ValueError(
+            "A top-k teacher must be a dict with the keys "
+            f"{TOP_K_KEYS}. Received: keys={sorted(teacher)} (missing "
+            f"{missing}). Cache the teacher with "
+            "`tfkd.cache_teacher_outputs(..., top_k=k)`."
+        )
+    values = tf.cast(teacher["top_k_values"], tf.float32)
+    indices = tf.cast(teacher["top_k_indices"], tf.int32)
+    log_z = tf.cast(teacher["log_normalizer"], tf.float32)
+    (student,) = _float32(student)
+    if values.shape.rank is not None and student.shape.rank is not None:
+        if values.shape.rank != student.shape.rank or (
+            not values.shape[:-1].is_compatible_with(student.shape[:-1])
+        ):
+            raise ValueError(
+                "The top-k teacher's values `(batch, ..., k)` must match the "
+                "student's logits `(batch, ..., vocab)` but for the last "
+                f"axis. Received: top_k_values.shape={tuple(values.shape)}, "
+                f"student_logits.shape={tuple(student.shape)}."
+            )
+    if log_z.shape.rank == values.shape.rank:
+        log_z = tf.squeeze(log_z, axis=-1)
+    log_z = log_z[..., None]
+    vocab = tf.cast(tf.shape(student)[-1], tf.float32)
+    k = tf.cast(tf.shape(values)[-1], tf.float32)
+    # The teacher at temperature 1: exact top-k log-probs and tail mass.
+    log_tail = _log_diff_exp(
+        tf.zeros_like(log_z), tf.reduce_logsumexp(values, -1, True) - log_z
+    )
+    # At T: the tail mass spread evenly over the other tokens (exact at 1).
+    others = tf.maximum(vocab - k, 1.0)
+    tail_logit = log_tail - tf.math.log(others) + log_z
+    scaled = values / temperature
+    tail_scaled = tail_logit / temperature + tf.math.log(others)
+    tail_scaled = tf.where(vocab > k, tail_scaled, _LOG_TINY + scaled[..., :1])
+    log_z_t = tf.reduce_logsumexp(
+        tf.concat([scaled, tail_scaled], axis=-1), -1, True
+    )
+    log_p = tf.concat([scaled, tail_scaled], axis=-1) - log_z_t
+    log_q_all = tf.nn.log_softmax(student / temperature)
+    log_q = tf.gather(log_q_all, indices, batch_dims=indices.shape.rank - 1)
+    log_q_tail = _log_diff_exp(
+        tf.zeros_like(log_q[..., :1]), tf.reduce_logsumexp(log_q, -1, True)
+    )
+    return log_p, tf.concat([log_q, log_q_tail], axis=-1)
+
+
+def _log_probs(function, teacher, student, temperature):
+    """`(log p, log q)`, float32, over the last axis (vocab or buckets)."""
+    temperature = tf.cast(temperature, tf.float32)
+    if _is_top_k(teacher):
+        return _top_k_log_probs(teacher, student, temperature)
+    teacher, student = _float32(teacher, student)
+    _checks.check_logits(function, teacher, student)
+    return (
+        tf.nn.log_softmax(teacher / temperature),
+        tf.nn.log_softmax(student / temperature),
+    )
+
+
+def _kl(log_p, log_q):
+    """`KL(p || q)` along the last axis, from log-probabilities."""
+    return tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+def _log_mixture(log_a, log_b, weight_a):
+    """`log(w a + (1 - w) b)` for `0 < w < 1`, stable in log space."""
+    x = log_a + math.log(weight_a)
+    y = log_b + math.log1p(-weight_a)
+    high = tf.maximum(x, y)
+    return high + tf.math.log1p(tf.exp(-tf.abs(x - y)))
+
+
+def check_fraction(name, value, *, open_low=False):
+    """Validates a float in `[0, 1]` (or `(0, 1]`); returns it."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"Invalid type for argument `{name}`. Expected a number in "
+            f"[0, 1]. Received: {name}={value!r}"
+        ) from None
+    low_ok = number > 0 if open_low else number >= 0
+    if not (low_ok and number <= 1):
+        low = "(0" if open_low else "[0"
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected a number in "
+            f"{low}, 1]. Received: {name}={value!r}"
+        )
+    return number
+
+
+# Per-token values, shape `logits.shape[:-1]`.
+
+
+def forward_kl_per_token(teacher, student, *, temperature=1.0):
+    """`T^2 * KL(p_T || q_T)` per position; see `forward_kl_loss`."""
+    log_p, log_q = _log_probs("forward_kl_loss", teacher, student, temperature)
+    return tf.square(tf.cast(temperature, tf.float32)) * _kl(log_p, log_q)
+
+
+def reverse_kl_per_token(teacher, student):
+    """`KL(q || p)` per position; see `reverse_kl_loss`."""
+    log_p, log_q = _log_probs("reverse_kl_loss", teacher, student, 1.0)
+    return _kl(log_q, log_p)
+
+
+def generalized_jsd_per_token(teacher, student, *, beta=0.5, temperature=1.0):
+    """GKD's generalized JSD per position; see `generalized_jsd_loss`."""
+    beta = check_fraction("beta", beta)
+    log_p, log_q = _log_probs(
+        "generalized_jsd_loss", teacher, student, temperature
+    )
+    if beta == 0.0:
+        return _kl(log_p, log_q)
+    if beta == 1.0:
+        return _kl(log_q, log_p)
+    log_m = _log_mixture(log_p, log_q, beta)
+    return beta * _kl(log_p, log_m) + (1.0 - beta) * _kl(log_q, log_m)
+
+
+def skew_kl_per_token(teacher, student, *, alpha=0.1):
+    """DistiLLM's skew KL per position; see `skew_kl_loss`."""
+    alpha = check_fraction("alpha", alpha)
+    log_p, log_q = _log_probs("skew_kl_loss", teacher, student, 1.0)
+    if alpha == 0.0:
+        return _kl(log_p, log_q)
+    if alpha == 1.0:
+        return tf.zeros_like(log_p[..., 0])
+    return _kl(log_p, _log_mixture(log_p, log_q, alpha))
+
+
+def skew_reverse_kl_per_token(teacher, student, *, alpha=0.1):
+    """DistiLLM's skew reverse KL per position; see
+    `skew_reverse_kl_loss`."""
+    alpha = check_fraction("alpha", alpha)
+    log_p, log_q = _log_probs("skew_reverse_kl_loss", teacher, student, 1.0)
+    if alpha == 0.0:
+        return _kl(log_q, log_p)
+    if alpha == 1.0:
+        return tf.zeros_like(log_p[..., 0])
+    return _kl(log_q, _log_mixture(log_q, log_p, alpha))
+
+
+def tvd_per_token(teacher, student):
+    """Total variation distance per position; see `tvd_loss`."""
+    log_p, log_q = _log_probs("tvd_loss", teacher, student, 1.0)
+    return 0.5 * tf.reduce_sum(tf.abs(tf.exp(log_p) - tf.exp(log_q)), -1)
+
+
+def masked_token_mean(values, mask=None):
+    """The mean of per-position `values` over the positions where `mask`
+    is nonzero (weighted by `mask`); the plain mean without a mask; 0 for
+    an all-zero mask."""
+    values = tf.cast(values, tf.float32)
+    if mask is None:
+        return tf.reduce_mean(values)
+    mask = tf.cast(mask, tf.float32)
+    if mask.shape.rank is not None and mask.shape.rank > values.shape.rank:
+        mask = tf.squeeze(mask, axis=-1)
+    mask = tf.broadcast_to(mask, tf.shape(values))
+    return tf.math.divide_no_nan(
+        tf.reduce_sum(values * mask), tf.reduce_sum(mask)
+    )
+
+
+_SHARED_DOC = """
+    Computed in float32 from log-softmaxes (finite for any finite logits,
+    float16 and bfloat16 inputs included). `teacher_logits` may be a top-k
+    cache entry (see `tfkd.losses` module docs: `k + 1` buckets, the
+    teacher's tail mass as one bucket).
+
+    Args:
+        teacher_logits: `(batch, seq, vocab)` teacher logits (or any
+            `(batch, ..., vocab)`), or a top-k dict.
+        student_logits: student logits of the same shape.
+        mask: `(batch, seq)` weights, 1 for real tokens and 0 for padding
+            (keras-hub's `padding_mask`). Defaults to `None` (every
+            position).
+
+    Returns:
+        Scalar float32: the mean over the real tokens (per token, as the
+        papers average; not a mean of per-sequence means).
+"""
+
+
+def forward_kl_loss(
+    teacher_logits, student_logits, *, temperature=1.0, mask=None
+):
+    return masked_token_mean(
+        forward_kl_per_token(
+            teacher_logits, student_logits, temperature=temperature
+        ),
+        mask,
+    )
+
+
+forward_kl_loss.__doc__ = (
+    """Token-level forward KL (word-level KD): `T^2 * KL(p_T || q_T)`.
+
+    `p_T = softmax(t / T)`, `q_T = softmax(s / T)` at each position; at the
+    default `T = 1` the plain KL of the next-token distributions, whose
+    gradient is that of the teacher-weighted cross-entropy
+    (`-sum p log q`, what DistiLLM's code computes: the values differ by the
+    teacher's entropy, a constant). `temperature` multiplies by `T^2` as in
+    Hinton et al. 2015.
+"""
+    + _SHARED_DOC
+)
+
+
+def reverse_kl_loss(teacher_logits, student_logits, *, mask=None):
+    return masked_token_mean(
+        reverse_kl_per_token(teacher_logits, student_logits), mask
+    )
+
+
+reverse_kl_loss.__doc__ = (
+    """Token-level reverse KL `KL(q || p)` (MiniLLM, Gu et al. 2024).
+
+    Mode-seeking: the student puts its mass where the teacher has much,
+    instead of spreading over all the teacher's tokens. MiniLLM optimises
+    the sequence-level reverse KL with policy gradients on student
+    samples; this is its per-token form on the data given (as DistiLLM's
+    `reverse_kl`).
+"""
+    + _SHARED_DOC
+)
+
+
+def generalized_jsd_loss(
+    teacher_logits, student_logits, *, beta=0.5, temperature=1.0, mask=None
+):
+    return masked_token_mean(
+        generalized_jsd_per_token(
+            teacher_logits, student_logits, beta=beta, temperature=temperature
+        ),
+        mask,
+    )
+
+
+generalized_jsd_loss.__doc__ = (
+    """Generalized Jensen-Shannon divergence of GKD (Agarwal et al. 2024).
+
+    ```
+    m = beta p + (1 - beta) q
+    JSD(beta) = beta KL(p || m) + (1 - beta) KL(q || m)
+    ```
+
+    with `p`, `q` the softmaxes of `t / T`, `s / T` (no `T^2` factor), as
+    TRL's `GKDTrainer.generalized_jsd_loss`; like it, `beta = 0` is the
+    forward KL `KL(p || q)` and `beta = 1` the reverse KL `KL(q || p)`.
+    GKD trains on student-generated sequences as well; this is the
+    divergence, applied to whatever sequences the data holds.
+
+    `beta` in `[0, 1]` (default 0.5), `temperature > 0` (default 1).
+"""
+    + _SHARED_DOC
+)
+
+
+def skew_kl_loss(teacher_logits, student_logits, *, alpha=0.1, mask=None):
+    return masked_token_mean(
+        skew_kl_per_token(teacher_logits, student_logits, alpha=alpha), mask
+    )
+
+
+skew_kl_loss.__doc__ = (
+    """Skew KL of DistiLLM (Ko et al. 2024): `KL(p || alpha p + (1-alpha) q)`.
+
+    The student's distribution is mixed with the teacher's, which bounds
+    the divergence and its gradient where `q` is near 0. `alpha` in
+    `[0, 1]` (default 0.1, the paper's). DistiLLM's code computes the
+    cross-entropy `-sum p log m`; this is the KL (the value differs by the
+    teacher's entropy, the gradient is the same).
+"""
+    + _SHARED_DOC
+)
+
+
+def skew_reverse_kl_loss(
+    teacher_logits, student_logits, *, alpha=0.1, mask=None
+):
+    return masked_token_mean(
+        skew_reverse_kl_per_token(teacher_logits, student_logits, alpha=alpha),
+        mask,
+    )
+
+
+skew_reverse_kl_loss.__doc__ = (
+    """Skew reverse KL of DistiLLM: `KL(q || (1 - alpha) p + alpha q)`.
+
+    As in DistiLLM's `skewed_reverse_kl`. `alpha` in `[0, 1]` (default
+    0.1).
+"""
+    + _SHARED_DOC
+)
+
+
+def tvd_loss(teacher_logits, student_logits, *, mask=None):
+    return masked_token_mean(
+        tvd_per_token(teacher_logits, student_logits), mask
+    )
+
+
+tvd_loss.__doc__ = (
+    """Total variation distance `1/2 sum_v |p - q|`, in `[0, 1]`.
+
+    Bounded, symmetric; used as a token-level distillation objective by
+    Wen et al. 2023 (f-divergence minimisation for sequence-level KD).
+"""
+    + _SHARED_DOC
+)
+
+
+# Keras wrappers for `tfkd.Distiller`: per-position values `(batch, seq)`,
+# which the Distiller weighs by the padding mask (keras-hub's preprocessors
+# give it as sample weights) and sums over the real tokens.
+
+
+class _TokenDivergence(DistillationLoss):
+    """A token-level divergence: `compute` returns `(batch, seq)` values.
+
+    The `tfkd.Distiller` weighs them by the per-position sample weights
+    (keras-hub's `padding_mask`), so padded positions count for nothing,
+    and divides the sum by the number of positions of the batch (Keras'
+    `"sum_over_batch_size"`): every real token weighs the same, whatever
+    the length of its sequence. The functions (`forward_kl_loss`, ...)
+    divide by the number of real tokens instead, as the papers do.
+    """
+
+    needs_all_logits = False
+    reads_class_logits = True
+    # From a top-k cache (`tfkd.cache_teacher_outputs(..., top_k=k)`), the
+    # Distiller passes the top-k dict (values, ids, log-normalizer): k + 1
+    # buckets, the teacher's tail mass as one.
+    accepts_top_k = True
+    _fractions = ()
+
+    def _set_fractions(self, **values):
+        for name, value in values.items():
+            setattr(self, name, check_fraction(name, value))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({name: getattr(self, name) for name in self._fractions})
+        return config
+
+
+@register_serializable
+class ForwardKL(_TokenDivergence):
+    """Token-level forward KL (KD); see `tfkd.losses.forward_kl_loss`.
+
+    Args:
+        temperature: `T > 0`; the loss is `T^2 * KL(p_T || q_T)`. Defaults
+            to `1.0`. A variable that schedules may change.
+        name: Defaults to `"forward_kl"`.
+        **kwargs: forwarded to `tfkd.losses.DistillationLoss`.
+
+    Example:
+        >>> tfkd.Distiller(teacher_lm, student_lm,
+        ...                distillation_loss=tfkd.losses.ForwardKL())
+    """
+
+    _hyperparameters = ("temperature",)
+
+    def __init__(self, temperature=1.0, name="forward_kl", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self._set_hyperparameters(temperature=temperature)
+
+    def compute(self, teacher, student, labels=None):
+        return forward_kl_per_token(
+            teacher, student, temperature=self.temperature
+        )
+
+
+@register_serializable
+class ReverseKL(_TokenDivergence):
+    """Token-level reverse KL (MiniLLM); see `tfkd.losses.reverse_kl_loss`.
+
+    Args:
+        name: Defaults to `"reverse_kl"`.
+        **kwargs: forwarded to `tfkd.losses.DistillationLoss`.
+    """
+
+    def __init__(self, name="reverse_kl", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def compute(self, teacher, student, labels=None):
+        return reverse_kl_per_token(teacher, student)
+
+
+@register_serializable
+class GeneralizedJSD(_TokenDivergence):
+    """GKD's generalized JSD; see `tfkd.losses.generalized_jsd_loss`.
+
+    Args:
+        beta: mixture weight in `[0, 1]`: 0 is the forward KL, 1 the
+            reverse KL (TRL's convention). Defaults to `0.5`.
+        temperature: `T > 0` (no `T^2` factor). Defaults to `1.0`.
+        name: Defaults to `"generalized_jsd"`.
+        **kwargs: forwarded to `tfkd.losses.DistillationLoss`.
+
+    Raises:
+        ValueError: `beta` outside `[0, 1]`, or `temperature <= 0`.
+    """
+
+    _hyperparameters = ("temperature",)
+    _fractions = ("beta",)
+
+    def __init__(
+        self, beta=0.5, temperature=1.0, name="generalized_jsd", **kwargs
+    ):
+        super().__init__(name=name, **kwargs)
+        self._set_fractions(beta=beta)
+        self._set_hyperparameters(temperature=temperature)
+
+    def compute(self, teacher, student, labels=None):
+        return generalized_jsd_per_token(
+            teacher, student, beta=self.beta, temperature=self.temperature
+        )
+
+
+@register_serializable
+class SkewKL(_TokenDivergence):
+    """DistiLLM's skew KL; see `tfkd.losses.skew_kl_loss`.
+
+    Args:
+        alpha: skew in `[0, 1]`. Defaults to `0.1`.
+        name: Defaults to `"skew_kl"`.
+        **kwargs: forwarded to `tfkd.losses.DistillationLoss`.
+    """
+
+    _fractions = ("alpha",)
+
+    def __init__(self, alpha=0.1, name="skew_kl", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self._set_fractions(alpha=alpha)
+
+    def compute(self, teacher, student, labels=None):
+        return skew_kl_per_token(teacher, student, alpha=self.alpha)
+
+
+@register_serializable
+class SkewReverseKL(_TokenDivergence):
+    """DistiLLM's skew reverse KL; see `tfkd.losses.skew_reverse_kl_loss`.
+
+    Args:
+        alpha: skew in `[0, 1]`. Defaults to `0.1`.
+        name: Defaults to `"skew_reverse_kl"`.
+        **kwargs: forwarded to `tfkd.losses.DistillationLoss`.
+    """
+
+    _fractions = ("alpha",)
+
+    def __init__(self, alpha=0.1, name="skew_reverse_kl", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self._set_fractions(alpha=alpha)
+
+    def compute(self, teacher, student, labels=None):
+        return skew_reverse_kl_per_token(teacher, student, alpha=self.alpha)
+
+
+@register_serializable
+class TVD(_TokenDivergence):
+    """Token-level total variation distance; see `tfkd.losses.tvd_loss`.
+
+    Args:
+        name: Defaults to `"tvd"`.
+        **kwargs: forwarded to `tfkd.losses.DistillationLoss`.
+    """
+
+    def __init__(self, name="tvd", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def compute(self, teacher, student, labels=None):
+        return tvd_per_token(teacher, student)
