@@ -717,3 +717,45 @@ def test_byot_trains_to_finite_float32_losses_under_mixed_precision(policy):
     history = byot.fit(x, y, batch_size=16, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
     assert byot.early_exits()[0](x[:2]).dtype == tf.float32
+
+
+def test_byot_saves_and_loads_as_a_whole_and_resumes(tmp_path):
+    """The wrapper round-trips through `save` / `load_model`: the same
+    student and early-exit outputs, the settings, and the optimizer's
+    state (the next epoch equals the uninterrupted run's)."""
+    keras.utils.set_random_seed(0)
+    x, y = toy_images(n=32)
+    byot = tfkd.self_distillation.DeepSelfDistillation(
+        _byot_student(),
+        ["relu1"],
+        feature_layer="embedding",
+        alpha=0.3,
+        temperature=2.0,
+    )
+    byot.compile(keras.optimizers.Adam(0.01), metrics=["accuracy"])
+    byot.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    path = str(tmp_path / "byot.keras")
+    byot.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded) is type(byot)
+    assert (loaded.layer_names, loaded.feature_layer) == (
+        ["relu1"],
+        "embedding",
+    )
+    assert (loaded.alpha, loaded.temperature) == (0.3, 2.0)
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), byot.predict(x, verbose=0), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        loaded.early_exits()[0].predict(x, verbose=0),
+        byot.early_exits()[0].predict(x, verbose=0),
+        rtol=1e-6,
+    )
+    byot.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    loaded.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    assert (
+        relative_difference(
+            loaded.network.get_weights(), byot.network.get_weights()
+        )
+        < 1e-5
+    )

@@ -13,6 +13,7 @@ from typing import Any
 import tensorflow as tf
 
 from tfkd import _keras
+from tfkd import _loss_scale
 from tfkd._keras import keras
 from tfkd.losses import _self
 from tfkd.losses._base import check_positive
@@ -30,6 +31,7 @@ def _layer_output(student, name, what):
         ) from None
 
 
+@_keras.register_serializable
 class DeepSelfDistillation(keras.Model):
     """Be Your Own Teacher (Zhang et al. 2019): heads on intermediate layers.
 
@@ -55,7 +57,9 @@ class DeepSelfDistillation(keras.Model):
 
     `call` and `predict` are the student's; `student` is the plain model to
     save or export (no head); `early_exits()` gives one model per head.
-    Save `student` (the heads with `early_exits()`), not this wrapper.
+    The wrapper saves and loads as a whole too (`save`, `load_model`: the
+    student, the heads, the settings and the optimizer's state), to resume
+    training.
 
     Args:
         student: a Functional (or Sequential) Keras model that outputs
@@ -158,6 +162,9 @@ class DeepSelfDistillation(keras.Model):
             name=f"{student.name}_with_heads",
         )
         self._total_tracker = keras.metrics.Mean(name="loss")
+        # Built with its network, so that `save` keeps the weights and a
+        # loaded wrapper rebuilds its optimizer's state.
+        self.built = True
 
     @property
     def metrics(self) -> list:
@@ -173,6 +180,37 @@ class DeepSelfDistillation(keras.Model):
             keras.Model(self.student.inputs, logits, name=f"{name}_exit")
             for name, logits in zip(self.layer_names, self._head_logits)
         ]
+
+    def compile_from_config(self, config: dict) -> None:
+        """Recompiles a loaded wrapper; builds the optimizer on the
+        variables that `train_step` updates, in their order, so that its
+        saved state loads."""
+        deserialize = keras.saving.deserialize_keras_object
+        self.compile(
+            **{key: deserialize(value) for key, value in config.items()}
+        )
+        _keras.build_optimizer(self.optimizer, self.network.trainable_variables)
+
+    def get_config(self) -> dict:
+        return {
+            "name": self.name,
+            "student": keras.saving.serialize_keras_object(self.student),
+            "layers": list(self.layer_names),
+            "feature_layer": self.feature_layer,
+            "temperature": self.temperature,
+            "alpha": self.alpha,
+            "beta": self.beta,
+        }
+
+    @classmethod
+    def from_config(
+        cls, config: dict, custom_objects: dict | None = None
+    ) -> DeepSelfDistillation:
+        config = dict(config)
+        config["student"] = keras.saving.deserialize_keras_object(
+            config["student"], custom_objects=custom_objects
+        )
+        return cls(**config)
 
     def _per_example(self, y, outputs):
         count = len(self.layer_names)
@@ -228,6 +266,8 @@ class DeepSelfDistillation(keras.Model):
         variables = self.network.trainable_variables
         gradients = tape.gradient(scaled, variables)
         gradients = _keras.unscale_gradients(self.optimizer, gradients)
+        # Every replica skips an overflowing step, or none.
+        gradients = _loss_scale.agree_on_finite(self.optimizer, gradients)
         self.optimizer.apply_gradients(zip(gradients, variables))
         return self._logs(self.compute_metrics(x, y, outputs[0], sample_weight))
 
