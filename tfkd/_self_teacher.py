@@ -108,7 +108,7 @@ def no_teacher(student, distillation_loss):
     needing = [
         type(m).__name__
         for m in methods
-        if getattr(m, "requires_teacher", True) is not False
+        if getattr(m, "requires_teacher", True)
     ]
     if not methods or needing:
         raise ValueError(

@@ -81,6 +81,9 @@ class DistillationLoss(keras.losses.Loss):
             `log_normalizer`): from a cache with the teacher's
             log-normalizer the `Distiller` passes it that dict instead of
             the rebuilt logits (the token divergences: `k + 1` buckets).
+        requires_teacher: `compute` reads the teacher's tensor. `False`
+            (teacher-free KD): the `Distiller` accepts `teacher=None` when
+            every method declares it.
         _hyperparameters: names of the float hyper-parameters, set by
             `_set_hyperparameters`: each is validated (`> 0`, or `>= 0` if
             also in `_may_be_zero`), becomes a float32 variable attribute
@@ -107,6 +110,7 @@ class DistillationLoss(keras.losses.Loss):
     reads_class_logits = False
     needs_all_logits = True
     accepts_top_k = False
+    requires_teacher = True
     _hyperparameters = ()
     _may_be_zero = ()
 
