@@ -97,6 +97,13 @@ def define_flags(flag_values=FLAGS):
     flags.DEFINE_integer(
         "step_cost_steps", 30, "Timed steps per contender.", **fv
     )
+    flags.DEFINE_boolean(
+        "jit_compile",
+        False,
+        "Compile every model's steps with XLA (`compile(jit_compile=True)`), "
+        "the student alone's too.",
+        **fv,
+    )
     flags.register_validator(
         "rows",
         lambda rows: set(rows) <= set(ROWS),
@@ -207,7 +214,11 @@ def _run(row, seed, teacher, train, valid_set, steps):
     optimizer = language.optimizer(FLAGS.learning_rate, steps)
     if row in ("alone", "alone_wall"):
         model = student
-        model.compile(optimizer=optimizer, loss=language.token_loss())
+        model.compile(
+            optimizer=optimizer,
+            loss=language.token_loss(),
+            jit_compile=FLAGS.jit_compile,
+        )
     else:
         model = tfkd.Distiller(
             teacher,
@@ -215,7 +226,11 @@ def _run(row, seed, teacher, train, valid_set, steps):
             distillation_loss=METHODS[row](),
             alpha=FLAGS.alpha,
         )
-        model.compile(optimizer=optimizer, loss=language.token_loss())
+        model.compile(
+            optimizer=optimizer,
+            loss=language.token_loss(),
+            jit_compile=FLAGS.jit_compile,
+        )
         if row.startswith("cache_"):
             once = language.dataset(
                 train, FLAGS.batch_size, shuffle_seed=seed
@@ -335,10 +350,13 @@ def _step_cost():
         model.compile(
             optimizer=language.optimizer(1e-3, 100),
             loss=language.token_loss(),
+            jit_compile=FLAGS.jit_compile,
         )
         return model
 
-    infer = tf.function(lambda x: teacher(x, training=False))
+    infer = tf.function(
+        lambda x: teacher(x, training=False), jit_compile=FLAGS.jit_compile
+    )
     for x, _, _ in data.take(2):
         infer(x)
     start = time.perf_counter()

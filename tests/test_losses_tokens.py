@@ -446,6 +446,25 @@ def test_top_k_cache_gives_k_plus_one_buckets_through_the_distiller(name):
     assert cached["distillation_loss"] <= live["distillation_loss"] + 1e-6
 
 
+@pytest.mark.parametrize("method, dense", [(L.ForwardKL, False), (L.KD, True)])
+def test_top_k_caches_reach_the_step_compact(method, dense):
+    """Memory in proportion to k: the data set carries `k` values and ids
+    per position, and the step rebuilds `(batch, seq, vocab)` teacher logits
+    only for a method that reads them (KD), not for the token divergences."""
+    distiller = _distiller(method())
+    cached = _cached(distiller, 3)
+    outputs = cached.element_spec[0]["tfkd_teacher_outputs"][0]
+    assert {k: v.shape.as_list() for k, v in outputs.items()} == {
+        "top_k_values": [None, SEQ, 3],
+        "top_k_indices": [None, SEQ, 3],
+        "log_normalizer": [None, SEQ],
+    }
+    step = tf.function(distiller.train_step)
+    graph = step.get_concrete_function(cached.element_spec).graph
+    rebuilt = {op.type for op in graph.get_operations()}
+    assert ("TensorScatterUpdate" in rebuilt) == dense
+
+
 def test_top_k_cache_stores_the_log_normalizer(tmp_path):
     distiller = _distiller(L.ForwardKL())
     x, y, mask = _token_data(steps=1)

@@ -46,7 +46,7 @@ def cache_teacher_outputs(
     `({"inputs": x, "tfkd_teacher_outputs": (logits, features),
     "tfkd_cache": {...}}, y[, w])` (keys `tfkd.teachers.INPUTS_KEY` and
     `TEACHER_OUTPUTS_KEY`; `logits` is a tuple for a teacher with several
-    outputs), which `tfkd.Distiller.fit` / `evaluate` recognise: they then
+    outputs, and a dict of the top-k values and ids for `top_k`), which `tfkd.Distiller.fit` / `evaluate` recognise: they then
     never call the teacher. With no augmentation and the same order,
     training is exactly live distillation, at about the cost of training
     the student alone. The examples keep their inputs, outputs and labels
@@ -104,8 +104,13 @@ def cache_teacher_outputs(
     folder behind; it is safe to delete.
 
     Top-k: `top_k=k` stores only the `k` largest logits of each example
-    (`k` float32 values and `k` int32 indices). When read, the logits are
-    rebuilt dense with `min(top-k) - 1e6` for the other classes, whose
+    (`k` float32 values and `k` int32 indices) and the teacher's
+    log-normalizer; the data set carries them as the dict
+    `{"top_k_values", "top_k_indices", "log_normalizer"}` (memory in
+    proportion to `k`). The token divergences (`tfkd.losses.ForwardKL`,
+    ...) read it as `k + 1` buckets (docs/language_models.md). For the
+    other methods the step rebuilds the logits dense (only when one of its
+    methods reads them) with `min(top-k) - 1e6` for the other classes, whose
     teacher probabilities are then exactly 0, so KD is the KL divergence of
     the renormalised top-k teacher distribution from the full student
     softmax:

@@ -36,10 +36,6 @@ TOP_K_KEYS = ("top_k_values", "top_k_indices", "num_classes")
 # Stored by top-k caches since tfkd 0.x+1 (older caches lack it): the
 # teacher's `logsumexp` over all its logits, one float32 per position.
 LOG_NORMALIZER_KEY = "log_normalizer"
-# The teacher features entry through which a top-k cache with its
-# log-normalizer reaches the methods that read top-k teachers
-# (`accepts_top_k`, e.g. the token divergences): `k + 1` buckets.
-TOP_K_FEATURE = "tfkd_top_k"
 
 _RECACHE = (
     "Cache the data again with this Distiller: "
@@ -88,6 +84,87 @@ def _dense_from_top_k(values, indices, num_classes):
     return tf.ensure_shape(dense, static)
 
 
+class TopKLogits:
+    """A top-k cache's teacher logits in a step: compact, dense on demand.
+
+    The data set carries, per position, the `k` largest logits, their ids
+    and (since the tail-bucket format) the teacher's log-normalizer. The
+    methods that read top-k teachers (`accepts_top_k`: the token
+    divergences) take them as they are (`compact`), so memory and time stay
+    proportional to `k`; the other methods and the teacher's validation
+    logs take the `(..., classes)` logits rebuilt with a floor far below
+    the top-k (`dense()`, built once, and only when something asks).
+    `shape` is the dense logits' static shape, for the shape checks.
+    """
+
+    def __init__(self, stored, num_classes):
+        self.values = tf.cast(stored[TOP_K_KEYS[0]], tf.float32)
+        self.indices = tf.cast(stored[TOP_K_KEYS[1]], tf.int32)
+        self.log_normalizer = stored.get(LOG_NORMALIZER_KEY)
+        self.num_classes = num_classes
+        self.shape = self.values.shape[:-1].concatenate([num_classes])
+        self.dtype = tf.float32
+        self._dense = None
+
+    @property
+    def compact(self):
+        """`{"top_k_values", "top_k_indices", "log_normalizer"}`, or None
+        for a cache made without the log-normalizer."""
+        if self.log_normalizer is None:
+            return None
+        return {
+            TOP_K_KEYS[0]: self.values,
+            TOP_K_KEYS[1]: self.indices,
+            LOG_NORMALIZER_KEY: tf.cast(self.log_normalizer, tf.float32),
+        }
+
+    def dense(self):
+        if self._dense is None:
+            if self.num_classes is None:
+                raise ValueError(
+                    "These top-k teacher outputs carry no number of classes "
+                    "(a data set built by hand): the dense logits cannot be "
+                    f"rebuilt. {_RECACHE}."
+                )
+            self._dense = _dense_from_top_k(
+                self.values, self.indices, self.num_classes
+            )
+        return self._dense
+
+    def for_method(self, method):
+        """What `method` reads: `compact` if it accepts a top-k teacher."""
+        reads_top_k = getattr(method, "accepts_top_k", False)
+        if reads_top_k and self.log_normalizer is not None:
+            return self.compact
+        return self.dense()
+
+
+def _is_top_k(logits):
+    return isinstance(logits, dict) and TOP_K_KEYS[0] in logits
+
+
+def cached_logits(x):
+    """The cached teacher logits in a batch's inputs `x` (dense, top-k
+    caches rebuilt), or None when `x` carries no cache."""
+    _, outputs = split_inputs(x)
+    if outputs is None:
+        return None
+    logits = outputs[0]
+    if _is_top_k(logits):
+        return TopKLogits(logits, _described(x).get("classes")).dense()
+    return logits
+
+
+def _described(x):
+    """A cache's description (`description` and the number of classes),
+    read from the key of its marker; `{}` for a cache built by hand."""
+    marker = x.get(DESCRIPTION_KEY) or {}
+    if len(marker) != 1:
+        return {}
+    (key,) = marker
+    return json.loads(key)
+
+
 def expand(stored, described):
     """Maps cached elements to the Distiller's input structure.
 
@@ -107,16 +184,10 @@ def expand(stored, described):
 
     def expand_element(x, outputs, *rest):
         if num_classes is not None:
-            values, indices = (outputs[k] for k in TOP_K_KEYS[:2])
-            features = {}
-            if tail:
-                features[TOP_K_FEATURE] = {
-                    "top_k_values": tf.cast(values, tf.float32),
-                    "top_k_indices": indices,
-                    "log_normalizer": outputs[LOG_NORMALIZER_KEY],
-                }
-            dense = _dense_from_top_k(values, indices, num_classes)
-            outputs = (dense, features)
+            # Compact, `k` numbers per position: the step rebuilds the dense
+            # logits only for what reads them (`TopKLogits`).
+            keys = TOP_K_KEYS[:2] + ((LOG_NORMALIZER_KEY,) if tail else ())
+            outputs = ({key: outputs[key] for key in keys}, {})
         rows = tf.shape(tf.nest.flatten(x)[0])[:1]
         marker = {key: tf.zeros(rows, tf.uint8)}
         inputs = {
@@ -149,16 +220,18 @@ def checked_split(distiller, x, in_step=True):
     inputs, outputs = split_inputs(x)
     if outputs is None:
         return inputs, outputs
-    marker = x.get(DESCRIPTION_KEY) or {}
-    if len(marker) == 1:
-        (key,) = marker
+    described = _described(x)
+    if described:
+        key = next(iter(x[DESCRIPTION_KEY]))
         checked = _EAGERLY_CHECKED.setdefault(distiller, set())
         if not (in_step and tf.executing_eagerly() and key in checked):
-            described = json.loads(key)
             _check_teacher(distiller, described)
             _check_top_k(distiller, described)
             checked.add(key)
     _check_taps(distiller, outputs)
+    if in_step and _is_top_k(outputs[0]):
+        top_k = TopKLogits(outputs[0], described.get("classes"))
+        outputs = (top_k,) + tuple(outputs[1:])
     return inputs, outputs
 
 

@@ -20,6 +20,7 @@ import warnings
 import tensorflow as tf
 
 from tfkd import _augment
+from tfkd import _cache_format
 from tfkd import _data_checks
 from tfkd import _keras
 from tfkd import _validation
@@ -260,10 +261,8 @@ def distillation_terms(
         position = 0 if term.output is None else term.output
         if method.teacher_layer is None:
             t, s = t_outputs[position], s_outputs[position]
-            if getattr(method, "accepts_top_k", False):
-                # A top-k cache's values, ids and log-normalizer
-                # (`tfkd._cache_format.TOP_K_FEATURE`), when the data has one.
-                t = t_features.get("tfkd_top_k", t)
+            if isinstance(t, _cache_format.TopKLogits):
+                t = t.for_method(method)  # Compact or rebuilt dense.
         else:
             t = t_features[method.teacher_layer]
             s = s_features[method.student_layer]

@@ -18,7 +18,7 @@ reads it to know whether an epoch validated.
 
 import tensorflow as tf
 
-from tfkd import _cache
+from tfkd import _cache_format
 from tfkd import _keras
 from tfkd import _validation
 from tfkd._keras import keras
@@ -42,11 +42,11 @@ class _TeacherOutputs(_keras.MultiWorkerSafe, keras.Model):
         self._arrange = arrange
 
     def call(self, inputs, training=False):
-        inputs, cached = _cache.split_inputs(inputs)
+        cached = _cache_format.cached_logits(inputs)
         if cached is not None:
-            outputs = cached[0]
-            outputs = list(outputs) if isinstance(outputs, tuple) else outputs
+            outputs = list(cached) if isinstance(cached, tuple) else cached
         else:
+            inputs, _ = _cache_format.split_inputs(inputs)
             outputs = self.teacher(inputs, training=False)
         return self._arrange(outputs) if self._arrange else outputs
 
