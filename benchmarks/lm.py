@@ -11,12 +11,12 @@ initial weights train for `--student_steps` steps:
 - `forward_kl`, `reverse_kl`, `gkd`: distilled from the live teacher with
   `tfkd.losses.ForwardKL()`, `ReverseKL()`, `GeneralizedJSD(beta=0.5)`
   (hard-label weight `--alpha`), padding masked per token;
-- `cache_forward_kl`: `ForwardKL()` from a top-k teacher cache
-  (`tfkd.cache_teacher_outputs(..., top_k=--top_k)`, the teacher's tail
-  mass kept as one bucket);
-- `alone_wall`: the student alone for as many steps as fit in the
-  `forward_kl` run's wall time (its steps: `--student_steps` times the ratio
-  of this seed's measured `forward_kl` and `alone` times).
+- `cache_forward_kl`, `cache_forward_kl_wide`: `ForwardKL()` from a top-k
+  teacher cache (`tfkd.cache_teacher_outputs(..., top_k=k)`, `k` =
+  `--top_k` and `--top_k_wide`, the teacher's tail mass kept as one bucket);
+- `alone_wall`, `alone_wall_cache`: the student alone for as many steps as
+  fit in the `forward_kl` (`cache_forward_kl`) run's wall time (its steps:
+  `--student_steps` times the ratio of this seed's measured step times).
 
 Validation perplexity: `exp` of the mean cross-entropy over the real tokens
 of held-out files. Every run is written to `lm.json` as it ends, and
@@ -51,13 +51,18 @@ ROWS = (
     "reverse_kl",
     "gkd",
     "cache_forward_kl",
+    "cache_forward_kl_wide",
     "alone_wall",
+    "alone_wall_cache",
 )
+# The row whose wall time an `alone_wall*` row matches.
+WALL = {"alone_wall": "forward_kl", "alone_wall_cache": "cache_forward_kl"}
 METHODS = {
     "forward_kl": lambda: tfkd.losses.ForwardKL(),
     "reverse_kl": lambda: tfkd.losses.ReverseKL(),
     "gkd": lambda: tfkd.losses.GeneralizedJSD(beta=0.5),
     "cache_forward_kl": lambda: tfkd.losses.ForwardKL(),
+    "cache_forward_kl_wide": lambda: tfkd.losses.ForwardKL(),
 }
 
 
@@ -78,6 +83,9 @@ def define_flags(flag_values=FLAGS):
     flags.DEFINE_float("learning_rate", 1e-3, "Peak AdamW rate.", **fv)
     flags.DEFINE_float("alpha", 0.5, "Hard-label weight.", **fv)
     flags.DEFINE_integer("top_k", 16, "Logits kept by the cache.", **fv)
+    flags.DEFINE_integer(
+        "top_k_wide", 64, "Logits kept by the wide cache's row.", **fv
+    )
     flags.DEFINE_integer("seeds", 3, "Seeds 0..N-1.", lower_bound=1, **fv)
     flags.DEFINE_list("rows", list(ROWS), f"Rows to run, of {ROWS}.", **fv)
     flags.DEFINE_string(
@@ -205,6 +213,10 @@ def _teacher(train, valid_set):
     return teacher, saved
 
 
+def _top_k(row):
+    return FLAGS.top_k_wide if row.endswith("_wide") else FLAGS.top_k
+
+
 def _run(row, seed, teacher, train, valid_set, steps):
     """Trains one student; returns its perplexity, steps and seconds."""
     student = _model("student", seed, "student")
@@ -212,7 +224,7 @@ def _run(row, seed, teacher, train, valid_set, steps):
         train, FLAGS.batch_size, shuffle_seed=seed, repeat=True
     )
     optimizer = language.optimizer(FLAGS.learning_rate, steps)
-    if row in ("alone", "alone_wall"):
+    if row == "alone" or row in WALL:
         model = student
         model.compile(
             optimizer=optimizer,
@@ -236,7 +248,7 @@ def _run(row, seed, teacher, train, valid_set, steps):
                 train, FLAGS.batch_size, shuffle_seed=seed
             ).take(steps)
             data = tfkd.cache_teacher_outputs(
-                model, once, top_k=FLAGS.top_k, verbose=0
+                model, once, top_k=_top_k(row), verbose=0
             ).repeat()
     timer = _Timer()
     model.fit(
@@ -278,7 +290,9 @@ def _markdown(results):
         f"{results['settings']['vocabulary_size']}, batches of "
         f"{results['settings']['batch_size']} x "
         f"{results['settings']['sequence_length']} tokens; hard-label "
-        f"weight {results['alpha']:g}; top-k cache k={results['top_k']}.",
+        f"weight {results['alpha']:g}; top-k caches k={results['top_k']} "
+        f"(`cache_forward_kl`) and k={results.get('top_k_wide')} (`_wide`); "
+        f"XLA: {results.get('jit_compile', False)}.",
         "",
         "| row | steps | train seconds | ms per step | validation "
         "perplexity | seeds |",
@@ -440,15 +454,17 @@ def main(argv):
         teacher=described,
         alpha=FLAGS.alpha,
         top_k=FLAGS.top_k,
+        top_k_wide=FLAGS.top_k_wide,
+        jit_compile=FLAGS.jit_compile,
     )
     rows = [row for row in ROWS if row in FLAGS.rows]
     for seed in range(FLAGS.seeds):
         for row in rows:
             steps = FLAGS.student_steps
-            if row == "alone_wall":
+            if row in WALL:
                 done = results["runs"]
                 alone = done["alone"][str(seed)]
-                live = done["forward_kl"][str(seed)]
+                live = done[WALL[row]][str(seed)]
                 steps = round(
                     steps * live["step_seconds"] / alone["step_seconds"]
                 )

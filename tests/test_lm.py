@@ -247,6 +247,7 @@ def test_lm_benchmark_runs_on_tiny_settings(tmp_path):
             "--student_steps=2",
             "--seeds=1",
             "--top_k=4",
+            "--top_k_wide=8",
             f"--work_dir={tmp_path}",
             f"--output_dir={tmp_path}",
         ],
@@ -258,6 +259,14 @@ def test_lm_benchmark_runs_on_tiny_settings(tmp_path):
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     table = (tmp_path / "lm.md").read_text()
-    for row in ("alone", "forward_kl", "reverse_kl", "gkd", "cache_forward_kl"):
+    for row in (
+        "alone",
+        "forward_kl",
+        "reverse_kl",
+        "gkd",
+        "cache_forward_kl",
+        "cache_forward_kl_wide",
+    ):
         assert f"| {row} | 2.0 |" in table, table
     assert "| alone_wall |" in table
+    assert "| alone_wall_cache |" in table
