@@ -167,6 +167,34 @@ def test_cached_validation_data_gives_the_live_values():
         np.testing.assert_allclose(logs[1][key], logs[0][key], rtol=1e-6)
 
 
+def test_a_top_k_cache_logs_the_teachers_top_k_and_its_tail_mass():
+    """From a top-k cache the teacher's accuracy is exact, and its loss is
+    exact for labels among its top-k; a label outside them costs the
+    teacher's tail mass spread evenly (not the 1e6 of a floor)."""
+    x, y = toy_classification(n=96, classes=6)
+    teacher = make_mlp(8, classes=6, name="teacher")
+    validation = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    cached = tfkd.cache_teacher_outputs(teacher, validation, top_k=2, verbose=0)
+    distiller = tfkd.Distiller(
+        teacher, make_mlp(4, classes=6, name="student", seed=20), alpha=0.3
+    )
+    distiller.compile("sgd", loss=sparse_ce(), metrics=["accuracy"])
+    logs = distiller.fit(
+        cached, validation_data=cached, epochs=1, verbose=0
+    ).history
+    t = teacher.predict(x, verbose=0).astype("float64")
+    log_p = t - np.log(np.exp(t).sum(-1, keepdims=True))
+    top = np.argsort(-t, axis=1)[:, :2]
+    in_top = (top == y[:, None]).any(axis=1)
+    tail = 1 - np.exp(np.take_along_axis(log_p, top, 1)).sum(1)
+    ce = np.where(in_top, -log_p[np.arange(len(y)), y], -np.log(tail / 4))
+    assert not in_top.all()  # Both cases are exercised.
+    np.testing.assert_allclose(logs["val_teacher_loss"], ce.mean(), rtol=1e-5)
+    np.testing.assert_allclose(
+        logs["val_teacher_accuracy"], (t.argmax(1) == y).mean(), rtol=1e-6
+    )
+
+
 def test_without_a_loss_only_the_metrics():
     x, _, x_val, y_val = _data()
     distiller = tfkd.Distiller(

@@ -46,8 +46,9 @@ def cache_teacher_outputs(
     `({"inputs": x, "tfkd_teacher_outputs": (logits, features),
     "tfkd_cache": {...}}, y[, w])` (keys `tfkd.teachers.INPUTS_KEY` and
     `TEACHER_OUTPUTS_KEY`; `logits` is a tuple for a teacher with several
-    outputs, and a dict of the top-k values and ids for `top_k`), which `tfkd.Distiller.fit` / `evaluate` recognise: they then
-    never call the teacher. With no augmentation and the same order,
+    outputs, and a dict of the top-k values and ids for `top_k`), which
+    `tfkd.Distiller.fit` / `evaluate` recognise: they then never call the
+    teacher. With no augmentation and the same order,
     training is exactly live distillation, at about the cost of training
     the student alone. The examples keep their inputs, outputs and labels
     together through `shuffle`, `unbatch` and `batch`.

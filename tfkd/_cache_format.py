@@ -16,6 +16,7 @@ ends the process on an empty `(batch, 0)` tensor), goes through
 from __future__ import annotations
 
 import json
+import math
 import weakref
 
 import tensorflow as tf
@@ -61,22 +62,25 @@ def description(model, taps, top_k):
     }
 
 
-def _dense_from_top_k(values, indices, num_classes):
-    """`(..., classes)` float32 logits: the top-k values, a floor elsewhere.
+def _dense_from_top_k(values, indices, num_classes, fill=None):
+    """`(..., classes)` float32 logits: the top-k values, `fill` elsewhere.
 
-    Leading axes (a sequence's `(batch, time)`) are flattened into rows and
-    restored. In float32 whatever the stored dtype: in float16 the floor
-    (1e6 below the smallest kept logit) would be -inf.
+    `fill` (`(..., 1)`) defaults to a floor `1e6` below the smallest kept
+    logit. Leading axes (a sequence's `(batch, time)`) are flattened into
+    rows and restored. In float32 whatever the stored dtype: in float16 the
+    floor would be -inf.
     """
     static = values.shape[:-1].concatenate([num_classes])
     values = tf.cast(values, tf.float32)
+    if fill is None:
+        fill = tf.reduce_min(values, axis=-1, keepdims=True) - _TOP_K_GAP
     leading = tf.shape(values)[:-1]
     k = tf.shape(values)[-1]
     values = tf.reshape(values, [-1, k])
     indices = tf.reshape(indices, [-1, k])
-    floor = tf.reduce_min(values, axis=-1, keepdims=True) - _TOP_K_GAP
+    fill = tf.reshape(fill, [-1, 1])
     rows = tf.shape(values)[0]
-    dense = tf.broadcast_to(floor, tf.stack([rows, num_classes]))
+    dense = tf.broadcast_to(fill, tf.stack([rows, num_classes]))
     row_ids = tf.broadcast_to(tf.range(rows)[:, None], tf.shape(indices))
     scatter = tf.stack([row_ids, indices], axis=-1)
     dense = tf.tensor_scatter_nd_update(dense, scatter, values)
@@ -131,6 +135,35 @@ class TopKLogits:
             )
         return self._dense
 
+    def for_logs(self):
+        """Dense logits for the teacher's validation logs, or None (the
+        teacher must run) for a cache without the log-normalizer.
+
+        The top-k values as they are and, for the other classes, the
+        teacher's remaining mass spread evenly over them: the softmax keeps
+        the teacher's exact top-k probabilities (so its accuracy is exact,
+        and its cross-entropy wherever the label is among the top-k) and
+        its exact tail mass. The floor of `dense()` would give labels
+        outside the top-k a loss of ~1e6.
+        """
+        if self.log_normalizer is None or self.num_classes is None:
+            return None
+        log_z = tf.cast(self.log_normalizer, tf.float32)[..., None]
+        log_top = tf.reduce_logsumexp(self.values - log_z, -1, keepdims=True)
+        # log(1 - sum p_top), floored: a tail of ~0 stays finite.
+        log_tail = tf.maximum(
+            tf.math.log(-tf.math.expm1(tf.minimum(log_top, -1e-30))), -69.0
+        )
+        others = max(self.num_classes - self.values.shape[-1], 1)
+        rest = log_z + log_tail - math.log(others)
+        # Below the smallest kept logit (equal or above only by rounding, for
+        # a near-uniform teacher), so the teacher's argmax stays its own.
+        lowest = tf.reduce_min(self.values, -1, keepdims=True)
+        rest = tf.minimum(rest, tf.math.nextafter(lowest, lowest - 1.0))
+        return _dense_from_top_k(
+            self.values, self.indices, self.num_classes, fill=rest
+        )
+
     def for_method(self, method):
         """What `method` reads: `compact` if it accepts a top-k teacher."""
         reads_top_k = getattr(method, "accepts_top_k", False)
@@ -144,14 +177,15 @@ def _is_top_k(logits):
 
 
 def cached_logits(x):
-    """The cached teacher logits in a batch's inputs `x` (dense, top-k
-    caches rebuilt), or None when `x` carries no cache."""
+    """The cached teacher logits in a batch's inputs `x`, dense (for the
+    teacher's logs: `TopKLogits.for_logs`), or None when the teacher must
+    run: `x` carries no cache, or an old top-k cache."""
     _, outputs = split_inputs(x)
     if outputs is None:
         return None
     logits = outputs[0]
     if _is_top_k(logits):
-        return TopKLogits(logits, _described(x).get("classes")).dense()
+        return TopKLogits(logits, _described(x).get("classes")).for_logs()
     return logits
 
 
