@@ -80,16 +80,22 @@ def define_flags(flag_values=FLAGS):
     flags.DEFINE_integer(
         "student_steps", 800, "Student steps.", lower_bound=1, **fv
     )
-    flags.DEFINE_enum(
-        "teacher_size",
-        "teacher",
-        sorted(language.SIZES),
-        "GPT-2 size (tiny: tests).",
-        **fv,
-    )
-    flags.DEFINE_enum(
-        "student_size", "student", sorted(language.SIZES), "GPT-2 size.", **fv
-    )
+    for role, default in (("teacher", "teacher"), ("student", "student")):
+        flags.DEFINE_string(
+            f"{role}_size",
+            default,
+            f"The {role}'s GPT-2 size: one of {sorted(language.SIZES)} "
+            '(tiny: tests) or "layers,heads,hidden,intermediate".',
+            **fv,
+        )
+        flags.register_validator(
+            f"{role}_size",
+            _is_size,
+            message=f"--{role}_size must be one of {sorted(language.SIZES)} "
+            'or "layers,heads,hidden,intermediate" (positive integers, '
+            "hidden a multiple of heads)",
+            **fv,
+        )
     flags.DEFINE_float("learning_rate", 1e-3, "Peak AdamW rate.", **fv)
     flags.DEFINE_integer("seed", 0, "Seed.", lower_bound=0, **fv)
     flags.DEFINE_string("prompt", "def ", "Prompt of the samples.", **fv)
@@ -107,6 +113,14 @@ def define_flags(flag_values=FLAGS):
         message="--learning_rate must be > 0",
         **fv,
     )
+
+
+def _is_size(value):
+    try:
+        language.parse_size(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _train(model, data, steps, label):

@@ -36,6 +36,25 @@ SIZES = {
 }
 
 
+def parse_size(value):
+    """`(layers, heads, hidden, intermediate)` of a GPT-2 size: a name of
+    `SIZES`, or four positive integers `"layers,heads,hidden,intermediate"`
+    (`hidden` a multiple of `heads`). Raises `ValueError` otherwise."""
+    if value in SIZES:
+        return SIZES[value]
+    try:
+        parts = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 4 or min(parts) < 1 or parts[2] % parts[1]:
+        raise ValueError(
+            f"A model size is one of {sorted(SIZES)} or "
+            '"layers,heads,hidden,intermediate" (positive integers, hidden a '
+            f"multiple of heads, e.g. 3,4,96,384). Received: {value!r}"
+        )
+    return parts
+
+
 def documents(corpus, text_files=None):
     """`(name, text)` of every document, in a fixed order.
 
@@ -158,7 +177,7 @@ def causal_lm(size, vocabulary_size, sequence_length, seed, name):
     (it trains on tokenized batches; `attach_preprocessor` for generate)."""
     import keras_hub
 
-    layers, heads, hidden, intermediate = SIZES[size]
+    layers, heads, hidden, intermediate = parse_size(size)
     keras.utils.set_random_seed(seed)
     backbone = keras_hub.models.GPT2Backbone(
         vocabulary_size=vocabulary_size,

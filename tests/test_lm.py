@@ -200,7 +200,7 @@ def test_distill_lm_example_runs_offline(tmp_path):
             "--sequence_length=32",
             "--batch_size=4",
             "--teacher_size=tiny",
-            "--student_size=tiny",
+            "--student_size=1,2,8,16",
             "--teacher_steps=3",
             "--student_steps=3",
             "--method=reverse_kl",
@@ -226,6 +226,32 @@ def test_distill_lm_example_runs_offline(tmp_path):
         assert 1.0 < entry["perplexity"] < 1000.0
         assert entry["sample"].startswith("def ")
     assert "validation perplexity" in result.stdout
+    # The custom student size: 1 layer, 2 heads, 8 wide, 16 intermediate.
+    assert results["models"]["student_alone"]["parameters"] == (
+        keras_hub.models.GPT2Backbone(
+            vocabulary_size=300,
+            num_layers=1,
+            num_heads=2,
+            hidden_dim=8,
+            intermediate_dim=16,
+            max_sequence_length=32,
+        ).count_params()
+    )
+
+
+@pytest.mark.mode_independent
+@pytest.mark.parametrize("size", ["huge", "2,3,8,16", "1,2,8", "0,1,8,8"])
+def test_distill_lm_refuses_a_bad_model_size(size):
+    from absl import flags
+
+    from examples import distill_lm
+
+    flag_values = flags.FlagValues()
+    distill_lm.define_flags(flag_values)
+    with pytest.raises(
+        flags.IllegalFlagValueError, match="layers,heads,hidden,intermediate"
+    ):
+        flag_values(["prog", "--output_dir=x", f"--student_size={size}"])
 
 
 @keras3_only
