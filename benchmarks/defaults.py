@@ -24,10 +24,7 @@ keeps the others (so data sets can run in separate processes).
 """
 
 import dataclasses
-import fcntl
-import json
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -116,15 +113,15 @@ DEFAULT_RECIPES = [
 def define_flags(flag_values=FLAGS):
     """Defines this script's flags in `flag_values` (tests: a new one)."""
     fv = dict(flag_values=flag_values)
-    _define_names("datasets", list(SETTINGS), SETTINGS, "Data sets.", **fv)
-    _define_names(
+    cli.define_names("datasets", list(SETTINGS), SETTINGS, "Data sets.", **fv)
+    cli.define_names(
         "students",
         ["student_mlp", "student_cnn"],
         models.MODELS,
         "Students (examples/models).",
         **fv,
     )
-    _define_names(
+    cli.define_names(
         "recipes",
         DEFAULT_RECIPES,
         RECIPES,
@@ -192,26 +189,6 @@ def define_flags(flag_values=FLAGS):
         "Only rewrite the .md from the .json results.",
         **fv,
     )
-
-
-def _define_names(name, default, known, help_, *, flag_values):
-    """A list flag whose items must be keys of `known`."""
-    flags.DEFINE_list(
-        name,
-        default,
-        f"{help_} Of {sorted(known)}.",
-        flag_values=flag_values,
-    )
-
-    def check(names):
-        unknown = sorted(set(names) - set(known))
-        if not names or unknown:
-            raise flags.ValidationError(
-                f"must name some of {sorted(known)}, not {unknown or names}"
-            )
-        return True
-
-    flags.register_validator(name, check, flag_values=flag_values)
 
 
 def _shuffled(dataset, size, batch_size, seed):
@@ -359,28 +336,15 @@ def _run_dataset(name):
 
 
 def _save(name, result):
-    """Adds `result` (data set `name`, unless None) to the results files,
-    under a lock."""
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
-    path = os.path.join(FLAGS.output_dir, FLAGS.output_name)
-    lock_path = os.path.join(
-        tempfile.gettempdir(), f"tfkd_{FLAGS.output_name}.lock"
-    )
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        results = {}
-        if os.path.exists(path + ".json"):
-            with open(path + ".json") as f:
-                results = json.load(f)["results"]
+    """Adds `result` (data set `name`, unless None) to the results files."""
+
+    def update(results):
         if name is not None:
             results[name] = result
-        results = {key: results[key] for key in SETTINGS if key in results}
-        with open(path + ".json", "w") as f:
-            json.dump({"results": results}, f, indent=1)
-        lines = _markdown(results)
-        with open(path + ".md", "w") as f:
-            f.write("\n".join(lines))
-    return lines
+        return {key: results[key] for key in SETTINGS if key in results}
+
+    path = os.path.join(FLAGS.output_dir, FLAGS.output_name)
+    return report.update_results(path, update, _markdown)
 
 
 def _cell(values, alone):

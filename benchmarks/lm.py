@@ -40,6 +40,7 @@ from absl import app
 from absl import flags
 
 import tfkd
+from examples import cli
 from examples import language
 from tfkd import keras
 
@@ -87,7 +88,7 @@ def define_flags(flag_values=FLAGS):
         "top_k_wide", 64, "Logits kept by the wide cache's row.", **fv
     )
     flags.DEFINE_integer("seeds", 3, "Seeds 0..N-1.", lower_bound=1, **fv)
-    flags.DEFINE_list("rows", list(ROWS), f"Rows to run, of {ROWS}.", **fv)
+    cli.define_names("rows", list(ROWS), ROWS, "Rows to run.", **fv)
     flags.DEFINE_string(
         "work_dir", "runs/lm_benchmark", "Where the teacher is kept.", **fv
     )
@@ -110,12 +111,6 @@ def define_flags(flag_values=FLAGS):
         False,
         "Compile every model's steps with XLA (`compile(jit_compile=True)`), "
         "the student alone's too.",
-        **fv,
-    )
-    flags.register_validator(
-        "rows",
-        lambda rows: set(rows) <= set(ROWS),
-        message=f"--rows must be names of {ROWS}",
         **fv,
     )
 

@@ -41,10 +41,7 @@ accumulate per data set and recipe: a run updates what it ran and keeps the
 rest (so recipes can be added later).
 """
 
-import fcntl
-import json
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -77,28 +74,11 @@ BATCH_SIZE = 128
 STUDENT = "student_cnn"
 
 
-def _define_names(name, default, known, help_, *, flag_values):
-    """A list flag whose items must be in `known`."""
-    flags.DEFINE_list(
-        name, default, f"{help_} Of {list(known)}.", flag_values=flag_values
-    )
-
-    def check(names):
-        unknown = sorted(set(names) - set(known))
-        if not names or unknown:
-            raise flags.ValidationError(
-                f"must name some of {list(known)}, not {unknown or names}"
-            )
-        return True
-
-    flags.register_validator(name, check, flag_values=flag_values)
-
-
 def define_flags(flag_values=FLAGS):
     """Defines this script's flags in `flag_values` (tests: a new one)."""
     fv = dict(flag_values=flag_values)
-    _define_names("datasets", list(DATASETS), DATASETS, "Data sets.", **fv)
-    _define_names("recipes", list(RECIPES), RECIPES, "Recipes.", **fv)
+    cli.define_names("datasets", list(DATASETS), DATASETS, "Data sets.", **fv)
+    cli.define_names("recipes", list(RECIPES), RECIPES, "Recipes.", **fv)
     cli.define(
         "seeds",
         "epochs",
@@ -260,18 +240,9 @@ def _run_dataset(name):
 
 
 def _save(name, result):
-    """Merges `result` into the results files, under a lock."""
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
-    path = os.path.join(FLAGS.output_dir, FLAGS.output_name)
-    lock_path = os.path.join(
-        tempfile.gettempdir(), f"tfkd_{FLAGS.output_name}.lock"
-    )
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        results = {}
-        if os.path.exists(path + ".json"):
-            with open(path + ".json") as f:
-                results = json.load(f)["results"]
+    """Merges `result` into the results files."""
+
+    def update(results):
         old = results.get(name, {})
         merged = dict(result)
         merged["recipes"] = {**old.get("recipes", {}), **result["recipes"]}
@@ -281,13 +252,10 @@ def _save(name, result):
         commands = [c for c in old.get("commands", []) if c != command]
         merged["commands"] = commands + [command]
         results[name] = merged
-        results = {k: results[k] for k in DATASETS if k in results}
-        with open(path + ".json", "w") as f:
-            json.dump({"results": results}, f, indent=1)
-        lines = markdown(results)
-        with open(path + ".md", "w") as f:
-            f.write("\n".join(lines))
-    return lines
+        return {k: results[k] for k in DATASETS if k in results}
+
+    path = os.path.join(FLAGS.output_dir, FLAGS.output_name)
+    return report.update_results(path, update, markdown)
 
 
 def markdown(results):

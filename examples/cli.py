@@ -300,3 +300,23 @@ def save_model(model, path, name, **facts):
 def write_json(path, value, **kwargs):
     with open(path, "w") as f:
         json.dump(value, f, **kwargs)
+
+
+def define_names(name, default, known, help_, *, flag_values=FLAGS):
+    """A list flag whose items must be some of `known` (at least one)."""
+    flags.DEFINE_list(
+        name,
+        default,
+        f"{help_} Of {sorted(known)}.",
+        flag_values=flag_values,
+    )
+
+    def check(names):
+        unknown = sorted(set(names) - set(known))
+        if not names or unknown:
+            raise flags.ValidationError(
+                f"must name some of {sorted(known)}, not {unknown or names}"
+            )
+        return True
+
+    flags.register_validator(name, check, flag_values=flag_values)

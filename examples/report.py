@@ -13,9 +13,12 @@ runs (one line per data set or per teacher).
 """
 
 import datetime
+import fcntl
+import json
 import os
 import platform
 import sys
+import tempfile
 
 import tensorflow as tf
 
@@ -90,3 +93,27 @@ def markdown(header, seconds=None):
         "",
         f"Machine: {describe(header, seconds)}.",
     ]
+
+
+def update_results(path, update, markdown):
+    """Applies `update(results) -> results` to the `"results"` of
+    `path + ".json"` and rewrites `path + ".md"` with `markdown(results)`
+    (a list of lines), under an exclusive lock: several benchmark processes
+    may add to one results file. Returns the lines."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    lock_path = os.path.join(
+        tempfile.gettempdir(), f"tfkd_{os.path.basename(path)}.lock"
+    )
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = {}
+        if os.path.exists(path + ".json"):
+            with open(path + ".json") as f:
+                results = json.load(f)["results"]
+        results = update(results)
+        with open(path + ".json", "w") as f:
+            json.dump({"results": results}, f, indent=1)
+        lines = markdown(results)
+        with open(path + ".md", "w") as f:
+            f.write("\n".join(lines))
+    return lines
