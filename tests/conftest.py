@@ -229,6 +229,14 @@ def data_dir(tmp_path_factory):
     return directory
 
 
+@pytest.fixture
+def policy():
+    """`keras.mixed_precision.set_global_policy`, reset to float32 after
+    the test."""
+    yield keras.mixed_precision.set_global_policy
+    keras.mixed_precision.set_global_policy("float32")
+
+
 def run_script(path, *args, returncode=0, timeout=300, env=None):
     """Runs the Python script `path` with `args`; returns its stdout.
 
@@ -243,6 +251,25 @@ def run_script(path, *args, returncode=0, timeout=300, env=None):
         timeout=timeout,
     )
     output = (result.stdout + result.stderr)[-4000:]
+    assert result.returncode == returncode, output
+    return result.stdout
+
+
+def run_module(module, *args, returncode=0, timeout=600, env=None):
+    """Runs `python -m module args` from the repository root; returns its
+    stdout, after asserting its exit status (the output's end is the
+    failure message). `env`: variables added to this process's
+    environment (a None value removes one)."""
+    environ = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO_ROOT,
+        env={k: v for k, v in environ.items() if v is not None},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    output = (result.stdout + result.stderr)[-3000:]
     assert result.returncode == returncode, output
     return result.stdout
 

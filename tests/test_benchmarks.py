@@ -9,7 +9,6 @@ import importlib
 import json
 import os
 import platform
-import subprocess
 import sys
 
 import numpy as np
@@ -17,28 +16,16 @@ import pytest
 import tensorflow as tf
 from absl import flags
 from conftest import REPO_ROOT
+from conftest import run_module
 
 from tfkd import _keras
 
 BENCHMARKS = os.path.join(REPO_ROOT, "benchmarks")
 
 
-def _run_module(module, *args):
-    result = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=REPO_ROOT,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    return result.stdout
-
-
 def _run(script, *args):
     """Runs `python -m benchmarks.<script> args` from the repository root."""
-    return _run_module(f"benchmarks.{script.removesuffix('.py')}", *args)
+    return run_module(f"benchmarks.{script.removesuffix('.py')}", *args)
 
 
 SCRIPTS = (
@@ -90,7 +77,7 @@ def test_defaults_benchmark_reads_two_schedules_and_accumulates(
         f"--data_dir={data_dir}",
         f"--output_dir={tmp_path}",
     ]
-    _run_module(
+    run_module(
         "benchmarks.defaults",
         "--datasets=mnist_5k",
         "--recipes=alone",
@@ -100,7 +87,7 @@ def test_defaults_benchmark_reads_two_schedules_and_accumulates(
     # A second run replaces the data set's results with its own: cached
     # (kd, dist) and live (attention taps, augmented views) teachers.
     recipes = ["alone", "kd_t4_a0.1", "dist_a0.1", "dist_a0.1_aug"]
-    _run_module(
+    run_module(
         "benchmarks.defaults",
         "--datasets=mnist_5k",
         f"--recipes={','.join(recipes)},attention_t4_a0.1",
@@ -143,7 +130,7 @@ def test_readme_table_is_the_defaults_benchmarks_output(tmp_path):
     with open(os.path.join(BENCHMARKS, "results", "defaults.json")) as f:
         committed = f.read()
     (tmp_path / "defaults.json").write_text(committed)
-    _run_module(
+    run_module(
         "benchmarks.defaults", "--markdown_only", f"--output_dir={tmp_path}"
     )
     lines = (tmp_path / "defaults.md").read_text().splitlines()
@@ -287,7 +274,7 @@ def test_qat_benchmark_compares_post_training_and_qat_int8(tmp_path):
     pytest.importorskip("ai_edge_litert")
     source = tmp_path / "source"
     _fake_cifar10(source)
-    _run_module(
+    run_module(
         "benchmarks.qat",
         "--epochs=1",
         "--qat_epochs=1",

@@ -137,12 +137,6 @@ def test_two_replicas_train_like_one_device(method, alpha, weighted):
         )
 
 
-@pytest.fixture
-def policy():
-    yield keras.mixed_precision.set_global_policy
-    keras.mixed_precision.set_global_policy("float32")
-
-
 @pytest.mark.parametrize("dtype_policy", ["mixed_float16", "mixed_bfloat16"])
 @pytest.mark.parametrize("method", sorted(METHOD_GROUPS))
 def test_mixed_precision_trains_to_finite_losses(policy, dtype_policy, method):

@@ -5,14 +5,13 @@ error a tf_keras Distiller gives a keras-hub model, and skip when keras-hub
 is not installed (`pip install tfkd[lm]`).
 """
 
-import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import REPO_ROOT
+from conftest import run_module
 
 import tfkd
 from tfkd import _keras
@@ -27,6 +26,9 @@ keras3_only = pytest.mark.skipif(
 )
 
 SEQ = 16
+# The examples' subprocesses run under Keras 3 (keras-hub), whatever mode
+# the suite runs in.
+KERAS_3 = {"TF_USE_LEGACY_KERAS": None}
 TEXTS = [
     "def add(a, b):\n    return a + b\n",
     "import os",
@@ -183,35 +185,21 @@ def test_keras_hub_models_under_tf_keras_get_a_clear_error():
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_distill_lm_example_runs_offline(tmp_path):
-    env = {
-        **os.environ,
-        "TF_CPP_MIN_LOG_LEVEL": "3",
-        "PYTHONPATH": REPO_ROOT,
-    }
-    env.pop("TF_USE_LEGACY_KERAS", None)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "examples.distill_lm",
-            f"--output_dir={tmp_path}",
-            "--corpus=pydoc",
-            "--vocabulary_size=300",
-            "--sequence_length=32",
-            "--batch_size=4",
-            "--teacher_size=tiny",
-            "--student_size=1,2,8,16",
-            "--teacher_steps=3",
-            "--student_steps=3",
-            "--method=reverse_kl",
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    stdout = run_module(
+        "examples.distill_lm",
+        f"--output_dir={tmp_path}",
+        "--corpus=pydoc",
+        "--vocabulary_size=300",
+        "--sequence_length=32",
+        "--batch_size=4",
+        "--teacher_size=tiny",
+        "--student_size=1,2,8,16",
+        "--teacher_steps=3",
+        "--student_steps=3",
+        "--method=reverse_kl",
         timeout=850,
+        env=KERAS_3,
     )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     import json
 
     with open(tmp_path / "results.json") as f:
@@ -225,7 +213,7 @@ def test_distill_lm_example_runs_offline(tmp_path):
         # Untrained on a 300-token vocabulary: near-uniform perplexity.
         assert 1.0 < entry["perplexity"] < 1000.0
         assert entry["sample"].startswith("def ")
-    assert "validation perplexity" in result.stdout
+    assert "validation perplexity" in stdout
     # The custom student size: 1 layer, 2 heads, 8 wide, 16 intermediate.
     assert results["models"]["student_alone"]["parameters"] == (
         keras_hub.models.GPT2Backbone(
@@ -258,32 +246,22 @@ def test_distill_lm_refuses_a_bad_model_size(size):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_lm_benchmark_runs_on_tiny_settings(tmp_path):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO_ROOT}
-    env.pop("TF_USE_LEGACY_KERAS", None)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.lm",
-            "--corpus=pydoc",
-            "--vocabulary_size=300",
-            "--sequence_length=16",
-            "--batch_size=2",
-            "--teacher_steps=2",
-            "--student_steps=2",
-            "--seeds=1",
-            "--top_k=4",
-            "--top_k_wide=8",
-            f"--work_dir={tmp_path}",
-            f"--output_dir={tmp_path}",
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    run_module(
+        "benchmarks.lm",
+        "--corpus=pydoc",
+        "--vocabulary_size=300",
+        "--sequence_length=16",
+        "--batch_size=2",
+        "--teacher_steps=2",
+        "--student_steps=2",
+        "--seeds=1",
+        "--top_k=4",
+        "--top_k_wide=8",
+        f"--work_dir={tmp_path}",
+        f"--output_dir={tmp_path}",
         timeout=850,
+        env=KERAS_3,
     )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     table = (tmp_path / "lm.md").read_text()
     for row in (
         "alone",

@@ -8,17 +8,15 @@ logical CPUs of conftest.py).
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO_ROOT
 from conftest import make_cnn
 from conftest import make_mlp
 from conftest import mirrored_strategy
 from conftest import relative_difference
+from conftest import run_module
 from conftest import sparse_ce
 from conftest import toy_classification
 from conftest import toy_images
@@ -432,12 +430,6 @@ def test_two_replicas_train_like_one_device(kind):
         )
 
 
-@pytest.fixture
-def policy():
-    yield keras.mixed_precision.set_global_policy
-    keras.mixed_precision.set_global_policy("float32")
-
-
 @pytest.mark.parametrize("kind", ["none", "moving_average"])
 def test_mixed_precision_trains_to_finite_float32_losses(policy, kind):
     policy("mixed_float16")
@@ -544,19 +536,18 @@ def test_born_again_arguments_are_checked():
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["tf_kd", "pskd", "ema", "born_again"])
 def test_self_distill_example_runs_each_method(method, data_dir, tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "examples.self_distill", f"--method={method}"]
-        + ["--student=student_cnn", "--epochs=1", f"--data_dir={data_dir}"]
-        + ["--train_examples=64", "--test_examples=32", "--verbose=0"]
-        + [f"--output_dir={tmp_path}"],
-        cwd=REPO_ROOT,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-        capture_output=True,
-        text=True,
-        timeout=600,
+    stdout = run_module(
+        "examples.self_distill",
+        f"--method={method}",
+        "--student=student_cnn",
+        "--epochs=1",
+        f"--data_dir={data_dir}",
+        "--train_examples=64",
+        "--test_examples=32",
+        "--verbose=0",
+        f"--output_dir={tmp_path}",
     )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    assert f"self-distilled with {method}: test accuracy" in result.stdout
+    assert f"self-distilled with {method}: test accuracy" in stdout
     assert (tmp_path / "student.keras").exists()
     with open(tmp_path / "history.json") as f:
         history = json.load(f)
@@ -573,18 +564,15 @@ def test_self_distill_example_runs_each_method(method, data_dir, tmp_path):
 )
 def test_self_distillation_benchmark_writes_each_recipe(tmp_path):
     recipes = ["alone", "tf_kd", "pskd", "ema", "born_again"]
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.self_distillation"]
-        + ["--datasets=fashion_mnist", "--seeds=1", "--epochs=1"]
-        + ["--train_examples=256", f"--recipes={','.join(recipes)}"]
-        + [f"--output_dir={tmp_path}"],
-        cwd=REPO_ROOT,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-        capture_output=True,
-        text=True,
-        timeout=600,
+    run_module(
+        "benchmarks.self_distillation",
+        "--datasets=fashion_mnist",
+        "--seeds=1",
+        "--epochs=1",
+        "--train_examples=256",
+        f"--recipes={','.join(recipes)}",
+        f"--output_dir={tmp_path}",
     )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     with open(tmp_path / "self_distillation.json") as f:
         run = json.load(f)["results"]["fashion_mnist"]
     assert list(run["recipes"]) == recipes
