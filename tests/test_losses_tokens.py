@@ -133,6 +133,33 @@ def test_token_divergence_matches_numpy_value_and_gradient(case):
 
 
 @pytest.mark.mode_independent
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_forward_kl_gradient_wrt_the_teacher_matches_numpy(temperature):
+    """The forward KL's gradients are written out (not autodiff): the
+    teacher's too, for models that learn from each other's outputs."""
+    t, s = _logits(seed=3)
+    teacher = tf.constant(t)
+    with tf.GradientTape() as tape:
+        tape.watch(teacher)
+        value = L.forward_kl_loss(
+            teacher, s, temperature=temperature, mask=MASK
+        )
+    gradient = tape.gradient(value, teacher).numpy()
+    t64, eps = t.astype("float64"), 1e-6
+    expected = np.zeros_like(t64)
+    kwargs = {"temperature": temperature}
+    for index in np.ndindex(t.shape):
+        up, down = t64.copy(), t64.copy()
+        up[index] += eps
+        down[index] -= eps
+        expected[index] = (
+            _np_masked(_np_forward_kl, up, s, kwargs)
+            - _np_masked(_np_forward_kl, down, s, kwargs)
+        ) / (2 * eps)
+    np.testing.assert_allclose(gradient, expected, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.mode_independent
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_padding_does_not_change_the_masked_mean(case):
     function, _, kwargs = CASES[case]
