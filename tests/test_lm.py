@@ -159,6 +159,32 @@ def test_fit_save_load_resume_with_gpt2_models(tokenizer, tmp_path):
     )
 
 
+@keras3_only
+def test_attached_preprocessors_sharing_one_tokenizer_save_and_load(
+    tokenizer, tmp_path
+):
+    """Teacher and student built with preprocessors around ONE tokenizer:
+    the Distiller fits the tokenized batches (it calls the models, not
+    their `fit`), and its file loads with the tokenizer's vocabulary."""
+    distiller = _distiller(tokenizer)
+    for model in (distiller.teacher, distiller.student):
+        model.preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(
+            tokenizer, sequence_length=SEQ
+        )
+    x, y, w = _batch(tokenizer)
+    distiller.fit(x, y, sample_weight=w, verbose=0)
+    path = str(tmp_path / "distiller.keras")
+    distiller.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(
+        loaded.student(x).numpy(), distiller.student(x).numpy(), atol=1e-6
+    )
+    for model in (loaded.teacher, loaded.student):
+        ids = model.preprocessor.tokenizer("def add(a, b):")
+        np.testing.assert_array_equal(ids, tokenizer("def add(a, b):"))
+    assert isinstance(loaded.student.generate("def ", max_length=8), str)
+
+
 @pytest.mark.skipif(not _keras.IS_LEGACY, reason="tf_keras mode only")
 def test_keras_hub_models_under_tf_keras_get_a_clear_error():
     lm = keras_hub.models.GPT2CausalLM(

@@ -179,6 +179,18 @@ def without_compile(model_config):
     return model_config
 
 
+def _tokenizer(model):
+    return getattr(getattr(model, "preprocessor", None), "tokenizer", None)
+
+
+def shares_tokenizer(teacher, student):
+    """Whether teacher and student (keras-hub tasks with preprocessors)
+    hold one tokenizer object, as a user who builds both from one tokenizer
+    does."""
+    tokenizer = _tokenizer(teacher)
+    return tokenizer is not None and tokenizer is _tokenizer(student)
+
+
 def distiller_arguments(config, custom_objects=None):
     """`Distiller(**arguments)` from its `get_config()`.
 
@@ -194,6 +206,12 @@ def distiller_arguments(config, custom_objects=None):
     deserialize = keras.saving.deserialize_keras_object
     for key in ("teacher", "student"):
         config[key] = deserialize(config[key], custom_objects=custom_objects)
+    if config.pop("shared_tokenizer", False):
+        # Keras saves an object met twice once (its vocabulary files under
+        # the first path): deserialized as two, the second would find no
+        # files ("expected str, bytes or os.PathLike object, not
+        # NoneType"). Sharing it again loads it once, as it was saved.
+        config["student"].preprocessor.tokenizer = _tokenizer(config["teacher"])
     config["augment"] = _augment_saving.deserialize(
         config.get("augment"), custom_objects=custom_objects
     )

@@ -470,6 +470,9 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
 
     def get_config(self) -> dict:
         serialize = keras.saving.serialize_keras_object
+        shared = {}
+        if _saving.shares_tokenizer(self.teacher, self.student):
+            shared["shared_tokenizer"] = True  # keras-hub LMs.
         return {
             "name": self.name,
             # The Keras that wrote it: loading in the other one is refused
@@ -483,6 +486,7 @@ class Distiller(_keras.MultiWorkerSafe, keras.Model):
             "augment": _augment.serialize(self.augment),
             "mixup": self.mixup,
             "self_teacher": _self_teacher.get_config(self),
+            **shared,
         }
 
     @classmethod
