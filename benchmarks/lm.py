@@ -11,12 +11,15 @@ initial weights train for `--student_steps` steps:
 - `forward_kl`, `reverse_kl`, `gkd`: distilled from the live teacher with
   `tfkd.losses.ForwardKL()`, `ReverseKL()`, `GeneralizedJSD(beta=0.5)`
   (hard-label weight `--alpha`), padding masked per token;
+- `default`: `tfkd.Distiller(teacher, student)`, tfkd's defaults (DIST,
+  hard-label weight 0.1);
 - `cache_forward_kl`, `cache_forward_kl_wide`: `ForwardKL()` from a top-k
   teacher cache (`tfkd.cache_teacher_outputs(..., top_k=k)`, `k` =
   `--top_k` and `--top_k_wide`, the teacher's tail mass kept as one bucket);
-- `alone_wall`, `alone_wall_cache`: the student alone for as many steps as
-  fit in the `forward_kl` (`cache_forward_kl`) run's wall time (its steps:
-  `--student_steps` times the ratio of this seed's measured step times).
+- `alone_wall`, `alone_wall_cache`, `alone_wall_default`: the student
+  alone for as many steps as fit in the `forward_kl` (`cache_forward_kl`,
+  `default`) run's wall time (its steps: `--student_steps` times the ratio
+  of this seed's measured step times).
 
 Validation perplexity: `exp` of the mean cross-entropy over the real tokens
 of held-out files. Every run is written to `lm.json` as it ends, and
@@ -51,13 +54,19 @@ ROWS = (
     "forward_kl",
     "reverse_kl",
     "gkd",
+    "default",
     "cache_forward_kl",
     "cache_forward_kl_wide",
     "alone_wall",
     "alone_wall_cache",
+    "alone_wall_default",
 )
 # The row whose wall time an `alone_wall*` row matches.
-WALL = {"alone_wall": "forward_kl", "alone_wall_cache": "cache_forward_kl"}
+WALL = {
+    "alone_wall": "forward_kl",
+    "alone_wall_cache": "cache_forward_kl",
+    "alone_wall_default": "default",
+}
 METHODS = {
     "forward_kl": lambda: tfkd.losses.ForwardKL(),
     "reverse_kl": lambda: tfkd.losses.ReverseKL(),
@@ -150,6 +159,15 @@ def _settings():
     }
 
 
+def _run_settings():
+    """What the students' rows depend on beyond the teacher's settings:
+    rows added by another command must share them."""
+    return {
+        key: FLAGS[key].value
+        for key in ("student_steps", "alpha", "top_k", "top_k_wide")
+    } | {"jit_compile": FLAGS.jit_compile}
+
+
 def _data():
     docs = language.documents(FLAGS.corpus, FLAGS.text_files)
     train_docs, valid_docs = language.split(docs)
@@ -227,12 +245,15 @@ def _run(row, seed, teacher, train, valid_set, steps):
             jit_compile=FLAGS.jit_compile,
         )
     else:
-        model = tfkd.Distiller(
-            teacher,
-            student,
-            distillation_loss=METHODS[row](),
-            alpha=FLAGS.alpha,
-        )
+        if row == "default":  # `tfkd.Distiller(teacher, student)`.
+            model = tfkd.Distiller(teacher, student)
+        else:
+            model = tfkd.Distiller(
+                teacher,
+                student,
+                distillation_loss=METHODS[row](),
+                alpha=FLAGS.alpha,
+            )
         model.compile(
             optimizer=optimizer,
             loss=language.token_loss(),
@@ -271,11 +292,43 @@ def _cell(runs, key):
     return f"{statistics.mean(values):.1f} +- {statistics.stdev(values):.1f}"
 
 
+# The README's table: (row, label).
+README_ROWS = (
+    ("alone", "alone"),
+    ("default", "`tfkd.Distiller(teacher, student)` (DIST, alpha 0.1)"),
+    ("alone_wall_default", "alone, for the default's wall time"),
+    ("forward_kl", "forward KL, live teacher"),
+    ("cache_forward_kl", "forward KL, top-{top_k} cache"),
+    ("cache_forward_kl_wide", "forward KL, top-{top_k_wide} cache"),
+)
+
+
+def readme_table(results):
+    """The README's rows: validation perplexity, mean +- std over seeds."""
+    lines = [
+        "| GPT-2 student (1 layer, 64 wide) | steps | validation perplexity |",
+        "|---|---|---|",
+    ]
+    for row, label in README_ROWS:
+        runs = list(results["runs"].get(row, {}).values())
+        if runs:
+            label = label.format(
+                top_k=results["top_k"], top_k_wide=results.get("top_k_wide")
+            )
+            steps = statistics.mean(run["steps"] for run in runs)
+            lines.append(
+                f"| {label} | {steps:.0f} | "
+                f"{_cell(runs, 'perplexity').replace('+-', '±')} |"
+            )
+    return lines
+
+
 def _markdown(results):
     lines = [
         "# Language-model distillation (keras-hub GPT-2, issue 25)",
         "",
-        f"Command: `{results['command']}`",
+        "Commands: "
+        + ", then ".join(f"`{c}`" for c in results.get("commands", [])),
         "",
         f"Teacher: {results['teacher']['parameters']:,} parameters, "
         f"{results['settings']['teacher_steps']} steps, validation "
@@ -308,6 +361,10 @@ def _markdown(results):
         "Perplexity: exp of the mean cross-entropy over the real (unpadded) "
         "tokens of the held-out files; mean +- std over seeds. Wall times on "
         "a shared 2-core machine are noisy.",
+        "",
+        "The README's table:",
+        "",
+        *readme_table(results),
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU; "
         f"tensorflow {tf.__version__}, keras {keras.__version__}.",
@@ -441,17 +498,25 @@ def main(argv):
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     path = os.path.join(FLAGS.output_dir, "lm.json")
     results = _load(path)
-    if results.get("settings") != _settings():
+    if results.get("settings") != _settings() or (
+        results.get("run_settings") != _run_settings()
+    ):
         results = {"runs": {}}
     results.update(
-        command="python -m benchmarks.lm " + " ".join(sys.argv[1:]),
         settings=_settings(),
+        run_settings=_run_settings(),
         teacher=described,
         alpha=FLAGS.alpha,
         top_k=FLAGS.top_k,
         top_k_wide=FLAGS.top_k_wide,
         jit_compile=FLAGS.jit_compile,
     )
+    # Runs that add rows to the same settings keep every command.
+    command = "python -m benchmarks.lm " + " ".join(sys.argv[1:])
+    commands = results.get("commands", [results.pop("command", None)])
+    results["commands"] = [c for c in commands if c and c != command] + [
+        command
+    ]
     rows = [row for row in ROWS if row in FLAGS.rows]
     for seed in range(FLAGS.seeds):
         for row in rows:

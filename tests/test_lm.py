@@ -294,9 +294,11 @@ def test_lm_benchmark_runs_on_tiny_settings(tmp_path):
         "forward_kl",
         "reverse_kl",
         "gkd",
+        "default",
         "cache_forward_kl",
         "cache_forward_kl_wide",
     ):
         assert f"| {row} | 2.0 |" in table, table
     assert "| alone_wall |" in table
     assert "| alone_wall_cache |" in table
+    assert "| alone_wall_default |" in table
