@@ -4,8 +4,9 @@ Trains a byte-level BPE tokenizer and a GPT-2 teacher built from a config
 (no downloaded weights) on CPython's own library sources (`--corpus=stdlib`,
 on every machine), its documentation text (`--corpus=pydoc`) or your text
 files (`--text_files='notes/**/*.txt'`); then a smaller student alone and
-distilled with `tfkd.Distiller` (a token-level divergence, `--method`),
-with the same steps and initial weights. Prints the validation perplexity
+distilled with `tfkd.Distiller` (tfkd's defaults: DIST, hard-label weight
+0.1; or a token-level divergence, `--method`), with the same steps and
+initial weights. Prints the validation perplexity
 (over the real tokens, padding masked) of all three and a generated sample
 of each, and writes them to `--output_dir/results.json`.
 
@@ -36,6 +37,9 @@ from tfkd import keras
 FLAGS = flags.FLAGS
 
 METHODS = {
+    # tfkd's default method (`tfkd.Distiller(teacher, student)`): the best
+    # student of `python -m benchmarks.lm` (docs/language_models.md).
+    "dist": lambda: tfkd.losses.DIST(),
     "forward_kl": lambda: tfkd.losses.ForwardKL(),
     "reverse_kl": lambda: tfkd.losses.ReverseKL(),
     "gkd": lambda: tfkd.losses.GeneralizedJSD(beta=0.5),
@@ -62,10 +66,17 @@ def define_flags(flag_values=FLAGS):
         **fv,
     )
     flags.DEFINE_enum(
-        "method", "forward_kl", sorted(METHODS), "Token divergence.", **fv
+        "method",
+        "dist",
+        sorted(METHODS),
+        "dist: tfkd's default (DIST); the others: token divergences.",
+        **fv,
     )
     flags.DEFINE_float(
-        "alpha", 0.5, "Weight of the next-token cross-entropy.", **fv
+        "alpha",
+        0.1,
+        "Weight of the next-token cross-entropy (tfkd's default).",
+        **fv,
     )
     flags.DEFINE_integer(
         "vocabulary_size", 2048, "BPE vocabulary.", lower_bound=260, **fv

@@ -144,6 +144,21 @@ def test_readme_table_is_the_defaults_benchmarks_output(tmp_path):
         assert line in readme, line
 
 
+@pytest.mark.mode_independent  # Markdown from the committed JSON
+def test_readme_lm_table_is_the_lm_benchmarks_output():
+    """The README's language-model rows are what benchmarks/lm.py writes
+    from its committed results (also in lm.md)."""
+    from benchmarks import lm
+
+    with open(os.path.join(BENCHMARKS, "results", "lm.json")) as f:
+        table = lm.readme_table(json.load(f))
+    assert len(table) == 2 + len(lm.README_ROWS)
+    for name in ("README.md", "benchmarks/results/lm.md"):
+        with open(os.path.join(REPO_ROOT, name)) as f:
+            text = f.read()
+        assert "\n".join(table) in text, name
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(_keras.IS_LEGACY, reason="keras.distillation: Keras 3")
 def test_step_cost_benchmark_times_every_contender(data_dir, tmp_path):
