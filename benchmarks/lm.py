@@ -16,6 +16,9 @@ initial weights train for `--student_steps` steps:
 - `cache_forward_kl`, `cache_forward_kl_wide`: `ForwardKL()` from a top-k
   teacher cache (`tfkd.cache_teacher_outputs(..., top_k=k)`, `k` =
   `--top_k` and `--top_k_wide`, the teacher's tail mass kept as one bucket);
+- `cache_forward_kl_sampled`: the `--top_k` cache with `--tail_samples`
+  ids drawn from the teacher's tail per position (an unbiased forward-KL
+  gradient);
 - `alone_wall`, `alone_wall_cache`, `alone_wall_default`: the student
   alone for as many steps as fit in the `forward_kl` (`cache_forward_kl`,
   `default`) run's wall time (its steps: `--student_steps` times the ratio
@@ -57,6 +60,7 @@ ROWS = (
     "default",
     "cache_forward_kl",
     "cache_forward_kl_wide",
+    "cache_forward_kl_sampled",
     "alone_wall",
     "alone_wall_cache",
     "alone_wall_default",
@@ -73,6 +77,7 @@ METHODS = {
     "gkd": lambda: tfkd.losses.GeneralizedJSD(beta=0.5),
     "cache_forward_kl": lambda: tfkd.losses.ForwardKL(),
     "cache_forward_kl_wide": lambda: tfkd.losses.ForwardKL(),
+    "cache_forward_kl_sampled": lambda: tfkd.losses.ForwardKL(),
 }
 
 
@@ -95,6 +100,9 @@ def define_flags(flag_values=FLAGS):
     flags.DEFINE_integer("top_k", 16, "Logits kept by the cache.", **fv)
     flags.DEFINE_integer(
         "top_k_wide", 64, "Logits kept by the wide cache's row.", **fv
+    )
+    flags.DEFINE_integer(
+        "tail_samples", 16, "Tail ids kept by the sampled cache's row.", **fv
     )
     flags.DEFINE_integer("seeds", 3, "Seeds 0..N-1.", lower_bound=1, **fv)
     cli.define_names("rows", list(ROWS), ROWS, "Rows to run.", **fv)
@@ -164,7 +172,13 @@ def _run_settings():
     rows added by another command must share them."""
     return {
         key: FLAGS[key].value
-        for key in ("student_steps", "alpha", "top_k", "top_k_wide")
+        for key in (
+            "student_steps",
+            "alpha",
+            "top_k",
+            "top_k_wide",
+            "tail_samples",
+        )
     } | {"jit_compile": FLAGS.jit_compile}
 
 
@@ -264,7 +278,11 @@ def _run(row, seed, teacher, train, valid_set, steps):
                 train, FLAGS.batch_size, shuffle_seed=seed
             ).take(steps)
             data = tfkd.cache_teacher_outputs(
-                model, once, top_k=_top_k(row), verbose=0
+                model,
+                once,
+                top_k=_top_k(row),
+                tail_samples=FLAGS.tail_samples if "sampled" in row else 0,
+                verbose=0,
             ).repeat()
     timer = _Timer()
     model.fit(
@@ -300,6 +318,10 @@ README_ROWS = (
     ("forward_kl", "forward KL, live teacher"),
     ("cache_forward_kl", "forward KL, top-{top_k} cache"),
     ("cache_forward_kl_wide", "forward KL, top-{top_k_wide} cache"),
+    (
+        "cache_forward_kl_sampled",
+        "forward KL, top-{top_k} cache + {tail_samples} tail samples",
+    ),
 )
 
 
@@ -313,7 +335,9 @@ def readme_table(results):
         runs = list(results["runs"].get(row, {}).values())
         if runs:
             label = label.format(
-                top_k=results["top_k"], top_k_wide=results.get("top_k_wide")
+                top_k=results["top_k"],
+                top_k_wide=results.get("top_k_wide"),
+                tail_samples=results.get("tail_samples"),
             )
             steps = statistics.mean(run["steps"] for run in runs)
             lines.append(
@@ -339,7 +363,9 @@ def _markdown(results):
         f"{results['settings']['batch_size']} x "
         f"{results['settings']['sequence_length']} tokens; hard-label "
         f"weight {results['alpha']:g}; top-k caches k={results['top_k']} "
-        f"(`cache_forward_kl`) and k={results.get('top_k_wide')} (`_wide`); "
+        f"(`cache_forward_kl`) and k={results.get('top_k_wide')} (`_wide`), "
+        f"k={results['top_k']} with {results.get('tail_samples')} tail "
+        "samples (`_sampled`); "
         f"XLA: {results.get('jit_compile', False)}.",
         "",
         "| row | steps | train seconds | ms per step | validation "
@@ -509,6 +535,7 @@ def main(argv):
         alpha=FLAGS.alpha,
         top_k=FLAGS.top_k,
         top_k_wide=FLAGS.top_k_wide,
+        tail_samples=FLAGS.tail_samples,
         jit_compile=FLAGS.jit_compile,
     )
     # Runs that add rows to the same settings keep every command.

@@ -283,6 +283,7 @@ def test_lm_benchmark_runs_on_tiny_settings(tmp_path):
         "--seeds=1",
         "--top_k=4",
         "--top_k_wide=8",
+        "--tail_samples=2",
         f"--work_dir={tmp_path}",
         f"--output_dir={tmp_path}",
         timeout=850,
@@ -297,6 +298,7 @@ def test_lm_benchmark_runs_on_tiny_settings(tmp_path):
         "default",
         "cache_forward_kl",
         "cache_forward_kl_wide",
+        "cache_forward_kl_sampled",
     ):
         assert f"| {row} | 2.0 |" in table, table
     assert "| alone_wall |" in table

@@ -286,6 +286,52 @@ def test_top_k_teacher_uses_k_plus_one_buckets(case):
 
 
 @pytest.mark.mode_independent
+def test_tail_samples_make_the_forward_kl_gradient_unbiased():
+    """`tail_ids` drawn from the teacher's tail: the student's gradient is
+    the full forward KL's in expectation (many samples: close), where the
+    tail bucket alone leaves the tail's shape to the student."""
+    t, s = _logits(shape=(2, 3, 11), seed=5)
+    teacher = _top_k_teacher(t, 3)
+    p = np.exp(_log_softmax(t.astype("float64")))
+    tail = p.copy()
+    np.put_along_axis(tail, teacher["top_k_indices"].numpy(), 0.0, axis=-1)
+    tail /= tail.sum(-1, keepdims=True)
+    rng = np.random.default_rng(0)
+    ids = np.stack(
+        [rng.choice(11, size=20000, p=row) for row in tail.reshape(-1, 11)]
+    ).reshape(2, 3, 20000)
+
+    def gradient(teacher):
+        student = tf.constant(s)
+        with tf.GradientTape() as tape:
+            tape.watch(student)
+            value = L.forward_kl_loss(teacher, student, mask=MASK)
+        return value.numpy(), tape.gradient(value, student).numpy()
+
+    _, full = gradient(t)
+    bucket_value, bucket = gradient(teacher)
+    sampled_value, sampled = gradient(
+        {**teacher, "tail_ids": tf.constant(ids, tf.int32)}
+    )
+    np.testing.assert_allclose(sampled, full, atol=2e-3)
+    assert np.abs(bucket - full).max() > 10 * np.abs(sampled - full).max()
+    # The value stays the bucketed divergence; other temperatures ignore
+    # the samples (drawn at T = 1).
+    np.testing.assert_allclose(sampled_value, bucket_value, rtol=1e-6)
+    hot = L.forward_kl_loss(
+        {**teacher, "tail_ids": tf.constant(ids, tf.int32)},
+        s,
+        temperature=2.0,
+        mask=MASK,
+    )
+    np.testing.assert_allclose(
+        hot,
+        L.forward_kl_loss(teacher, s, temperature=2.0, mask=MASK),
+        rtol=1e-6,
+    )
+
+
+@pytest.mark.mode_independent
 def test_top_k_teacher_missing_keys_raise():
     t, s = _logits()
     teacher = _top_k_teacher(t, 3)
@@ -490,6 +536,44 @@ def test_top_k_caches_reach_the_step_compact(method, dense):
     graph = step.get_concrete_function(cached.element_spec).graph
     rebuilt = {op.type for op in graph.get_operations()}
     assert ("TensorScatterUpdate" in rebuilt) == dense
+
+
+def test_tail_samples_are_cached_outside_the_top_k_and_reproducible(tmp_path):
+    distiller = _distiller(L.ForwardKL())
+    x, y, mask = _token_data(steps=1)
+    data = tf.data.Dataset.from_tensor_slices((x, y, mask)).batch(BATCH)
+
+    def cache(**kwargs):
+        return tfkd.cache_teacher_outputs(
+            distiller, data, top_k=3, tail_samples=5, verbose=0, **kwargs
+        )
+
+    first = cache()
+    (element,) = first
+    stored = element[0]["tfkd_teacher_outputs"][0]
+    ids = stored["tail_ids"].numpy()
+    assert ids.shape == (BATCH, SEQ, 5) and ids.dtype == np.int32
+    top = stored["top_k_indices"].numpy()
+    assert not (ids[..., :, None] == top[..., None, :]).any()
+    ((again, *_),) = cache(cache_dir=tmp_path / "c")
+    np.testing.assert_array_equal(
+        again["tfkd_teacher_outputs"][0]["tail_ids"], ids
+    )
+    before = distiller.student.get_weights()
+    distiller.fit(first, verbose=0)
+    assert relative_difference(distiller.student.get_weights(), before) > 0
+    # The samples are part of the cache's fingerprint.
+    with pytest.raises(ValueError, match="tail_samples"):
+        tfkd.cache_teacher_outputs(
+            distiller, data, cache_dir=tmp_path / "c", top_k=3, verbose=0
+        )
+    for bad, message in (
+        (dict(tail_samples=4), "pass `top_k` too"),
+        (dict(top_k=VOCAB, tail_samples=4), "needs tokens outside the top-k"),
+        (dict(top_k=3, tail_samples=-1), "non-negative integer"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            tfkd.cache_teacher_outputs(distiller, data, verbose=0, **bad)
 
 
 def test_top_k_cache_stores_the_log_normalizer(tmp_path):

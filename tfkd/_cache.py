@@ -38,6 +38,7 @@ def cache_teacher_outputs(
     cache_dir: str | os.PathLike | None = None,
     *,
     top_k: int | None = None,
+    tail_samples: int = 0,
     verbose: int = 1,
 ) -> tf.data.Dataset:
     """Runs the teacher once over `dataset`; returns data that carries it.
@@ -156,6 +157,12 @@ def cache_teacher_outputs(
         top_k: keep only the `k` largest logits per example. Defaults to
             `None` (all). Needs a teacher with one output and no tapped
             features.
+        tail_samples: with `top_k`, also store this many token ids per
+            position drawn from the teacher's distribution outside its
+            top-k (at temperature 1, seeded: the same cache each time),
+            from which `ForwardKL()` takes an unbiased estimate of its
+            gradient on the tail (docs/language_models.md). Defaults to
+            `0` (none).
         verbose: `1` shows a progress bar, `0` nothing. Defaults to `1`.
 
     Returns:
@@ -185,6 +192,7 @@ def cache_teacher_outputs(
         distillation: A good teacher is patient and consistent", CVPR 2022.
     """
     top_k = _checked_top_k(top_k)
+    tail_samples = _checked_tail_samples(tail_samples, top_k)
     model, taps = _teacher_model_and_taps(teacher)
     if top_k is not None and taps:
         raise ValueError(
@@ -200,18 +208,22 @@ def cache_teacher_outputs(
         # A trace on the element spec gives the output shape; no data read.
         x_spec = _cache_format.split_element(dataset.element_spec)[0]
         logits = outputs_of.get_concrete_function(x_spec).structured_outputs
-        _check_top_k_fits(top_k, logits[0])
+        _check_top_k_fits(top_k, logits[0], tail_samples)
     # The teacher's hashes, once: the data set carries them, and a
     # Distiller checks them against its own teacher.
-    described = _cache_format.description(model, taps, top_k)
+    described = _cache_format.description(model, taps, top_k, tail_samples)
     if cache_dir is not None:
         cache_dir = os.fspath(cache_dir)
         _cache_files.check_cache_dir(cache_dir)
-        fingerprint = _fingerprint.fingerprint(described, taps, top_k, dataset)
+        fingerprint = _fingerprint.fingerprint(
+            described, taps, top_k, dataset, tail_samples
+        )
         if _cache_files.holds_cache(cache_dir):
             loaded = _cache_files.load(cache_dir, fingerprint, dataset)
             return _cache_format.expand(loaded, described)
-    batches = _teacher_batches(outputs_of, dataset, top_k, verbose)
+    batches = _teacher_batches(
+        outputs_of, dataset, top_k, tail_samples, verbose
+    )
     first = next(batches, None)
     if first is None:
         raise ValueError("`dataset` is empty: there is nothing to cache.")
@@ -307,7 +319,44 @@ def _check_dataset(dataset, model):
         )
 
 
-def _check_top_k_fits(top_k, outputs):
+def _checked_tail_samples(tail_samples, top_k):
+    if isinstance(tail_samples, bool) or (
+        int(tail_samples) != tail_samples or tail_samples < 0
+    ):
+        raise ValueError(
+            "`tail_samples` must be a non-negative integer. Received: "
+            f"tail_samples={tail_samples!r}"
+        )
+    if tail_samples and top_k is None:
+        raise ValueError(
+            "`tail_samples` samples the tokens outside the top-k: pass "
+            f"`top_k` too. Received: tail_samples={tail_samples}, top_k=None"
+        )
+    return int(tail_samples)
+
+
+def _sample_tail(logits, top_ids, samples, seed):
+    """`(..., samples)` int32 ids drawn from `softmax(logits)` restricted
+    to the ids outside `top_ids` (stateless: the same ids each run)."""
+    logits = tf.cast(logits, tf.float32)
+    classes = tf.shape(logits)[-1]
+    rows = tf.reshape(logits, [-1, classes])
+    top = tf.reshape(top_ids, [tf.shape(rows)[0], -1])
+    row_ids = tf.broadcast_to(
+        tf.range(tf.shape(rows)[0])[:, None], tf.shape(top)
+    )
+    rows = tf.tensor_scatter_nd_update(
+        rows,
+        tf.stack([row_ids, top], axis=-1),
+        tf.fill(tf.shape(top), float("-inf")),
+    )
+    ids = tf.random.stateless_categorical(
+        rows, samples, seed=[seed, 20250], dtype=tf.int32
+    )
+    return tf.reshape(ids, tf.concat([tf.shape(logits)[:-1], [samples]], 0))
+
+
+def _check_top_k_fits(top_k, outputs, tail_samples=0):
     flat = tf.nest.flatten(outputs)
     if len(flat) != 1:
         raise ValueError(
@@ -315,6 +364,12 @@ def _check_top_k_fits(top_k, outputs):
             f"{len(flat)}. Received: top_k={top_k}. Use top_k=None."
         )
     classes = flat[0].shape[-1]
+    if classes is not None and tail_samples and top_k >= classes:
+        raise ValueError(
+            f"`tail_samples` needs tokens outside the top-k, but top_k={top_k} "
+            f"keeps all the teacher's {classes} classes. Pass top_k < "
+            f"{classes}, or tail_samples=0."
+        )
     if classes is not None and top_k > classes:
         raise ValueError(
             f"`top_k` exceeds the teacher's {classes} classes (its logits "
@@ -326,7 +381,7 @@ def _check_top_k_fits(top_k, outputs):
 # The teacher pass and the cached elements.
 
 
-def _teacher_batches(outputs_of, dataset, top_k, verbose):
+def _teacher_batches(outputs_of, dataset, top_k, tail_samples, verbose):
     """Yields `(x, stored_outputs, *rest)`, one element per batch."""
     cardinality = int(dataset.cardinality())
     progress = keras.utils.Progbar(
@@ -356,6 +411,10 @@ def _teacher_batches(outputs_of, dataset, top_k, verbose):
             stored[_cache_format.LOG_NORMALIZER_KEY] = tf.reduce_logsumexp(
                 tf.cast(logits, tf.float32), axis=-1
             )
+            if tail_samples:
+                stored[_cache_format.TAIL_IDS_KEY] = _sample_tail(
+                    logits, indices, tail_samples, seed=step
+                )
         yield (x, stored) + rest
         progress.update(step + 1, finalize=step + 1 == cardinality)
 

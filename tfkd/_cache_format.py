@@ -34,6 +34,9 @@ DESCRIPTION_KEY = "tfkd_cache"
 # temperature T up to ~9,000 (float32 underflows below exp(-104)).
 _TOP_K_GAP = 1e6
 TOP_K_KEYS = ("top_k_values", "top_k_indices", "num_classes")
+# Token ids drawn from the teacher's distribution outside its top-k
+# (`cache_teacher_outputs(..., tail_samples=m)`), int32 `(..., m)`.
+TAIL_IDS_KEY = "tail_ids"
 # Stored by top-k caches since tfkd 0.x+1 (older caches lack it): the
 # teacher's `logsumexp` over all its logits, one float32 per position.
 LOG_NORMALIZER_KEY = "log_normalizer"
@@ -52,14 +55,17 @@ def split_inputs(x):
     return x, None
 
 
-def description(model, taps, top_k):
+def description(model, taps, top_k, tail_samples=0):
     """What the Distiller checks of a cache: its teacher, taps and top_k."""
-    return {
+    described = {
         "teacher": model.name,
         **_fingerprint.teacher_fingerprint(model),
         "teacher_taps": sorted(taps),
         "top_k": top_k,
     }
+    if tail_samples:
+        described["tail_samples"] = tail_samples
+    return described
 
 
 def _dense_from_top_k(values, indices, num_classes, fill=None):
@@ -105,6 +111,7 @@ class TopKLogits:
         self.values = tf.cast(stored[TOP_K_KEYS[0]], tf.float32)
         self.indices = tf.cast(stored[TOP_K_KEYS[1]], tf.int32)
         self.log_normalizer = stored.get(LOG_NORMALIZER_KEY)
+        self.tail_ids = stored.get(TAIL_IDS_KEY)
         self.num_classes = num_classes
         self.shape = self.values.shape[:-1].concatenate([num_classes])
         self.dtype = tf.float32
@@ -116,11 +123,14 @@ class TopKLogits:
         for a cache made without the log-normalizer."""
         if self.log_normalizer is None:
             return None
-        return {
+        compact = {
             TOP_K_KEYS[0]: self.values,
             TOP_K_KEYS[1]: self.indices,
             LOG_NORMALIZER_KEY: tf.cast(self.log_normalizer, tf.float32),
         }
+        if self.tail_ids is not None:
+            compact[TAIL_IDS_KEY] = self.tail_ids
+        return compact
 
     def dense(self):
         if self._dense is None:
@@ -221,6 +231,7 @@ def expand(stored, described):
             # Compact, `k` numbers per position: the step rebuilds the dense
             # logits only for what reads them (`TopKLogits`).
             keys = TOP_K_KEYS[:2] + ((LOG_NORMALIZER_KEY,) if tail else ())
+            keys += tuple(k for k in (TAIL_IDS_KEY,) if k in outputs)
             outputs = ({key: outputs[key] for key in keys}, {})
         rows = tf.shape(tf.nest.flatten(x)[0])[:1]
         marker = {key: tf.zeros(rows, tf.uint8)}

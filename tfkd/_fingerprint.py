@@ -29,6 +29,7 @@ _FINGERPRINT_LABELS = {
     "teacher_weights": "teacher weights",
     "teacher_taps": "tapped teacher layers",
     "top_k": "top_k",
+    "tail_samples": "tail_samples",
     "element_spec": "data set element spec",
     "batches": "number of batches",
     "examples": "number of examples",
@@ -36,6 +37,8 @@ _FINGERPRINT_LABELS = {
     "data": "data set values (inputs, labels or weights)",
 }
 _HASHED = ("teacher_architecture", "teacher_weights", "data")
+# The value of a key that caches made before it existed lack.
+_ABSENT = {"tail_samples": 0}
 # What a pass over the data measures (`DataDigest.summary`).
 DATA_KEYS = ("batches", "examples", "batch_size", "data")
 
@@ -105,7 +108,7 @@ def teacher_fingerprint(model):
         }
 
 
-def fingerprint(teacher, taps, top_k, dataset):
+def fingerprint(teacher, taps, top_k, dataset, tail_samples=0):
     """What the cache depends on, known without a teacher or data pass.
 
     `teacher`: the teacher's `teacher_fingerprint` (or a dict holding it).
@@ -118,6 +121,7 @@ def fingerprint(teacher, taps, top_k, dataset):
         "top_k": top_k,
         "element_spec": str(dataset.element_spec),
     }
+    fingerprint["tail_samples"] = tail_samples
     cardinality = int(dataset.cardinality())
     if cardinality >= 0:  # Unknown (e.g. after `filter`): counted on save.
         fingerprint["batches"] = cardinality
@@ -127,14 +131,14 @@ def fingerprint(teacher, taps, top_k, dataset):
 def differences(stored, fingerprint):
     differences = []
     for key, label in _FINGERPRINT_LABELS.items():
-        if key not in fingerprint or stored.get(key) == fingerprint[key]:
+        cached = stored.get(key, _ABSENT.get(key))
+        if key not in fingerprint or cached == fingerprint[key]:
             continue
         if key in _HASHED:
             differences.append(f"{label} differ")
         else:
             differences.append(
-                f"{label}: cached {stored.get(key)!r}, received "
-                f"{fingerprint[key]!r}"
+                f"{label}: cached {cached!r}, received {fingerprint[key]!r}"
             )
     return differences
 

@@ -47,72 +47,11 @@ import tensorflow as tf
 
 from tfkd.losses import _checks
 from tfkd.losses._common import float32 as _float32
-
-TOP_K_KEYS = ("top_k_values", "top_k_indices", "log_normalizer")
-# log of the smallest tail mass kept: a tail below it weighs nothing, and
-# its log stays finite (no 0 * inf in the sums).
-_LOG_TINY = -69.0
-
-
-def _is_top_k(teacher):
-    return isinstance(teacher, dict)
-
-
-def _log_diff_exp(total, part):
-    """`log(exp(total) - exp(part))` for `part <= total`, floored."""
-    gap = tf.minimum(part - total, -1e-30)
-    return tf.maximum(total + tf.math.log(-tf.math.expm1(gap)), _LOG_TINY)
-
-
-def _top_k_log_probs(teacher, student, temperature):
-    """`(log p, log q)` over the teacher's top-k tokens and a tail bucket."""
-    missing = [key for key in TOP_K_KEYS if key not in teacher]
-    if missing:
-        raise ValueError(
-            "A top-k teacher must be a dict with the keys "
-            f"{TOP_K_KEYS}. Received: keys={sorted(teacher)} (missing "
-            f"{missing}). Cache the teacher with "
-            "`tfkd.cache_teacher_outputs(..., top_k=k)`."
-        )
-    values = tf.cast(teacher["top_k_values"], tf.float32)
-    indices = tf.cast(teacher["top_k_indices"], tf.int32)
-    log_z = tf.cast(teacher["log_normalizer"], tf.float32)
-    (student,) = _float32(student)
-    if values.shape.rank is not None and student.shape.rank is not None:
-        if values.shape.rank != student.shape.rank or (
-            not values.shape[:-1].is_compatible_with(student.shape[:-1])
-        ):
-            raise ValueError(
-                "The top-k teacher's values `(batch, ..., k)` must match the "
-                "student's logits `(batch, ..., vocab)` but for the last "
-                f"axis. Received: top_k_values.shape={tuple(values.shape)}, "
-                f"student_logits.shape={tuple(student.shape)}."
-            )
-    if log_z.shape.rank == values.shape.rank:
-        log_z = tf.squeeze(log_z, axis=-1)
-    log_z = log_z[..., None]
-    vocab = tf.cast(tf.shape(student)[-1], tf.float32)
-    k = tf.cast(tf.shape(values)[-1], tf.float32)
-    # The teacher at temperature 1: exact top-k log-probs and tail mass.
-    log_tail = _log_diff_exp(
-        tf.zeros_like(log_z), tf.reduce_logsumexp(values, -1, True) - log_z
-    )
-    # At T: the tail mass spread evenly over the other tokens (exact at 1).
-    others = tf.maximum(vocab - k, 1.0)
-    tail_logit = log_tail - tf.math.log(others) + log_z
-    scaled = values / temperature
-    tail_scaled = tail_logit / temperature + tf.math.log(others)
-    tail_scaled = tf.where(vocab > k, tail_scaled, _LOG_TINY + scaled[..., :1])
-    log_z_t = tf.reduce_logsumexp(
-        tf.concat([scaled, tail_scaled], axis=-1), -1, True
-    )
-    log_p = tf.concat([scaled, tail_scaled], axis=-1) - log_z_t
-    log_q_all = tf.nn.log_softmax(student / temperature)
-    log_q = tf.gather(log_q_all, indices, batch_dims=indices.shape.rank - 1)
-    log_q_tail = _log_diff_exp(
-        tf.zeros_like(log_q[..., :1]), tf.reduce_logsumexp(log_q, -1, True)
-    )
-    return log_p, tf.concat([log_q, log_q_tail], axis=-1)
+from tfkd.losses._token_top_k import TAIL_IDS_KEY
+from tfkd.losses._token_top_k import _is_top_k
+from tfkd.losses._token_top_k import _kl
+from tfkd.losses._token_top_k import _tail_sampled_kl
+from tfkd.losses._token_top_k import _top_k_log_probs
 
 
 def _log_probs(function, teacher, student, temperature):
@@ -126,11 +65,6 @@ def _log_probs(function, teacher, student, temperature):
         tf.nn.log_softmax(teacher / temperature),
         tf.nn.log_softmax(student / temperature),
     )
-
-
-def _kl(log_p, log_q):
-    """`KL(p || q)` along the last axis, from log-probabilities."""
-    return tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1)
 
 
 def _log_mixture(log_a, log_b, weight_a):
@@ -195,8 +129,28 @@ def forward_kl_per_token(teacher, student, *, temperature=1.0):
         teacher, student = _float32(teacher, student)
         _checks.check_logits("forward_kl_loss", teacher, student)
         return _fused_forward_kl(teacher, student, temperature)
-    log_p, log_q = _log_probs("forward_kl_loss", teacher, student, temperature)
-    return tf.square(temperature) * _kl(log_p, log_q)
+
+    def buckets():
+        log_p, log_q = _log_probs(
+            "forward_kl_loss", teacher, student, temperature
+        )
+        return tf.square(temperature) * _kl(log_p, log_q)
+
+    if TAIL_IDS_KEY not in teacher:
+        return buckets()
+    # Tail samples are drawn at temperature 1: used there only.
+    (sampled_student,) = _float32(student)
+    return tf.cond(
+        tf.equal(temperature, 1.0),
+        lambda: _tail_sampled_kl(
+            tf.cast(teacher["top_k_values"], tf.float32),
+            tf.cast(teacher["top_k_indices"], tf.int32),
+            tf.cast(teacher["log_normalizer"], tf.float32),
+            tf.cast(teacher[TAIL_IDS_KEY], tf.int32),
+            sampled_student,
+        ),
+        buckets,
+    )
 
 
 def reverse_kl_per_token(teacher, student):
