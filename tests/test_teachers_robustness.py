@@ -203,6 +203,7 @@ def test_fingerprint_records_what_the_cache_depends_on(tmp_path):
         "tfkd_version": tfkd.__version__,
         "teacher_taps": [],
         "top_k": 2,
+        "tail_samples": 0,
         "element_spec": str(data.element_spec),
         "batches": 3,
         "examples": 40,
