@@ -462,18 +462,27 @@ def _step_cost():
     distiller = fresh(tfkd.losses.ForwardKL())
     sizes = {}
     with tempfile.TemporaryDirectory() as folder:
-        for top_k in (FLAGS.top_k, None):
-            cache_dir = os.path.join(folder, f"k{top_k}")
+        samples = FLAGS.tail_samples
+        for top_k, tail in ((FLAGS.top_k, 0), (FLAGS.top_k, samples), (0, 0)):
+            label = f"top-{top_k} cache" + (
+                f" + {tail} tail samples" if tail else ""
+            )
+            cache_dir = os.path.join(folder, f"k{top_k}_{tail}")
             part = data if top_k else data.take(2)
             cached = tfkd.cache_teacher_outputs(
-                distiller, part, cache_dir=cache_dir, top_k=top_k, verbose=0
+                distiller,
+                part,
+                cache_dir=cache_dir,
+                top_k=top_k or None,
+                tail_samples=tail,
+                verbose=0,
             )
             positions = batch * length * (steps if top_k else 2)
-            sizes[top_k] = _folder_bytes(cache_dir) / positions
+            sizes[label if top_k else None] = (
+                _folder_bytes(cache_dir) / positions
+            )
             if top_k:
-                times[f"distilled, top-{top_k} cache"] = timed(
-                    distiller, cached
-                )
+                times[f"distilled, {label}"] = timed(distiller, cached)
     cache_ratio = (
         times[f"distilled, top-{FLAGS.top_k} cache"] / times["student alone"]
     )
@@ -498,8 +507,12 @@ def _step_cost():
         "",
         "| cache | bytes per position (on disk) |",
         "|---|---|",
-        f"| top-{FLAGS.top_k} (values, ids, log-normalizer) | "
-        f"{sizes[FLAGS.top_k]:.0f} |",
+        *(
+            f"| {label} (values, ids, log-normalizer[, tail ids]) | "
+            f"{size:.0f} |"
+            for label, size in sizes.items()
+            if label is not None
+        ),
         f"| full logits | {sizes[None]:.0f} |",
         "",
     ]

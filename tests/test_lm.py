@@ -304,3 +304,26 @@ def test_lm_benchmark_runs_on_tiny_settings(tmp_path):
     assert "| alone_wall |" in table
     assert "| alone_wall_cache |" in table
     assert "| alone_wall_default |" in table
+    # The step-cost mode: every contender timed, the caches measured.
+    run_module(
+        "benchmarks.lm",
+        "--step_cost_vocabulary=300",
+        "--step_cost_steps=2",
+        "--sequence_length=16",
+        "--batch_size=2",
+        "--top_k=4",
+        "--tail_samples=2",
+        f"--output_dir={tmp_path}",
+        timeout=850,
+        env=KERAS_3,
+    )
+    cost = (tmp_path / "lm_step_cost.md").read_text()
+    for row in (
+        "| teacher inference |",
+        "| student alone |",
+        "| distilled, live teacher |",
+        "| distilled, top-4 cache |",
+        "| distilled, top-4 cache + 2 tail samples |",
+        "| full logits |",
+    ):
+        assert row in cost, cost
