@@ -119,8 +119,9 @@ class TopKLogits:
 
     @property
     def compact(self):
-        """`{"top_k_values", "top_k_indices", "log_normalizer"}`, or None
-        for a cache made without the log-normalizer."""
+        """`{"top_k_values", "top_k_indices", "log_normalizer"[,
+        "tail_ids"]}`, or None for a cache made without the
+        log-normalizer."""
         if self.log_normalizer is None:
             return None
         compact = {

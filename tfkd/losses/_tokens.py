@@ -36,7 +36,10 @@ This is exact for the top-k tokens and merges the tail into one outcome,
 which can only lower a divergence (the data-processing inequality): the
 tail's own shape is not learnt. At a temperature `T != 1` the teacher's
 tempered tail mass is estimated by spreading its tail mass evenly over the
-`vocab - k` other tokens (the stored normaliser is at `T = 1`).
+`vocab - k` other tokens (the stored normaliser is at `T = 1`). A cache
+made with `tail_samples=m` also holds `"tail_ids"`, ids drawn from the
+teacher's tail: the forward KL at `T = 1` then takes an unbiased estimate
+of its full gradient from them (`tfkd.losses._token_top_k`).
 """
 
 from __future__ import annotations
