@@ -237,15 +237,15 @@ def policy():
     keras.mixed_precision.set_global_policy("float32")
 
 
-def run_script(path, *args, returncode=0, timeout=300, env=None):
-    """Runs the Python script `path` with `args`; returns its stdout.
-
-    Asserts its exit status (the output's end is the failure message).
-    `env`: variables added to this process's environment.
-    """
+def _run_python(argv, returncode, timeout, env, cwd=None):
+    """Runs `python argv`; returns its stdout, after asserting its exit
+    status (the output's end is the failure message). `env`: variables
+    added to this process's environment (a None value removes one)."""
+    environ = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
     result = subprocess.run(
-        [sys.executable, path, *args],
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {})),
+        [sys.executable, *argv],
+        cwd=cwd,
+        env={k: v for k, v in environ.items() if v is not None},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -255,23 +255,17 @@ def run_script(path, *args, returncode=0, timeout=300, env=None):
     return result.stdout
 
 
+def run_script(path, *args, returncode=0, timeout=300, env=None):
+    """Runs the Python script `path` with `args`; see `_run_python`."""
+    return _run_python([path, *args], returncode, timeout, env)
+
+
 def run_module(module, *args, returncode=0, timeout=600, env=None):
-    """Runs `python -m module args` from the repository root; returns its
-    stdout, after asserting its exit status (the output's end is the
-    failure message). `env`: variables added to this process's
-    environment (a None value removes one)."""
-    environ = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
-    result = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=REPO_ROOT,
-        env={k: v for k, v in environ.items() if v is not None},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+    """Runs `python -m module args` from the repository root; see
+    `_run_python`."""
+    return _run_python(
+        ["-m", module, *args], returncode, timeout, env, cwd=REPO_ROOT
     )
-    output = (result.stdout + result.stderr)[-3000:]
-    assert result.returncode == returncode, output
-    return result.stdout
 
 
 # Two MultiWorkerMirroredStrategy processes sharing 2 CPU cores: with
